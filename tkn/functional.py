@@ -1,0 +1,301 @@
+"""Pure functions behind Attentive Regularization and target layers.
+
+Conventions (fixed by ``DESIGN.md``; every other module builds on these):
+
+* **Window.** For a map of length ``L`` the pixel centres are
+  ``x_i = (i + 0.5) / L``. With centre ``m`` and scale ``s`` (relative units)
+  and ``z = (x_i - m) / (s / 2)``, the Gaussian window is ``exp(-z**2 / 2)``
+  and the Cauchy window ``1 / (1 + z**2)``. 2-D windows are the outer product
+  ``F = f_y ⊗ f_x``.
+* **Clipping.** Layers never use their raw parameters: ``m`` is clipped to
+  ``[0, 1]`` and ``s`` to ``[k / (sqrt(2) * L), SCALE_MAX]`` per axis, where
+  ``k`` is the kernel's extent along that axis (``dilation * (size - 1) + 1``)
+  and ``L`` the output length, so that an ROI is never narrower than the
+  kernel. If the lower bound exceeds ``SCALE_MAX`` (a tiny map) the lower
+  bound wins.
+* **ROI.** Per axis, ``lo = floor((m - s / sqrt(2)) * L)``,
+  ``hi = ceil((m + s / sqrt(2)) * L)``, clipped to ``[0, L]``, half-open.
+  ROIs are computed in float64 from the clipped parameters, so they do not
+  depend on the parameters' dtype beyond the values they hold.
+* **Target convolution.** ``y[c] = (conv(x, W)[c] * F_c) * 1[ROI_c]``, whether
+  executed densely or by convolving only each ROI (reading the kernel's halo
+  from the padded input, so borders are exact).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "WINDOWS",
+    "SCALE_MAX",
+    "PADDING_MODES",
+    "check_window",
+    "pixel_centres",
+    "window",
+    "min_scale",
+    "clip_params",
+    "rois",
+    "roi_mask",
+    "attention2d",
+    "conv_output_size",
+    "resolve_padding",
+    "pad_input",
+    "target_conv2d",
+]
+
+WINDOWS = ("gaussian", "cauchy")
+#: Upper clip of the scale parameters. At ``s = SCALE_MAX`` a Cauchy window
+#: is still above 0.94 everywhere on the map: anything larger is effectively
+#: flat, and an unbounded scale would only let the L2 penalty chase it.
+SCALE_MAX = 4.0
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_SQRT2 = math.sqrt(2.0)
+
+
+def check_window(kind: str) -> str:
+    """Return the canonical window name, or raise ``ValueError`` naming the choices."""
+    if not isinstance(kind, str) or kind.lower() not in WINDOWS:
+        raise ValueError(f"window must be one of {list(WINDOWS)}, got {kind!r}")
+    return kind.lower()
+
+
+def _check_length(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got non-finite values (NaN or inf) in {tuple(t.shape)} tensor")
+
+
+def pixel_centres(length: int, *, device=None, dtype=None) -> Tensor:
+    """Relative pixel centres ``(i + 0.5) / length`` for ``i = 0 .. length - 1``."""
+    return (torch.arange(length, device=device, dtype=dtype or torch.get_default_dtype()) + 0.5) / length
+
+
+def window(length: int, m, s, kind: str = "cauchy") -> Tensor:
+    """1-D attention windows sampled at the pixel centres of a map of ``length``.
+
+    Args:
+        length: number of samples ``L``.
+        m: centres, shape ``(C,)`` (relative units; 0.5 is the middle).
+        s: scales, shape ``(C,)`` (relative units; 1 is the paper's initialisation).
+        kind: ``"gaussian"`` or ``"cauchy"``.
+
+    Returns:
+        Tensor of shape ``(C, L)``, differentiable in ``m`` and ``s``. No clipping
+        is applied here: layers clip with :func:`clip_params` first.
+
+    Example:
+        >>> w = window(5, torch.tensor([0.5]), torch.tensor([1.0]), "cauchy")
+        >>> [round(v, 3) for v in w[0].tolist()]
+        [0.61, 0.862, 1.0, 0.862, 0.61]
+    """
+    kind = check_window(kind)
+    _check_length("length", length)
+    m = torch.as_tensor(m, dtype=None if isinstance(m, Tensor) else torch.get_default_dtype())
+    s = torch.as_tensor(s, dtype=m.dtype, device=m.device)
+    if m.dim() != 1 or s.shape != m.shape:
+        raise ValueError(f"m and s must both have shape (C,), got m {tuple(m.shape)} and s {tuple(s.shape)}")
+    if not m.is_floating_point():
+        raise TypeError(f"m and s must be floating point, got {m.dtype}")
+    x = pixel_centres(length, device=m.device, dtype=m.dtype)
+    z = (x[None, :] - m[:, None]) / (s[:, None] / 2)
+    if kind == "gaussian":
+        return torch.exp(-0.5 * z * z)
+    return 1.0 / (1.0 + z * z)
+
+
+def min_scale(kernel_extent: int, length: int) -> float:
+    """Smallest scale whose ROI is at least ``kernel_extent`` pixels wide on a map of ``length``."""
+    return kernel_extent / (_SQRT2 * length)
+
+
+def clip_params(m: Tensor, s: Tensor, sizes: Sequence[int], kernel_extents: Sequence[int] | None = None):
+    """Clip ``(C, D)`` centres and scales as the layers use them (see module docstring).
+
+    ``sizes`` and ``kernel_extents`` give ``L`` and ``k`` per axis (length ``D``);
+    extents default to 1 (a plain AR layer: ROIs at least one pixel wide).
+    Gradients flow through the clamp where the value is inside the bounds.
+    """
+    if kernel_extents is None:
+        kernel_extents = [1] * len(sizes)
+    if m.shape[-1] != len(sizes) or len(kernel_extents) != len(sizes):
+        raise ValueError(f"expected parameters with {len(sizes)} columns, got shape {tuple(m.shape)}")
+    lower = [min_scale(k, n) for k, n in zip(kernel_extents, sizes)]
+    lo = torch.tensor(lower, dtype=s.dtype, device=s.device)
+    hi = torch.clamp(lo, min=SCALE_MAX)
+    return m.clamp(0.0, 1.0), torch.maximum(torch.minimum(s, hi), lo)
+
+
+def rois(m: Tensor, s: Tensor, sizes: Sequence[int], kernel_extents: Sequence[int] | None = None) -> Tensor:
+    """Integer ROIs ``(C, 2 * D)`` as ``lo, hi`` per axis, half-open, clipped to ``[0, L]``.
+
+    Computed in float64 from the clipped parameters. For 2-D the columns are
+    ``y0, y1, x0, x1``.
+    """
+    with torch.no_grad():
+        m64 = m.detach().to(torch.float64)
+        s64 = s.detach().to(torch.float64)
+        mc, sc = clip_params(m64, s64, sizes, kernel_extents)
+        n = torch.tensor(list(sizes), dtype=torch.float64, device=m.device)
+        half = sc / _SQRT2
+        lo = torch.floor((mc - half) * n).clamp(min=0)
+        hi = torch.minimum(torch.ceil((mc + half) * n), n)
+        return torch.stack([lo, hi], dim=-1).flatten(-2).to(torch.int64)
+
+
+def roi_mask(roi: Tensor, height: int, width: int) -> Tensor:
+    """Boolean mask ``(C, H, W)`` of the ROIs ``(C, 4)`` (``y0, y1, x0, x1``)."""
+    iy = torch.arange(height, device=roi.device)
+    ix = torch.arange(width, device=roi.device)
+    in_y = (iy[None, :] >= roi[:, 0:1]) & (iy[None, :] < roi[:, 1:2])
+    in_x = (ix[None, :] >= roi[:, 2:3]) & (ix[None, :] < roi[:, 3:4])
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def attention2d(m: Tensor, s: Tensor, height: int, width: int, kind: str = "cauchy") -> Tensor:
+    """Separable 2-D windows ``F = f_y ⊗ f_x`` of shape ``(C, H, W)`` from ``(C, 2)`` parameters.
+
+    Column 0 of ``m``/``s`` is the row (y) axis, column 1 the column (x) axis.
+    No clipping is applied here.
+    """
+    fy = window(height, m[:, 0], s[:, 0], kind)
+    fx = window(width, m[:, 1], s[:, 1], kind)
+    return fy[:, :, None] * fx[:, None, :]
+
+
+def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pad_total: int) -> int:
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def resolve_padding(padding, kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
+    """Explicit padding ``(left, right, top, bottom)`` for ``F.pad`` from a ``nn.Conv2d``-style spec.
+
+    ``"same"`` pads like PyTorch: total ``dilation * (k - 1)`` per axis, the odd
+    pixel on the right/bottom; it requires stride 1.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise ValueError(f"padding must be 'same', 'valid', an int or a pair of ints, got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"padding='same' requires stride 1 (as in nn.Conv2d), got stride={stride}")
+        total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+        ty, tx = total
+        return (tx // 2, tx - tx // 2, ty // 2, ty - ty // 2)
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        padding = (padding, padding)
+    if (
+        not isinstance(padding, (tuple, list))
+        or len(padding) != 2
+        or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in padding)
+    ):
+        raise ValueError(f"padding must be 'same', 'valid', a non-negative int or a pair of them, got {padding!r}")
+    py, px = padding
+    return (px, px, py, py)
+
+
+def pad_input(x: Tensor, pad: tuple[int, int, int, int], padding_mode: str) -> Tensor:
+    """Pad ``x`` by ``(left, right, top, bottom)`` with an ``nn.Conv2d`` padding mode."""
+    if not any(pad):
+        return x
+    if padding_mode == "zeros":
+        return F.pad(x, pad)
+    return F.pad(x, pad, mode=padding_mode)
+
+
+def _sliced_conv(xp: Tensor, weight: Tensor, bias: Tensor | None, roi: Tensor, window_map: Tensor,
+                 stride, dilation, groups: int, out_hw: tuple[int, int]) -> Tensor:
+    """Convolve only each channel's ROI of the padded input ``xp``; channels with equal ROIs share one conv."""
+    n = xp.shape[0]
+    c_out = weight.shape[0]
+    ho, wo = out_hw
+    ky, kx = weight.shape[-2:]
+    (sy, sx), (dy, dx) = stride, dilation
+    out = xp.new_zeros((n, c_out, ho, wo))
+    per_group = c_out // groups
+    cin_g = weight.shape[1]
+    unique, inverse = torch.unique(roi, dim=0, return_inverse=True)
+    for u, (y0, y1, x0, x1) in enumerate(unique.tolist()):
+        if y1 <= y0 or x1 <= x0:
+            continue
+        idx = (inverse == u).nonzero().flatten()
+        patch = xp[:, :, y0 * sy:(y1 - 1) * sy + dy * (ky - 1) + 1, x0 * sx:(x1 - 1) * sx + dx * (kx - 1) + 1]
+        for g in torch.unique(idx // per_group).tolist() if groups > 1 else [0]:
+            sel = idx[(idx // per_group) == g] if groups > 1 else idx
+            src = patch[:, g * cin_g:(g + 1) * cin_g] if groups > 1 else patch
+            y = F.conv2d(src, weight[sel], None if bias is None else bias[sel], stride=stride, dilation=dilation)
+            out[:, sel, y0:y1, x0:x1] = y * window_map[sel, y0:y1, x0:x1]
+    return out
+
+
+def target_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    m: Tensor,
+    s: Tensor,
+    bias: Tensor | None = None,
+    *,
+    stride=1,
+    padding="same",
+    dilation=1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    window: str = "cauchy",
+    execution: str = "dense",
+) -> Tensor:
+    """Convolution + Attentive Regularization + ROI: ``y[c] = (conv(x, W)[c] * F_c) * 1[ROI_c]``.
+
+    Args:
+        x: input ``(N, C_in, H, W)``.
+        weight: ``(C_out, C_in / groups, kH, kW)``.
+        m, s: raw window parameters ``(C_out, 2)`` (column 0 = y); clipped here.
+        bias: optional ``(C_out,)``, added before the window.
+        execution: ``"dense"`` (full convolution, then window and mask) or
+            ``"sliced"`` (convolve only the ROIs). Both compute the same values.
+
+    Shape:
+        - Output: ``(N, C_out, H_out, W_out)`` as ``nn.Conv2d`` with the same arguments.
+    """
+    if execution not in ("dense", "sliced"):
+        raise ValueError(f"execution must be 'dense' or 'sliced', got {execution!r}")
+    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    ky, kx = weight.shape[-2:]
+    pad = resolve_padding(padding, (ky, kx), stride, dilation)
+    xp = pad_input(x, pad, padding_mode)
+    ho = conv_output_size(x.shape[-2], ky, stride[0], dilation[0], pad[2] + pad[3])
+    wo = conv_output_size(x.shape[-1], kx, stride[1], dilation[1], pad[0] + pad[1])
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"input of spatial size {tuple(x.shape[-2:])} is too small for kernel {(ky, kx)} with "
+            f"dilation {dilation} and padding {pad}: the output would be {ho}x{wo}"
+        )
+    extents = (dilation[0] * (ky - 1) + 1, dilation[1] * (kx - 1) + 1)
+    mc, sc = clip_params(m, s, (ho, wo), extents)
+    roi = rois(m, s, (ho, wo), extents)
+    win = attention2d(mc, sc, ho, wo, window).to(x.dtype)
+    if execution == "sliced":
+        return _sliced_conv(xp, weight, bias, roi, win, stride, dilation, groups, (ho, wo))
+    y = F.conv2d(xp, weight, bias, stride=stride, dilation=dilation, groups=groups)
+    return y * (win * roi_mask(roi, ho, wo).to(win.dtype))
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
+    return tuple(value)
