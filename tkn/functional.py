@@ -65,6 +65,8 @@ def check_window(kind: str) -> str:
 
 
 def _check_length(name: str, value) -> int:
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point():
+        value = int(value)  # sizes are traced as 0-d tensors under torch.jit.trace
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
