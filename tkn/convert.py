@@ -79,7 +79,8 @@ def targetize(
         return new
     replaced: dict[int, TargetConv2d] = {}
     for name, module in list(new.named_modules(remove_duplicate=False)):
-        for child_name, child in list(module.named_children()):
+        # ``_modules`` rather than ``named_children()``: the latter hides repeated children.
+        for child_name, child in list(module._modules.items()):
             if type(child) is not nn.Conv2d:
                 continue
             qualified = f"{name}.{child_name}" if name else child_name
