@@ -301,3 +301,23 @@ def test_compile_inductor_matches_eager():
     model, x = _small_tkn()
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_correlated_gaussian_window():
+    ar = tkn.AttentiveRegularization2d(2, window="gaussian", correlated=True, dtype=torch.float64)
+    assert torch.equal(ar.rho, torch.zeros(2, dtype=torch.float64))
+    plain = tkn.AttentiveRegularization2d(2, window="gaussian", dtype=torch.float64)
+    torch.testing.assert_close(ar.attention(6, 9), plain.attention(6, 9))  # rho = 0: separable
+    with torch.no_grad():
+        ar.rho.copy_(torch.tensor([0.5, -2.0]))  # the second is clipped to -RHO_MAX
+        ar.m.copy_(torch.tensor([[0.4, 0.6], [0.5, 0.5]]))
+        ar.s.copy_(torch.tensor([[0.5, 0.8], [1.0, 0.7]]))
+    f = ar.attention(6, 9).detach().numpy()
+    for c, rho in enumerate([0.5, -TF.RHO_MAX]):
+        for i in range(6):
+            for j in range(9):
+                zy = ((i + 0.5) / 6 - ar.m[c, 0].item()) / (ar.s[c, 0].item() / 2)
+                zx = ((j + 0.5) / 9 - ar.m[c, 1].item()) / (ar.s[c, 1].item() / 2)
+                assert f[c, i, j] == pytest.approx(np.exp(-0.5 * (zy * zy - 2 * rho * zy * zx + zx * zx)), rel=1e-12)
+    with pytest.raises(ValueError, match="correlated=True needs window='gaussian'"):
+        tkn.AttentiveRegularization2d(2, correlated=True)

@@ -42,6 +42,7 @@ __all__ = [
     "rois",
     "roi_mask",
     "attention2d",
+    "attention2d_correlated",
     "conv_output_size",
     "resolve_padding",
     "pad_input",
@@ -54,6 +55,8 @@ WINDOWS = ("gaussian", "cauchy")
 #: flat, and an unbounded scale would only let the L2 penalty chase it.
 SCALE_MAX = 4.0
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+#: Bound of the correlation of the opt-in correlated Gaussian window.
+RHO_MAX = 0.95
 _SQRT2 = math.sqrt(2.0)
 
 
@@ -172,6 +175,22 @@ def attention2d(m: Tensor, s: Tensor, height: int, width: int, kind: str = "cauc
     fy = window(height, m[:, 0], s[:, 0], kind)
     fx = window(width, m[:, 1], s[:, 1], kind)
     return fy[:, :, None] * fx[:, None, :]
+
+
+def attention2d_correlated(m: Tensor, s: Tensor, rho: Tensor, height: int, width: int) -> Tensor:
+    """Correlated bivariate Gaussian windows ``(C, H, W)`` (paper Eq. 4–7), an opt-in non-separable variant.
+
+    ``F = exp(-(z_y**2 - 2 * rho * z_y * z_x + z_x**2) / 2)`` with ``z`` as in
+    :func:`window`, so ``rho = 0`` gives exactly the separable Gaussian of
+    :func:`attention2d`. ``rho`` has shape ``(C,)`` and is used as given
+    (layers clip it to ``[-RHO_MAX, RHO_MAX]``).
+    """
+    _check_length("height", height)
+    _check_length("width", width)
+    zy = (pixel_centres(height, device=m.device, dtype=m.dtype)[None, :] - m[:, 0:1]) / (s[:, 0:1] / 2)
+    zx = (pixel_centres(width, device=m.device, dtype=m.dtype)[None, :] - m[:, 1:2]) / (s[:, 1:2] / 2)
+    zy, zx = zy[:, :, None], zx[:, None, :]
+    return torch.exp(-0.5 * (zy * zy - 2 * rho[:, None, None] * zy * zx + zx * zx))
 
 
 def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pad_total: int) -> int:

@@ -109,7 +109,10 @@ class AttentiveRegularization2d(_AttentiveRegularization):
     """Attentive Regularization of images: ``y[:, c] = x[:, c] * (f_y ⊗ f_x)_c`` (paper Eq. 8–14).
 
     ``m`` and ``s`` have shape ``(C, 2)``: column 0 is the row (y) axis,
-    column 1 the column (x) axis.
+    column 1 the column (x) axis. With ``correlated=True`` (Gaussian only) the
+    layer also learns a correlation ``rho`` of shape ``(C,)``, initialised to 0
+    and clipped to ``[-RHO_MAX, RHO_MAX]``, and uses the non-separable window
+    of paper Eq. 4–7 (:func:`tkn.functional.attention2d_correlated`).
 
     Shape:
         - Input: ``(N, C, H, W)``
@@ -123,10 +126,29 @@ class AttentiveRegularization2d(_AttentiveRegularization):
 
     ndim = 2
 
+    def __init__(self, channels: int, window: str = "cauchy", *, correlated: bool = False, device=None, dtype=None):
+        if correlated and TF.check_window(window) != "gaussian":
+            raise ValueError(f"correlated=True needs window='gaussian', got window={window!r}")
+        self.correlated = bool(correlated)
+        super().__init__(channels, window, device=device, dtype=dtype)
+        if self.correlated:
+            self.rho = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if getattr(self, "rho", None) is not None:
+            nn.init.zeros_(self.rho)
+
     def attention(self, height: int, width: int) -> Tensor:
         """Windows ``F`` of shape ``(C, height, width)`` from the clipped parameters."""
         m, s = self.clipped((height, width))
+        if self.correlated:
+            rho = self.rho.clamp(-TF.RHO_MAX, TF.RHO_MAX)
+            return TF.attention2d_correlated(m, s, rho, height, width)
         return TF.attention2d(m, s, height, width, self.window)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", correlated=True" if self.correlated else "")
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, 4, self.channels, "(N, C, H, W)")
