@@ -23,7 +23,6 @@ COMMANDS = {
     "show": "tkn.commands.show",
     "sweep": "tkn.commands.sweep",
     "export": "tkn.commands.export",
-    "selfcheck": "tkn.commands.selfcheck",
 }
 
 
