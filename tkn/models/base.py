@@ -1,0 +1,157 @@
+"""What every network of the paper shares: argument checks, the β build-up, layers and initialisation.
+
+Every model built by :func:`tkn.models.create_model` is a :class:`PaperModel`:
+
+* ``forward_features(x)`` returns the last spatial feature map ``(N, C, h, w)``
+  (before any flattening or pooling), ``forward_head(features)`` turns it into
+  outputs ``(N, num_classes)``, and ``forward(x)`` is their composition;
+* attributes ``num_classes``, ``in_channels`` and ``input_size`` (``(H, W)``,
+  the size the model was built for and the default of :func:`tkn.flops.count`);
+* ``spec``: ``{"name": ..., "kwargs": {...}}``, the fully resolved arguments that
+  rebuild it with ``create_model(spec["name"], **spec["kwargs"])`` (set by the
+  registry).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tkn import functional as TF
+from tkn.layers import TargetConv2d, check_l2
+
+__all__ = ["PaperModel", "resolve_args", "conv", "block_l2", "he_init_"]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _input_size(value: Any) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"input_size must be an int or a pair (H, W) of positive ints, got {value!r}")
+    return (_positive_int("input_size[0]", value[0]), _positive_int("input_size[1]", value[1]))
+
+
+def resolve_args(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: int | tuple[int, int] = 28,
+    window: str = "cauchy",
+    l2: float = 1e-4,
+    beta: float = 2.0,
+    dropout: float | None = None,
+) -> dict[str, Any]:
+    """Validate the arguments shared by all builders and return them normalised.
+
+    ``input_size`` comes back as an int for square inputs and as a list
+    ``[H, W]`` otherwise (plain data, so that checkpoints and JSON keep it).
+
+    Raises:
+        ValueError: an argument is out of range (the message names it).
+    """
+    num_classes = _positive_int("num_classes", num_classes)
+    in_channels = _positive_int("in_channels", in_channels)
+    h, w = _input_size(input_size)
+    window = TF.check_window(window)
+    l2 = check_l2(l2)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    if dropout is not None:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be None (the paper's value) or a number in [0, 1), got {dropout!r}")
+        dropout = float(dropout)
+    return dict(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        input_size=h if h == w else [h, w],
+        window=window,
+        l2=l2,
+        beta=float(beta),
+        dropout=dropout,
+    )
+
+
+def block_l2(l2: float, beta: float, block: int) -> float:
+    """The paper's β build-up: a target layer of Convolution block ``block`` (0, 1, 2) gets ``l2 * beta**block``."""
+    return l2 * beta**block
+
+
+def conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    targeted: bool = False,
+    window: str = "cauchy",
+    l2: float = 0.0,
+) -> nn.Module:
+    """A same-padded, bias-free convolution: ``nn.Conv2d`` or, if ``targeted``, a :class:`TargetConv2d`."""
+    if targeted:
+        return TargetConv2d(in_channels, out_channels, kernel_size, padding="same", bias=False, window=window, l2=l2)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding="same", bias=False)
+
+
+@torch.no_grad()
+def he_init_(module: nn.Module) -> None:
+    """He (fan-in, ReLU) normal initialisation of every conv and linear weight; zero biases; BN to (1, 0).
+
+    Target layers initialise themselves the same way (and their windows to
+    ``m = 0.5, s = 1``) in ``reset_parameters``.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, TargetConv2d):
+            m.reset_parameters()
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()
+
+
+class PaperModel(nn.Module):
+    """Base class of the paper's networks: ``forward(x) = forward_head(forward_features(x))``.
+
+    Subclasses implement :meth:`forward_features` and :meth:`forward_head`.
+
+    Args:
+        num_classes: outputs of the last layer.
+        in_channels: channels of the input images.
+        input_size: ``(H, W)`` the model is built for.
+    """
+
+    spec: dict[str, Any]
+
+    def __init__(self, num_classes: int, in_channels: int, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.input_size = tuple(input_size)
+
+    def check_input(self, x: Any) -> None:
+        """Raise a clear error unless ``x`` is a float tensor ``(N, in_channels, H, W)``."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor (N, C, H, W), got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"input must have rank 4 (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input has {x.shape[1]} channels but the model expects in_channels={self.in_channels}")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be floating point, got {x.dtype}")
+
+    def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_head(self, features: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
