@@ -1,0 +1,307 @@
+"""Figures of the paper, for any TKN: attention windows (Fig. 4), activations (Fig. 1), the L2/β trade-off (Fig. 5).
+
+matplotlib is an optional dependency (``pip install 'tkn[plots]'``); it is
+imported lazily, with the headless ``Agg`` backend, only when a figure is made.
+
+* :func:`attention_figure`: one row per target layer. Left, a mosaic of the
+  layer's channel windows ``F_att`` (one tile per output channel, sampled on
+  the layer's output map) with each channel's ROI drawn as a rectangle; right,
+  the ROI coverage (how many channels compute each pixel). The row title gives
+  the map size and the layer's MACs over its ROIs against the dense cost.
+* :func:`activation_figure`: the same rows for one input sample: each channel's
+  attentively regularised activation (the target layer's output, paper Fig. 1
+  (d)) with its ROI, and the sample with the layer's mean window overlaid.
+* :func:`sweep_figure`: test error against relative speed-up (dense baseline
+  MACs / model MACs), one curve per β, the baseline marked (paper Fig. 5).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tkn.convert import target_layers
+from tkn.summary import _fmt_macs, example_input, layer_row, target_geometry, totals
+
+__all__ = [
+    "require_matplotlib",
+    "mosaic",
+    "attention_figure",
+    "activation_figure",
+    "sweep_figure",
+    "save_figure",
+]
+
+
+def require_matplotlib():
+    """``matplotlib.pyplot`` with the ``Agg`` backend, or ``RuntimeError`` saying how to install it."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise RuntimeError("plotting needs matplotlib: pip install 'tkn[plots]'") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mosaic(maps: Tensor, columns: int | None = None, gap: int = 1) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Tile ``(C, H, W)`` maps into one image separated by ``gap`` NaN pixels.
+
+    Returns:
+        ``(image, offsets)``: a float64 ``(rows*(H+gap)-gap, cols*(W+gap)-gap)``
+        image (NaN between tiles, rendered as background) and the ``(y, x)``
+        top-left offset of each tile, in channel order, row-major.
+    """
+    if not isinstance(maps, Tensor) or maps.dim() != 3 or maps.shape[0] < 1:
+        raise ValueError(f"maps must be a non-empty (C, H, W) tensor, got {getattr(maps, 'shape', maps)!r}")
+    c, h, w = maps.shape
+    cols = columns or max(1, math.ceil(math.sqrt(c * h / w)))
+    cols = min(cols, c)
+    rows = math.ceil(c / cols)
+    image = torch.full((rows * (h + gap) - gap, cols * (w + gap) - gap), float("nan"), dtype=torch.float64)
+    offsets = []
+    for i in range(c):
+        oy, ox = (i // cols) * (h + gap), (i % cols) * (w + gap)
+        image[oy:oy + h, ox:ox + w] = maps[i].detach().to(torch.float64).cpu()
+        offsets.append((oy, ox))
+    return image, offsets
+
+
+def _draw_rois(ax, rois: Tensor, offsets: Sequence[tuple[int, int]], color: str) -> None:
+    from matplotlib.patches import Rectangle
+
+    for (y0, y1, x0, x1), (oy, ox) in zip(rois.tolist(), offsets):
+        if y1 > y0 and x1 > x0:
+            ax.add_patch(Rectangle((ox + x0 - 0.5, oy + y0 - 0.5), x1 - x0, y1 - y0,
+                                   fill=False, edgecolor=color, linewidth=0.8))
+
+
+def _columns(channels: int) -> int:
+    """Tiles per mosaic row: about twice as many columns as rows (the mosaic panel is wide)."""
+    return max(1, min(channels, math.ceil(math.sqrt(2 * channels))))
+
+
+def _coverage(rois: Tensor, h: int, w: int) -> Tensor:
+    from tkn.functional import roi_mask
+
+    return roi_mask(rois, h, w).sum(0).to(torch.float64)
+
+
+def _select_layers(model: nn.Module, layers: Sequence[str] | None):
+    pairs = target_layers(model)
+    if not pairs:
+        raise ValueError("the model has no target layers (tkn.TargetConv2d): nothing to show")
+    if layers is None:
+        return pairs
+    names = [n for n, _ in pairs]
+    unknown = [n for n in layers if n not in names]
+    if unknown:
+        raise ValueError(f"layers {unknown} are not target layers of the model; choose from {names}")
+    return [(n, layer) for n, layer in pairs if n in set(layers)]
+
+
+def _caption(name: str, row: dict, shown: int) -> str:
+    h, w = row["output_size"]
+    more = f" (first {shown} shown)" if shown < row["out_channels"] else ""
+    return (f"{name or '<model>'}: {row['out_channels']} channels{more}, {h}x{w} map, "
+            f"ROI MACs {_fmt_macs(row['macs_roi'])} of {_fmt_macs(row['macs_dense'])} "
+            f"({row['speedup']:.2f}x fewer), mean ROI {100 * row['roi_area_mean']:.0f}% of the map")
+
+
+def _layer_rows(plt, n: int, width: float = 11.0, height: float = 2.9):
+    fig = plt.figure(figsize=(width, height * n + 0.9), layout="constrained")
+    grid = fig.add_gridspec(n, 2, width_ratios=[3, 1])
+    return fig, [(fig.add_subplot(grid[i, 0]), fig.add_subplot(grid[i, 1])) for i in range(n)]
+
+
+def attention_figure(
+    model: nn.Module,
+    input_size: Sequence[int],
+    *,
+    layers: Sequence[str] | None = None,
+    max_channels: int = 64,
+    title: str | None = None,
+):
+    """Paper Fig. 4 for ``model``: every target layer's windows ``F_att`` and ROIs.
+
+    Args:
+        model: a module with :class:`~tkn.layers.TargetConv2d` layers.
+        input_size: ``(C, H, W)`` or ``(H, W)`` of the model's input; one
+            forward pass on an example of this size finds each layer's map.
+        layers: qualified names of the target layers to show (default: all).
+        max_channels: at most this many channels per layer (the first ones).
+        title: figure title.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (save it with :func:`save_figure`).
+    """
+    plt = require_matplotlib()
+    pairs = _select_layers(model, layers)
+    geometry = target_geometry(model, example_input(model, input_size))
+    pairs = [(n, layer) for n, layer in pairs if n in geometry]
+    fig, axes = _layer_rows(plt, len(pairs))
+    rows = []
+    for (name, layer), (ax_tiles, ax_cov) in zip(pairs, axes):
+        in_hw, (h, w) = geometry[name]
+        row = layer_row(name, layer, in_hw, (h, w))
+        rows.append(row)
+        with torch.no_grad():
+            att = layer.attention(h, w)[:max_channels]
+            roi = layer.rois(h, w)
+        image, offsets = mosaic(att, _columns(att.shape[0]))
+        im = ax_tiles.imshow(image.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        _draw_rois(ax_tiles, roi[: len(offsets)], offsets, "red")
+        ax_tiles.set_title(_caption(name, row, len(offsets)), fontsize=8, loc="left")
+        ax_tiles.set_axis_off()
+        fig.colorbar(im, ax=ax_tiles, shrink=0.8, label="F_att")
+        cov = ax_cov.imshow(_coverage(roi, h, w).numpy(), cmap="magma", vmin=0, vmax=layer.out_channels,
+                            interpolation="nearest")
+        ax_cov.set_title("channels computing each pixel", fontsize=8)
+        ax_cov.set_xticks([])
+        ax_cov.set_yticks([])
+        fig.colorbar(cov, ax=ax_cov, shrink=0.8)
+    fig.suptitle(title or "attention windows F_att and ROIs (red) per target layer", fontsize=11)
+    _footer_text(fig, rows)
+    return fig
+
+
+def _footer_text(fig, rows: Sequence[dict]) -> None:
+    t = totals(rows)
+    fig.supxlabel(
+        f"shown target layers: {t['channels']} channels, {_fmt_macs(t['macs_roi'])} of "
+        f"{_fmt_macs(t['macs_dense'])} MACs over ROIs ({t['speedup']:.2f}x fewer than dense)",
+        fontsize=9,
+    )
+
+
+def activation_figure(
+    model: nn.Module,
+    image: Tensor,
+    *,
+    layers: Sequence[str] | None = None,
+    max_channels: int = 64,
+    title: str | None = None,
+):
+    """Paper Fig. 1 (d) for one sample: each channel's attentively regularised activation and ROI.
+
+    Args:
+        model: a module with :class:`~tkn.layers.TargetConv2d` layers.
+        image: one sample ``(C, H, W)`` (or ``(1, C, H, W)``), values as the model expects.
+        layers, max_channels, title: as in :func:`attention_figure`.
+
+    Each row shows a layer's output channels (the convolution times its
+    window, zero outside its ROI: exactly what the next layer sees), on a
+    symmetric colour scale, and the sample with the layer's mean window
+    (interpolated from its map to the input size) overlaid.
+    """
+    plt = require_matplotlib()
+    if not isinstance(image, Tensor) or image.dim() not in (3, 4) or (image.dim() == 4 and image.shape[0] != 1):
+        raise ValueError(
+            f"image must be a (C, H, W) or (1, C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}"
+        )
+    x = (image if image.dim() == 4 else image[None]).float()
+    pairs = _select_layers(model, layers)
+    outputs: dict[str, tuple[Tensor, tuple[int, int]]] = {}
+
+    def hook_for(name: str):
+        def record(module, args, output):
+            outputs.setdefault(name, (output[0].detach(), tuple(args[0].shape[-2:])))
+        return record
+
+    hooks = [layer.register_forward_hook(hook_for(n)) for n, layer in pairs]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        model.train(was_training)
+        for hk in hooks:
+            hk.remove()
+    pairs = [(n, layer) for n, layer in pairs if n in outputs]
+    fig, axes = _layer_rows(plt, len(pairs))
+    sample = x[0].mean(0).cpu().numpy() if x.shape[1] != 3 else x[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+    rows = []
+    for (name, layer), (ax_tiles, ax_img) in zip(pairs, axes):
+        act, in_hw = outputs[name]
+        h, w = act.shape[-2:]
+        row = layer_row(name, layer, in_hw, (h, w))
+        rows.append(row)
+        with torch.no_grad():
+            roi = layer.rois(h, w)
+            mean_att = layer.attention(h, w).mean(0)
+        tiles, offsets = mosaic(act[:max_channels], _columns(min(max_channels, act.shape[0])))
+        limit = float(act[:max_channels].abs().max()) or 1.0
+        im = ax_tiles.imshow(tiles.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        _draw_rois(ax_tiles, roi[: len(offsets)], offsets, "black")
+        ax_tiles.set_title(_caption(name, row, len(offsets)), fontsize=8, loc="left")
+        ax_tiles.set_axis_off()
+        fig.colorbar(im, ax=ax_tiles, shrink=0.8, label="activation")
+        overlay = F.interpolate(mean_att[None, None], size=tuple(x.shape[-2:]), mode="bilinear",
+                                align_corners=False)[0, 0]
+        ax_img.imshow(sample, cmap="gray", interpolation="nearest")
+        ov = ax_img.imshow(overlay.numpy(), cmap="inferno", alpha=0.45, vmin=0.0, vmax=1.0)
+        ax_img.set_title("sample + mean F_att of the layer", fontsize=8)
+        ax_img.set_xticks([])
+        ax_img.set_yticks([])
+        fig.colorbar(ov, ax=ax_img, shrink=0.8)
+    head = title or "attentively regularised activations (ROIs in black) per target layer"
+    if logits.dim() == 2 and logits.shape[1] > 1:
+        head += f" — predicted class {int(logits[0].argmax())}"
+    fig.suptitle(head, fontsize=11)
+    _footer_text(fig, rows)
+    return fig
+
+
+def sweep_figure(rows: Sequence[dict], *, title: str | None = None):
+    """Paper Fig. 5: test error (%) against relative speed-up factor, one curve per β.
+
+    Args:
+        rows: dicts with ``l2``, ``beta``, ``test_error`` (fraction in [0, 1]),
+            ``speedup`` (baseline MACs / model MACs) and ``kind`` (``"tkn"``
+            or ``"baseline"``), as written by ``tkn sweep``.
+        title: figure title.
+    """
+    plt = require_matplotlib()
+    for key in ("kind", "test_error", "speedup"):
+        missing = [i for i, r in enumerate(rows) if key not in r]
+        if missing:
+            raise ValueError(f"sweep rows {missing} lack the {key!r} column")
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+    tkn_rows = [r for r in rows if r["kind"] != "baseline"]
+    for beta in sorted({r["beta"] for r in tkn_rows}):
+        pts = sorted((r for r in tkn_rows if r["beta"] == beta), key=lambda r: r["speedup"])
+        xs = [r["speedup"] for r in pts]
+        ys = [100 * r["test_error"] for r in pts]
+        (line,) = ax.plot(xs, ys, "o-", label=f"TKN, β = {beta:g}")
+        for r, xv, yv in zip(pts, xs, ys):
+            ax.annotate(f"L2={r['l2']:g}", (xv, yv), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=line.get_color())
+    for r in (r for r in rows if r["kind"] == "baseline"):
+        ax.axhline(100 * r["test_error"], color="gray", linestyle="--", linewidth=0.8)
+        ax.plot([r["speedup"]], [100 * r["test_error"]], "k*", markersize=12,
+                label=f"dense baseline ({r.get('model', 'CNN')})")
+    ax.set_xlabel("relative speed-up factor (baseline MACs / model MACs)")
+    ax.set_ylabel("test error (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "effect of L2 and β on error and efficiency", fontsize=10)
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save ``fig`` to ``path`` (format from the suffix; parents created) and close it."""
+    plt = require_matplotlib()
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise ValueError(f"figure path must end in .png, .pdf, .svg or .jpg, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
