@@ -34,7 +34,8 @@ class TensorImageDataset(Dataset):
 
     Attributes:
         images: the ``uint8`` tensor ``(N, C, H, W)`` (for whole-set evaluation:
-            ``dataset.images.float() / 255``).
+            ``dataset.images.float() / 255``). It may share memory with the
+            per-process cache of decoded files: do not modify it in place.
         targets: the ``int64`` label tensor ``(N,)``.
 
     Example:

@@ -66,7 +66,7 @@ def read_ppm(path: str | os.PathLike) -> np.ndarray:
     body = data[offset : offset + need]
     if len(body) != need:
         raise ValueError(f"{path}: PPM header declares {width}x{height} RGB ({need} bytes) but {len(body)} follow")
-    image = np.frombuffer(body, dtype=np.uint8).reshape(height, width, 3)
+    image = np.frombuffer(body, dtype=np.uint8).reshape(height, width, 3).copy()
     if maxv != 255:
         image = np.round(image.astype(np.float64) * (255.0 / maxv)).astype(np.uint8)
     return image

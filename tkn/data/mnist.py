@@ -161,7 +161,7 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     expected = int(np.prod(shape))
     if len(body) != expected:
         raise ValueError(f"{path}: header declares shape {shape} ({expected} bytes) but the file holds {len(body)}")
-    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape).copy()
 
 
 def _find(root: Path, stem: str) -> Path:
