@@ -80,7 +80,7 @@ def read_png_grey(path: str | os.PathLike) -> np.ndarray:
         raise ImportError("reading PNG frames needs Pillow: pip install 'tkn[data]'") from e
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("L"), dtype=np.uint8)
+            return np.array(im.convert("L"), dtype=np.uint8)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read as an image: {e}") from e
 
