@@ -1,0 +1,34 @@
+"""Training and evaluation of TKNs: the library behind ``tkn train``, ``tkn eval`` and ``tkn demo``.
+
+One idea per module:
+
+* :mod:`~tkn.training.config`: :class:`TrainConfig` and its layering (defaults < YAML < flags < ``--set``),
+  the packaged paper recipes;
+* :mod:`~tkn.training.components`: model, optimiser, scheduler, loss, MAC counting;
+* :mod:`~tkn.training.loaders`: data subsets, ``(seed, epoch)`` shuffling, sharding;
+* :mod:`~tkn.training.metrics`: losses, metric accumulation, :func:`evaluate`;
+* :mod:`~tkn.training.loop`: :func:`train` and :func:`train_one_epoch`;
+* :mod:`~tkn.training.state`: RNG state as plain data; :mod:`~tkn.training.records`: output files;
+* :mod:`~tkn.training.distributed`: ``torchrun`` / DDP support.
+
+Example:
+    >>> from tkn.training import resolve_config, train
+    >>> cfg = resolve_config("paper/tdn10-tlmnist-cauchy", {"epochs": 1, "max_train_samples": 256})
+    >>> result = train(cfg)            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from tkn.training.config import TrainConfig, list_recipes, load_config_file, resolve_config
+from tkn.training.loop import TrainResult, train, train_one_epoch
+from tkn.training.metrics import evaluate
+
+__all__ = [
+    "TrainConfig",
+    "resolve_config",
+    "load_config_file",
+    "list_recipes",
+    "train",
+    "train_one_epoch",
+    "TrainResult",
+    "evaluate",
+]

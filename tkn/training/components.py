@@ -1,0 +1,125 @@
+"""The pieces a run is assembled from: model, optimiser, scheduler, loss and MAC counting.
+
+Each function takes the resolved :class:`~tkn.training.config.TrainConfig`
+(and what the data told us) and returns a standard PyTorch object, so a user
+can assemble their own loop from the same parts.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from tkn.training.config import TrainConfig
+
+__all__ = ["check_names", "build_model", "window_parameters", "build_optimizer", "build_scheduler", "loss_name", "count_macs"]
+
+
+def check_names(cfg: TrainConfig) -> None:
+    """Fail early, before any data is read, on an unknown model or data set or a missing data root.
+
+    Raises:
+        ValueError: unknown model / data set, or a data set that needs ``data_root`` without one.
+        FileNotFoundError: ``data_root`` is not an existing folder.
+    """
+    from pathlib import Path
+
+    import tkn.data as tdata
+    from tkn.models import list_models
+
+    if cfg.model not in list_models():
+        raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(list_models())}")
+    if cfg.data not in tdata.list_datasets():
+        raise ValueError(f"unknown data set {cfg.data!r}; known data sets: {', '.join(tdata.list_datasets())}")
+    info = tdata.info(cfg.data)
+    if cfg.data_root is None and info.needs_root and not cfg.download:
+        raise ValueError(f"data set {cfg.data!r} needs --data-root: the folder holding its files ({info.description})")
+    if cfg.data_root is not None and not Path(cfg.data_root).expanduser().is_dir():
+        raise FileNotFoundError(f"data root {cfg.data_root!r} is not an existing folder")
+
+
+def _input_size(shape: tuple[int, int, int]) -> int | tuple[int, int]:
+    _, h, w = shape
+    return h if h == w else (h, w)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """``tkn.models.create_model`` for ``cfg.model`` sized for the data (classes, channels, input size).
+
+    Raises:
+        ValueError: unknown model name (listing the known ones).
+    """
+    from tkn.models import create_model, list_models
+
+    if cfg.model not in list_models():
+        raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(list_models())}")
+    return create_model(
+        cfg.model,
+        num_classes=num_classes,
+        in_channels=input_shape[0],
+        input_size=_input_size(input_shape),
+        window=cfg.window,
+        l2=cfg.l2,
+        beta=cfg.beta,
+        **cfg.model_kwargs,
+    )
+
+
+def window_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The attention-window parameters (``m``, ``s`` of every AR / target layer) of ``model``."""
+    out: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        m, s = getattr(module, "m", None), getattr(module, "s", None)
+        if isinstance(m, nn.Parameter) and isinstance(s, nn.Parameter):
+            out[id(m)], out[id(s)] = m, s
+    return list(out.values())
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov, no dampening) or Adam with ``cfg.lr`` and ``cfg.weight_decay``.
+
+    Weight decay applies to every parameter except the window parameters:
+    those are regularised only by the paper's scale penalty
+    (:func:`tkn.scale_penalty`); decaying ``m`` towards 0 would pull every
+    window to the top-left corner.
+    """
+    windows = {id(p) for p in window_parameters(model)}
+    decayed = [p for p in model.parameters() if p.requires_grad and id(p) not in windows]
+    free = [p for p in model.parameters() if p.requires_grad and id(p) in windows]
+    groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
+    if free:
+        groups.append({"params": free, "weight_decay": 0.0})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    raise ValueError(f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """``MultiStepLR(milestones, gamma)``, stepped once per epoch."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+
+
+def loss_name(cfg: TrainConfig, task: str) -> str:
+    """The loss of a run: ``cfg.loss`` or, for ``"auto"``, the task's (cross entropy / MSE)."""
+    if cfg.loss != "auto":
+        return cfg.loss
+    return "cross_entropy" if task == "classification" else "mse"
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int | None:
+    """ROI-aware multiply-accumulates of one sample (``tkn.flops.count``), or ``None`` without ``tkn.flops``."""
+    try:
+        from tkn import flops
+    except ImportError:
+        warnings.warn("tkn.flops is not available; MACs are not reported", stacklevel=2)
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(flops.count(model, tuple(input_shape)).macs)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,362 @@
+"""The training configuration: one dataclass, layered from defaults, a YAML file, flags and ``--set``.
+
+Resolution order (later wins)::
+
+    TrainConfig() defaults  <  --config FILE  <  command-line flags  <  --set key=value
+
+A config file is YAML read with ``yaml.safe_load`` (never executed). It may
+name a file on disk or a recipe shipped inside the package, e.g.
+``paper/tdn10-tlmnist-cauchy`` (see :func:`list_recipes`). Unknown keys, wrong
+types and impossible values raise :class:`ValueError` naming the key.
+
+Example:
+    >>> cfg = resolve_config(recipe="paper/dn10-mnist", overrides={"epochs": 2}, sets=["lr=0.05"])
+    >>> (cfg.model, cfg.epochs, cfg.lr)
+    ('dn10', 2, 0.05)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "TrainConfig",
+    "resolve_config",
+    "load_config_file",
+    "find_recipe",
+    "list_recipes",
+    "parse_set",
+    "merge",
+    "RESUMABLE_CHANGES",
+]
+
+OPTIMIZERS = ("sgd", "adam")
+WINDOWS = ("cauchy", "gaussian")
+DEVICES = ("auto", "cpu", "cuda")
+LOSSES = ("auto", "cross_entropy", "mse")
+
+# Fields that may differ between a checkpoint's config and a ``--resume`` call:
+# they change where/how a run is executed or how long it goes, never what an
+# epoch computes.
+RESUMABLE_CHANGES = frozenset({"epochs", "out", "progress", "workers", "device", "data_root"})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (plain data; ``asdict`` is what ``config.yaml`` holds).
+
+    The defaults are the paper's MNIST/tlMNIST recipe (section 4.2) for TDN10
+    with a Cauchy window on the embedded ``tlmnist-5k`` data.
+
+    Attributes:
+        model: registry name (see :func:`tkn.models.list_models`).
+        data: data set name (see :mod:`tkn.data`).
+        data_root: folder holding the data set's files (``None`` for embedded data).
+        download: let :func:`tkn.data.load` download missing files where it can.
+        augment: the data set's training augmentation (Pain: landmark noise + flips).
+        epochs: number of epochs (at least 1).
+        batch_size: **global** batch size; with ``W`` processes each takes ``batch_size / W``.
+        lr: initial learning rate.
+        optimizer: ``"sgd"`` (Nesterov by default, as in the paper) or ``"adam"``.
+        momentum, nesterov: SGD settings (no dampening).
+        weight_decay: L2 weight decay of every parameter except the window
+            parameters ``m``, ``s`` (those are regularised by ``l2`` through
+            :func:`tkn.scale_penalty` only).
+        milestones, gamma: the learning rate is multiplied by ``gamma`` at each
+            milestone epoch (``MultiStepLR``; empty for a constant rate).
+        window, l2, beta: target-layer window and scale penalty (``l2 * beta**(block-1)``
+            per block), passed to :func:`tkn.models.create_model`.
+        model_kwargs: any further keyword arguments of the model builder.
+        loss: ``"auto"`` (cross entropy for classification, mean squared error
+            for regression), ``"cross_entropy"`` or ``"mse"``.
+        seed: seeds weights, shuffling (derived from ``(seed, epoch)``), dropout.
+        max_train_samples, max_test_samples: use a seeded random subset of this size.
+        workers: ``DataLoader`` worker processes (``0``: load in the main process).
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        amp: mixed precision; ``None`` means on for CUDA, off on CPU.
+        deterministic: ask PyTorch for deterministic algorithms during the run.
+        out: output folder.
+        progress: tqdm progress bars on stderr.
+        paper: the paper's reported numbers for this recipe (documentation only).
+        description: free text.
+    """
+
+    model: str = "tdn10"
+    data: str = "tlmnist-5k"
+    data_root: str | None = None
+    download: bool = False
+    augment: bool = False
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    milestones: list[int] = field(default_factory=lambda: [10, 15])
+    gamma: float = 0.1
+    window: str = "cauchy"
+    l2: float = 1e-4
+    beta: float = 2.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: str = "auto"
+    seed: int = 0
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    workers: int = 0
+    device: str = "auto"
+    amp: bool | None = None
+    deterministic: bool = True
+    out: str = "runs/tkn"
+    progress: bool = True
+    paper: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, dicts, numbers, strings), safe for YAML and ``weights_only`` checkpoints."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Build and validate a config from plain data; unknown keys are an error."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a training config must be a mapping of keys to values, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(known))}")
+        cfg = cls(**{k: _copy(v) for k, v in data.items()})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> "TrainConfig":
+        """Check types and ranges in place (coercing ints to floats where a float is expected).
+
+        Raises:
+            ValueError: naming the key and what was expected.
+        """
+        _str(self, "model")
+        _str(self, "data")
+        if self.data_root is not None:
+            _str(self, "data_root")
+        for name in ("download", "augment", "nesterov", "deterministic", "progress"):
+            _bool(self, name)
+        _int(self, "epochs", minimum=1)
+        _int(self, "batch_size", minimum=1)
+        _float(self, "lr", positive=True)
+        _choice(self, "optimizer", OPTIMIZERS)
+        _float(self, "momentum", minimum=0.0)
+        _float(self, "weight_decay", minimum=0.0)
+        _float(self, "gamma", positive=True)
+        if not isinstance(self.milestones, list) or not all(_is_int(m) and m >= 1 for m in self.milestones):
+            raise ValueError(f"milestones must be a list of positive epoch numbers, got {self.milestones!r}")
+        if self.milestones != sorted(set(self.milestones)):
+            raise ValueError(f"milestones must be strictly increasing, got {self.milestones!r}")
+        _choice(self, "window", WINDOWS)
+        _float(self, "l2", minimum=0.0)
+        _float(self, "beta", positive=True)
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
+        _choice(self, "loss", LOSSES)
+        _int(self, "seed", minimum=0)
+        for name in ("max_train_samples", "max_test_samples"):
+            if getattr(self, name) is not None:
+                _int(self, name, minimum=1)
+        _int(self, "workers", minimum=0)
+        _choice(self, "device", DEVICES)
+        if self.amp is not None:
+            _bool(self, "amp")
+        _str(self, "out")
+        if not isinstance(self.paper, dict):
+            raise ValueError(f"paper must be a mapping of reported numbers, got {self.paper!r}")
+        if not isinstance(self.description, str):
+            raise ValueError(f"description must be a string, got {self.description!r}")
+        return self
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _str(cfg: TrainConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def _bool(cfg: TrainConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _int(cfg: TrainConfig, name: str, minimum: int) -> None:
+    value = getattr(cfg, name)
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _float(cfg: TrainConfig, name: str, *, minimum: float | None = None, positive: bool = False) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    setattr(cfg, name, float(value))
+
+
+def _choice(cfg: TrainConfig, name: str, choices: Iterable[str]) -> None:
+    value = getattr(cfg, name)
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# --------------------------------------------------------------------------- files and recipes
+
+_RECIPE_PACKAGE = "tkn.configs"
+
+
+def _recipe_root():
+    return resources.files(_RECIPE_PACKAGE)
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped in the package, e.g. ``"paper/tdn10-tlmnist-cauchy"``."""
+    names = []
+    root = _recipe_root()
+    stack = [(root, "")]
+    while stack:
+        node, prefix = stack.pop()
+        for child in node.iterdir():
+            if child.is_dir():
+                stack.append((child, f"{prefix}{child.name}/"))
+            elif child.name.endswith(".yaml"):
+                names.append(f"{prefix}{child.name[:-5]}")
+    return sorted(names)
+
+
+def find_recipe(name: str) -> str:
+    """The YAML text of a config given as a file path or a packaged recipe name.
+
+    A path that exists is read as is; otherwise ``name`` (with or without
+    ``.yaml``) is looked up among :func:`list_recipes`.
+
+    Raises:
+        FileNotFoundError: neither a file nor a packaged recipe.
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"config must be a path or recipe name, got {type(name).__name__}")
+    path = Path(name)
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    stem = str(name)[:-5] if str(name).endswith(".yaml") else str(name)
+    stem = stem.removeprefix("configs/")
+    if stem in list_recipes():
+        return _recipe_root().joinpath(f"{stem}.yaml").read_text(encoding="utf-8")
+    raise FileNotFoundError(
+        f"config {str(name)!r} is neither a file nor a packaged recipe (try e.g. 'paper/tdn10-tlmnist-cauchy'; "
+        f"`tkn train --list-recipes` lists them)"
+    )
+
+
+def load_config_file(name: str | os.PathLike) -> dict[str, Any]:
+    """Parse a config file or packaged recipe into a mapping (``yaml.safe_load``; nothing is executed)."""
+    text = find_recipe(name)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config {str(name)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {str(name)!r} must be a YAML mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- layering
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """Parse one ``--set key=value``: the key may be dotted (``paper.error``), the value is YAML.
+
+    Example:
+        >>> parse_set("milestones=[5, 8]")
+        (['milestones'], [5, 8])
+    """
+    if not isinstance(item, str) or "=" not in item:
+        raise ValueError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"--set key {key!r} is empty or has an empty dotted part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``update``; nested mappings merge key by key, everything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = _copy(value)
+    return out
+
+
+def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
+    nested: Any = value
+    for part in reversed(parts[1:]):
+        nested = {part: nested}
+    return merge(data, {parts[0]: nested})
+
+
+def resolve_config(
+    recipe: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    sets: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Layer ``base`` (default: :class:`TrainConfig` defaults) < ``recipe`` < ``overrides`` < ``sets``.
+
+    Args:
+        recipe: a YAML file or packaged recipe name (see :func:`find_recipe`).
+        overrides: keys given explicitly (e.g. command-line flags); ``None`` values are ignored.
+        sets: ``key=value`` strings (dotted keys allowed, values parsed as YAML).
+        base: starting values (e.g. a checkpoint's config when resuming).
+
+    Returns:
+        A validated :class:`TrainConfig`.
+    """
+    data = TrainConfig().to_dict() if base is None else merge(TrainConfig().to_dict(), base)
+    if recipe is not None:
+        data = merge(data, load_config_file(recipe))
+    if overrides:
+        data = merge(data, {k: v for k, v in overrides.items() if v is not None})
+    for item in sets:
+        parts, value = parse_set(item)
+        data = _set_dotted(data, parts, value)
+    return TrainConfig.from_dict(data)
