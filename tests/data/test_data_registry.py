@@ -77,3 +77,10 @@ def test_missing_root(name, tmp_path):
         data.load(name, "train")
     with pytest.raises(FileNotFoundError, match=r"root .*nowhere is not an existing folder \(expected it to hold"):
         data.load(name, "train", root=tmp_path / "nowhere")
+
+
+def test_bad_seed():
+    with pytest.raises(ValueError, match=r"seed: expected a non-negative integer, got -2"):
+        data.load("pain", "train", root=".", seed=-2)
+    with pytest.raises(ValueError, match=r"seed: expected a non-negative integer, got True"):
+        data.load("mnist-5k", "train", seed=True)

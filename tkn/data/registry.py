@@ -171,8 +171,8 @@ def load(
         name: one of :func:`list_datasets`.
         split: ``"train"`` or ``"test"`` (``svhn`` also ``"extra"``; ``pain``
             also ``"val"``, the same held-out subjects as ``"test"``).
-        root: folder with the data files (not needed for ``mnist-5k`` and
-            ``tlmnist-5k``, which are embedded).
+        root: folder with the data files (``mnist-5k`` and ``tlmnist-5k`` are
+            embedded and ignore it).
         augment: the data set's training augmentation (``info(name).augmentation``);
             only ``pain`` has one.
         download: ``mnist``/``tlmnist`` only: fetch missing IDX files into ``root``.
@@ -195,6 +195,8 @@ def load(
         (1000, torch.Size([1, 28, 28]))
     """
     meta = info(name)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     splits = _SPLITS.get(name, ("train", "test"))
     if split not in splits:
         raise ValueError(f"split: expected one of {', '.join(splits)} for {name}, got {split!r}")
