@@ -1,0 +1,116 @@
+"""``tkn flops``: parameters and the paper's FLOPs (MACs) of a model, per layer, and a TKN's speed-up.
+
+Examples::
+
+    tkn flops cnn6                                  # 1x28x28, the paper's MNIST setting
+    tkn flops dn40 --input 3,32,32                  # SVHN
+    tkn flops stn --input 3,32,32 --num-classes 43  # GTSRB
+    tkn flops --checkpoint runs/tkn6/best.pt        # a trained TKN: MACs of its ROIs, speed-up vs CNN6
+    tkn flops tdn10 --json                          # one JSON object
+
+The speed-up of a targeted model is the paper's (Fig. 5): FLOPs of its dense
+baseline (same arguments, same input) divided by its own FLOPs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from torch import nn
+
+__all__ = ["add_parser", "run", "flops_summary"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "flops",
+        help="params and FLOPs (MACs) per layer; speed-up of a TKN over its baseline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", help="registered model name (optional with --checkpoint)")
+    parser.add_argument("--input", metavar="C,H,W", help="input size (default: the model's own)")
+    parser.add_argument("--num-classes", type=int, help="outputs of the last layer (default 10)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="count a trained model from a tkn checkpoint")
+    parser.add_argument("--window", choices=("cauchy", "gaussian"), help="window of the target layers")
+    parser.add_argument("--l2", type=float, help="scale penalty of the first block's target layers")
+    parser.add_argument("--beta", type=float, help="β build-up factor of the penalty per block")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _build(args: argparse.Namespace, dims: tuple[int, int, int] | None) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The model to count, its registry name and the keyword arguments it was built with."""
+    from tkn.models import create_model, get_entry
+
+    if args.checkpoint is not None:
+        from tkn.checkpoint import model_from_checkpoint
+
+        model, payload = model_from_checkpoint(args.checkpoint)
+        spec = payload["model"]
+        for key in ("num_classes", "window", "l2", "beta"):
+            if getattr(args, key) is not None:
+                raise ValueError(f"--{key.replace('_', '-')} cannot be combined with --checkpoint (the checkpoint fixes it)")
+        if args.model is not None and get_entry(args.model).name != spec["name"]:
+            raise ValueError(f"MODEL {args.model!r} does not match the checkpoint's model {spec['name']!r}")
+        return model, spec["name"], dict(spec.get("kwargs", {}))
+    if args.model is None:
+        raise ValueError("give a MODEL name or --checkpoint PATH")
+    kwargs: dict[str, Any] = {}
+    if dims is not None:
+        kwargs.update(in_channels=dims[0], input_size=(dims[1], dims[2]))
+    for key in ("num_classes", "window", "l2", "beta"):
+        value = getattr(args, key)
+        if value is not None:
+            kwargs[key] = value
+    model = create_model(args.model, **kwargs)
+    return model, model.spec["name"], dict(model.spec["kwargs"])
+
+
+def flops_summary(model: nn.Module, name: str, kwargs: dict[str, Any], dims: tuple[int, int, int] | None) -> dict[str, Any]:
+    """Count ``model`` (registry ``name``, built with ``kwargs``) and, if targeted, its baseline.
+
+    Returns the report's :meth:`~tkn.flops.FlopReport.to_dict` plus ``model``,
+    ``baseline`` (``None`` or ``{"name", "params", "macs"}``) and ``speedup``
+    (``baseline macs / macs``, ``None`` for a baseline).
+    """
+    from tkn.flops import count
+    from tkn.models import baseline_of, create_model
+
+    report = count(model, dims)
+    out: dict[str, Any] = {"model": name, **report.to_dict(), "baseline": None, "speedup": None}
+    base_name = baseline_of(name)
+    if base_name is not None:
+        base = count(create_model(base_name, **kwargs), report.input_size)
+        out["baseline"] = {"name": base_name, "params": base.params, "macs": base.macs}
+        out["speedup"] = base.macs / report.macs if report.macs else float("inf")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from tkn.flops import FlopReport, LayerCount, parse_input_size
+
+    try:
+        dims = parse_input_size(args.input) if args.input is not None else None
+    except ValueError as exc:
+        raise ValueError(f"--input: {exc}") from None
+    model, name, kwargs = _build(args, dims)
+    summary = flops_summary(model, name, kwargs, dims)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    report = FlopReport(
+        input_size=tuple(summary["input_size"]),
+        params=summary["params"],
+        macs=summary["macs"],
+        layers=[LayerCount(**{**row, "output_shape": tuple(row["output_shape"])}) for row in summary["layers"]],
+    )
+    print(f"model      {name}")
+    print(report.format_table())
+    if summary["baseline"] is not None:
+        base = summary["baseline"]
+        print(f"baseline   {base['name']}: {base['macs']:,} MACs, {base['params']:,} params")
+        print(f"speed-up   {summary['speedup']:.2f}x (baseline FLOPs / {name} FLOPs)")
+    return 0
