@@ -199,3 +199,13 @@ def test_bad_csv_header_and_empty_csv(tmp_path):
     write_gtsrb_csv(images / "GT-final_test.csv", [])
     with pytest.raises(ValueError, match=r"GT-final_test.csv lists no images"):
         data.load("gtsrb", "test", root=tmp_path)
+
+
+@pytest.mark.parametrize("h,w", [(40, 37), (100, 80), (20, 25)])
+def test_resize_agrees_with_pillow_bilinear_within_one_level(h, w):
+    Image = pytest.importorskip("PIL.Image")
+    from tkn.data.imageio import resize_uint8
+
+    roi = np.random.default_rng(h).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(roi).resize((32, 32), Image.BILINEAR)).astype(int)
+    assert np.abs(resize_uint8(roi, (32, 32)).astype(int) - pil).max() <= 1

