@@ -198,10 +198,18 @@ def test_flip_and_landmark_noise(archive):
     assert np.linalg.norm(blob_centre(a[0].numpy(), *ref[30]) - ref[30]) < 1.5
 
 
-def test_flip_probability_is_used():
+def test_flip_probability_is_used(archive):
+    root, _ = archive
+    clean = data.load("pain", "train", root=root, holdout=2)[0][0]
+    ds = data.load("pain", "train", root=root, holdout=2, augment=True, landmark_noise=0.0, flip_prob=0.25)
     torch.manual_seed(1)
-    flips = sum(float(torch.rand(())) < 0.5 for _ in range(400))
-    assert 150 < flips < 250  # the mechanism __getitem__ relies on
+    outcomes = []
+    for _ in range(200):
+        image = ds[0][0]
+        flipped = torch.equal(image, clean.flip(-1))
+        assert flipped or torch.equal(image, clean)
+        outcomes.append(flipped)
+    assert 30 <= sum(outcomes) <= 70  # binomial(200, 0.25): mean 50, sd 6.1
 
 
 def test_dataloader_batches(archive):
