@@ -109,15 +109,21 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None):
 def _caption(name: str, row: dict, shown: int) -> str:
     h, w = row["output_size"]
     more = f" (first {shown} shown)" if shown < row["out_channels"] else ""
-    return (f"{name or '<model>'}: {row['out_channels']} channels{more}, {h}x{w} map, "
+    return (f"{name or '<model>'}\n{row['out_channels']} channels{more}, {h}x{w} map, "
             f"ROI MACs {_fmt_macs(row['macs_roi'])} of {_fmt_macs(row['macs_dense'])} "
             f"({row['speedup']:.2f}x fewer), mean ROI {100 * row['roi_area_mean']:.0f}% of the map")
 
 
 def _layer_rows(plt, n: int, width: float = 11.0, height: float = 2.9):
-    fig = plt.figure(figsize=(width, height * n + 0.9), layout="constrained")
-    grid = fig.add_gridspec(n, 2, width_ratios=[3, 1])
-    return fig, [(fig.add_subplot(grid[i, 0]), fig.add_subplot(grid[i, 1])) for i in range(n)]
+    """A figure with one row per layer: ``(tiles, tiles colour bar, side panel, side colour bar)`` axes.
+
+    A fixed grid (no layout solver): drawing stays fast for deep models.
+    """
+    total = height * n + 1.3
+    fig = plt.figure(figsize=(width, total))
+    grid = fig.add_gridspec(n, 4, width_ratios=[3, 0.07, 1, 0.07], left=0.01, right=0.95,
+                            top=1 - 0.9 / total, bottom=0.45 / total, hspace=0.5, wspace=0.22)
+    return fig, [tuple(fig.add_subplot(grid[i, j]) for j in range(4)) for i in range(n)]
 
 
 def attention_figure(
@@ -147,7 +153,7 @@ def attention_figure(
     pairs = [(n, layer) for n, layer in pairs if n in geometry]
     fig, axes = _layer_rows(plt, len(pairs))
     rows = []
-    for (name, layer), (ax_tiles, ax_cov) in zip(pairs, axes):
+    for (name, layer), (ax_tiles, cax_tiles, ax_cov, cax_cov) in zip(pairs, axes):
         in_hw, (h, w) = geometry[name]
         row = layer_row(name, layer, in_hw, (h, w))
         rows.append(row)
@@ -159,24 +165,25 @@ def attention_figure(
         _draw_rois(ax_tiles, roi[: len(offsets)], offsets, "red")
         ax_tiles.set_title(_caption(name, row, len(offsets)), fontsize=8, loc="left")
         ax_tiles.set_axis_off()
-        fig.colorbar(im, ax=ax_tiles, shrink=0.8, label="F_att")
+        fig.colorbar(im, cax=cax_tiles, label="F_att")
         cov = ax_cov.imshow(_coverage(roi, h, w).numpy(), cmap="magma", vmin=0, vmax=layer.out_channels,
                             interpolation="nearest")
-        ax_cov.set_title("channels computing each pixel", fontsize=8)
+        ax_cov.set_xlabel("ROI coverage: channels computing each pixel", fontsize=8)
         ax_cov.set_xticks([])
         ax_cov.set_yticks([])
-        fig.colorbar(cov, ax=ax_cov, shrink=0.8)
-    fig.suptitle(title or "attention windows F_att and ROIs (red) per target layer", fontsize=11)
+        fig.colorbar(cov, cax=cax_cov)
+    fig.suptitle(title or "attention windows F_att and ROIs (red) per target layer", fontsize=11,
+                 y=1 - 0.25 / fig.get_figheight(), va="top")
     _footer_text(fig, rows)
     return fig
 
 
 def _footer_text(fig, rows: Sequence[dict]) -> None:
     t = totals(rows)
-    fig.supxlabel(
-        f"shown target layers: {t['channels']} channels, {_fmt_macs(t['macs_roi'])} of "
+    fig.text(
+        0.5, 0.15 / fig.get_figheight(), f"shown target layers: {t['channels']} channels, {_fmt_macs(t['macs_roi'])} of "
         f"{_fmt_macs(t['macs_dense'])} MACs over ROIs ({t['speedup']:.2f}x fewer than dense)",
-        fontsize=9,
+        ha="center", va="bottom", fontsize=9,
     )
 
 
@@ -228,7 +235,7 @@ def activation_figure(
     fig, axes = _layer_rows(plt, len(pairs))
     sample = x[0].mean(0).cpu().numpy() if x.shape[1] != 3 else x[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
     rows = []
-    for (name, layer), (ax_tiles, ax_img) in zip(pairs, axes):
+    for (name, layer), (ax_tiles, cax_tiles, ax_img, cax_img) in zip(pairs, axes):
         act, in_hw = outputs[name]
         h, w = act.shape[-2:]
         row = layer_row(name, layer, in_hw, (h, w))
@@ -242,55 +249,59 @@ def activation_figure(
         _draw_rois(ax_tiles, roi[: len(offsets)], offsets, "black")
         ax_tiles.set_title(_caption(name, row, len(offsets)), fontsize=8, loc="left")
         ax_tiles.set_axis_off()
-        fig.colorbar(im, ax=ax_tiles, shrink=0.8, label="activation")
+        fig.colorbar(im, cax=cax_tiles, label="activation")
         overlay = F.interpolate(mean_att[None, None], size=tuple(x.shape[-2:]), mode="bilinear",
                                 align_corners=False)[0, 0]
         ax_img.imshow(sample, cmap="gray", interpolation="nearest")
         ov = ax_img.imshow(overlay.numpy(), cmap="inferno", alpha=0.45, vmin=0.0, vmax=1.0)
-        ax_img.set_title("sample + mean F_att of the layer", fontsize=8)
+        ax_img.set_xlabel("sample + the layer's mean F_att", fontsize=8)
         ax_img.set_xticks([])
         ax_img.set_yticks([])
-        fig.colorbar(ov, ax=ax_img, shrink=0.8)
+        fig.colorbar(ov, cax=cax_img)
     head = title or "attentively regularised activations (ROIs in black) per target layer"
     if logits.dim() == 2 and logits.shape[1] > 1:
         head += f" — predicted class {int(logits[0].argmax())}"
-    fig.suptitle(head, fontsize=11)
+    fig.suptitle(head, fontsize=11, y=1 - 0.25 / fig.get_figheight(), va="top")
     _footer_text(fig, rows)
     return fig
 
 
-def sweep_figure(rows: Sequence[dict], *, title: str | None = None):
-    """Paper Fig. 5: test error (%) against relative speed-up factor, one curve per β.
+def sweep_figure(rows: Sequence[dict], *, title: str | None = None, ylabel: str = "test error (%)"):
+    """Paper Fig. 5: test error against relative speed-up factor, one curve per β.
 
     Args:
-        rows: dicts with ``l2``, ``beta``, ``test_error`` (fraction in [0, 1]),
-            ``speedup`` (baseline MACs / model MACs) and ``kind`` (``"tkn"``
-            or ``"baseline"``), as written by ``tkn sweep``.
+        rows: dicts with ``kind`` (``"tkn"`` or ``"baseline"``), ``test_error``
+            (plotted as given, e.g. in %), ``speedup`` (baseline MACs / model
+            MACs), and for TKN rows ``l2`` and ``beta``, as written by ``tkn sweep``.
+            Rows whose error or speed-up is missing (``None``) are skipped.
         title: figure title.
+        ylabel: label of the error axis.
     """
     plt = require_matplotlib()
     for key in ("kind", "test_error", "speedup"):
         missing = [i for i, r in enumerate(rows) if key not in r]
         if missing:
             raise ValueError(f"sweep rows {missing} lack the {key!r} column")
+    rows = [r for r in rows if r["test_error"] is not None and r["speedup"] is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
     tkn_rows = [r for r in rows if r["kind"] != "baseline"]
     for beta in sorted({r["beta"] for r in tkn_rows}):
         pts = sorted((r for r in tkn_rows if r["beta"] == beta), key=lambda r: r["speedup"])
         xs = [r["speedup"] for r in pts]
-        ys = [100 * r["test_error"] for r in pts]
+        ys = [r["test_error"] for r in pts]
         (line,) = ax.plot(xs, ys, "o-", label=f"TKN, β = {beta:g}")
         for r, xv, yv in zip(pts, xs, ys):
             ax.annotate(f"L2={r['l2']:g}", (xv, yv), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=line.get_color())
     for r in (r for r in rows if r["kind"] == "baseline"):
-        ax.axhline(100 * r["test_error"], color="gray", linestyle="--", linewidth=0.8)
-        ax.plot([r["speedup"]], [100 * r["test_error"]], "k*", markersize=12,
+        ax.axhline(r["test_error"], color="gray", linestyle="--", linewidth=0.8)
+        ax.plot([r["speedup"]], [r["test_error"]], "k*", markersize=12,
                 label=f"dense baseline ({r.get('model', 'CNN')})")
     ax.set_xlabel("relative speed-up factor (baseline MACs / model MACs)")
-    ax.set_ylabel("test error (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if rows:
+        ax.legend(fontsize=8)
     ax.set_title(title or "effect of L2 and β on error and efficiency", fontsize=10)
     return fig
 
@@ -302,6 +313,6 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     if path.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise ValueError(f"figure path must end in .png, .pdf, .svg or .jpg, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

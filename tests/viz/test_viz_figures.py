@@ -1,0 +1,107 @@
+"""Figures of tkn.viz and `tkn show`: files exist, have a sane size, and show something."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tkn import viz
+from tkn.cli import main
+
+mpimg = pytest.importorskip("matplotlib.image")
+
+
+def check_png(path, min_side: int = 200, max_side: int = 6000) -> np.ndarray:
+    """Read a PNG back and assert it is a real picture: sane size, many distinct colours."""
+    assert path.is_file() and path.stat().st_size > 5_000
+    image = mpimg.imread(str(path))
+    h, w = image.shape[:2]
+    assert min_side <= h <= max_side and min_side <= w <= max_side
+    rgb = image[..., :3].reshape(-1, 3)
+    assert rgb.std(axis=0).max() > 0.05  # not uniform
+    packed = np.round(rgb * 255).astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+    assert len(np.unique(packed)) > 50  # colour maps, not just black text on white
+    return image
+
+
+def test_mosaic_places_every_map():
+    maps = torch.arange(5 * 2 * 3, dtype=torch.float32).reshape(5, 2, 3)
+    image, offsets = viz.mosaic(maps, columns=2)
+    assert image.shape == (3 * 3 - 1, 2 * 4 - 1)
+    assert offsets == [(0, 0), (0, 4), (3, 0), (3, 4), (6, 0)]
+    for c, (oy, ox) in enumerate(offsets):
+        assert torch.equal(image[oy:oy + 2, ox:ox + 3], maps[c].double())
+    assert torch.isnan(image[2]).all() and torch.isnan(image[:, 3]).all()  # gaps
+    assert torch.isnan(image[6:, 4:]).all()  # the unused last tile
+    with pytest.raises(ValueError, match="maps"):
+        viz.mosaic(torch.zeros(2, 3))
+
+
+def test_attention_figure_png(small_tkn, tmp_path):
+    fig = viz.attention_figure(small_tkn, (1, 16, 16), title="test")
+    assert len(fig.axes) == 2 * 2 + 4  # two panels per layer + their colour bars
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    roi = small_tkn[0].rois(16, 16)
+    area = int(((roi[:, 1] - roi[:, 0]) * (roi[:, 3] - roi[:, 2])).sum())
+    assert any(t.startswith("0\n6 channels") and f"{area * 9 / 1e3:.2f}K" in t for t in titles)
+    # one ROI rectangle per channel, at the ROI's position in the mosaic
+    rects = fig.axes[0].patches
+    assert len(rects) == 6
+    y0, y1, x0, x1 = roi[0].tolist()
+    assert rects[0].get_xy() == (x0 - 0.5, y0 - 0.5) and rects[0].get_width() == x1 - x0
+    check_png(viz.save_figure(fig, tmp_path / "att.png"))
+
+
+def test_activation_figure_png(small_tkn, tmp_path):
+    image = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0))
+    fig = viz.activation_figure(small_tkn, image, max_channels=4)
+    assert "predicted class" in fig.get_suptitle()
+    check_png(viz.save_figure(fig, tmp_path / "act.png"))
+    with pytest.raises(ValueError, match="image"):
+        viz.activation_figure(small_tkn, torch.rand(2, 1, 16, 16))
+
+
+def test_sweep_figure_png(tmp_path):
+    rows = [
+        {"kind": "baseline", "model": "dn10", "l2": None, "beta": None, "test_error": 2.0, "speedup": 1.0},
+        {"kind": "tkn", "l2": 1e-3, "beta": 1.0, "test_error": 1.8, "speedup": 1.4},
+        {"kind": "tkn", "l2": 1e-2, "beta": 1.0, "test_error": 2.6, "speedup": 3.1},
+        {"kind": "tkn", "l2": 1e-3, "beta": 2.0, "test_error": 1.9, "speedup": 1.9},
+        {"kind": "tkn", "l2": 1e-2, "beta": 2.0, "test_error": None, "speedup": None},
+    ]
+    fig = viz.sweep_figure(rows)
+    ax = fig.axes[0]
+    curves = {line.get_label(): line for line in ax.get_lines()}
+    assert list(curves["TKN, β = 1"].get_xdata()) == [1.4, 3.1]  # sorted by speed-up
+    assert list(curves["TKN, β = 2"].get_ydata()) == [1.9]  # the unfinished run is skipped
+    assert list(curves["dense baseline (dn10)"].get_xdata()) == [1.0]
+    check_png(viz.save_figure(fig, tmp_path / "sweep.png"))
+    with pytest.raises(ValueError, match="speedup"):
+        viz.sweep_figure([{"kind": "tkn", "test_error": 1.0}])
+
+
+def test_save_figure_rejects_unknown_suffix(small_tkn, tmp_path):
+    fig = viz.sweep_figure([])
+    with pytest.raises(ValueError, match=".png"):
+        viz.save_figure(fig, tmp_path / "figure.txt")
+
+
+def test_show_writes_figures_next_to_the_checkpoint(tdn10_checkpoint, tmp_path, capsys):
+    path, _ = tdn10_checkpoint
+    assert main(["show", str(path), "--max-channels", "6"]) == 0
+    assert f"wrote {path.parent / 'attention.png'}" in capsys.readouterr().out
+    check_png(path.parent / "attention.png")
+    sample = tmp_path / "digit.npy"
+    np.save(sample, np.random.default_rng(0).random((20, 20)).astype(np.float32))  # resized to 16x16
+    out = tmp_path / "act.png"
+    assert main(["show", str(path), "--input", str(sample), "--out", str(out), "--layers",
+                 "blocks.0.layer1.conv3x3.2", "blocks.2.layer2.conv3x3.2"]) == 0
+    check_png(out)
+
+
+def test_show_input_index_needs_data(tdn10_checkpoint, capsys):
+    path, _ = tdn10_checkpoint
+    assert main(["show", str(path), "--input", "3", "--out", "x.png"]) == 2
+    assert "--data" in capsys.readouterr().err
