@@ -83,6 +83,7 @@ def test_generated_once_per_process():
     assert a.images.data_ptr() == b.images.data_ptr()
 
 
+@pytest.mark.slow  # starts a second Python that imports torch: 2-7 s on a busy 2-core machine
 def test_identical_across_processes():
     here = hashlib.sha256(data.load("tlmnist-5k", "train", seed=5).images.numpy().tobytes()).hexdigest()
     env = dict(os.environ)
