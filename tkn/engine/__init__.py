@@ -1,10 +1,20 @@
-"""Inference engine: plans and runs target layers over their fixed ROIs only.
+"""Inference engine and fast training path: run target layers over their ROIs only.
 
-``freeze(model, example_input)`` runs the example once to learn each target
-layer's input size, then replaces every :class:`~tkn.layers.TargetConv2d` by a
-:class:`FrozenTargetConv2d` whose ROIs, windows and channel groups are computed
-once. The frozen model computes the same function as ``model.eval()``.
+``freeze(model, example_input)`` plans every target layer once (see
+:mod:`tkn.engine.plan`), measures the candidate plans against dense execution
+on the example's own activations, permutes channels through the network where
+the consumer of a layer is visible (:mod:`tkn.engine.permute`), and returns a
+model whose target layers are :class:`FrozenTargetConv2d`. The frozen model
+computes the same function as ``model.eval()``.
+
+:func:`fast_target_conv2d` is the training-time counterpart
+(``TargetConv2d(..., execution="fast")``): it re-groups channels by ROI at
+every call and lets autograd differentiate the blocked computation.
 """
-from tkn.engine.frozen import FrozenTargetConv2d, freeze
+from tkn.engine.frozen import FrozenTargetConv2d
+from tkn.engine.freeze import DEFAULT_CANDIDATES, freeze, plan_summary
+from tkn.engine.plan import Block, CostModel, LayerPlan, dense_plan, plan_blocks
 
-__all__ = ["FrozenTargetConv2d", "freeze"]
+__all__ = [
+    "FrozenTargetConv2d", "freeze", "plan_summary", "DEFAULT_CANDIDATES", "Block", "CostModel", "LayerPlan", "dense_plan", "plan_blocks",
+]

@@ -1,0 +1,233 @@
+"""``freeze``: plan every target layer once, measure, permute channels, return an inference model.
+
+Steps:
+
+1. Run the example once (no grad) to record each target layer's input (its
+   size, and the activations used to time plans).
+2. Trace the model (:mod:`tkn.engine.permute`) to find, for each layer, a
+   consumer that can absorb a channel permutation.
+3. For each layer, in execution order: build candidate plans — dense, and
+   block plans from :func:`~tkn.engine.plan.plan_blocks` under a few cost-model
+   settings — and, when ``measure`` is true, time each on the recorded
+   activations (interleaved, minimum of ``repeats``) and keep the fastest;
+   otherwise keep the one the cost model rates cheapest.
+4. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
+   whose input order is its producer's plan order; permute the batch norms and
+   non-target consumers on its route.
+
+The plan depends on the example's batch size (the per-call overhead is shared
+by the batch): freeze with a batch of the size you will run.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from tkn.engine.frozen import FrozenTargetConv2d
+from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
+from tkn.engine.plan import CostModel, LayerPlan, dense_plan, plan_blocks
+from tkn.layers import TargetConv2d
+
+__all__ = ["freeze", "DEFAULT_CANDIDATES", "plan_summary"]
+
+#: Cost-model settings tried for every layer (see :class:`~tkn.engine.plan.CostModel`).
+DEFAULT_CANDIDATES: tuple[CostModel, ...] = (
+    CostModel(channel_quantum=8, copy_cost=40.0, call_cost=2e6),
+    CostModel(channel_quantum=16, copy_cost=40.0, call_cost=2e6),
+    CostModel(channel_quantum=8, copy_cost=150.0, call_cost=2e7),
+    CostModel(channel_quantum=4, copy_cost=20.0, call_cost=1e6),
+)
+
+
+def _record_inputs(model: nn.Module, example: Tensor) -> tuple[list[str], dict[str, Tensor], dict[str, int]]:
+    names = {id(m): n for n, m in model.named_modules() if isinstance(m, TargetConv2d)}
+    order: list[str] = []
+    inputs: dict[str, Tensor] = {}
+    calls: dict[str, int] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        name = names[id(module)]
+        calls[name] = calls.get(name, 0) + 1
+        if name not in inputs:
+            order.append(name)
+            inputs[name] = args[0].detach()
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, TargetConv2d)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order, inputs, calls
+
+
+def _modelled_cost(layer: TargetConv2d, plan: LayerPlan, out_hw: tuple[int, int], cost: CostModel, batch: int) -> float:
+    per_mac = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+    if plan.mode == "dense":
+        return layer.out_channels * out_hw[0] * out_hw[1] * per_mac + cost.call_cost / batch
+    total = 0.0
+    q = cost.channel_quantum
+    for b in plan.blocks:
+        halo = ((b.y1 - b.y0 - 1) * layer.stride[0] + layer.kernel_extent[0]) * (
+            (b.x1 - b.x0 - 1) * layer.stride[1] + layer.kernel_extent[1])
+        total += -(-b.count // q) * q * b.area * per_mac + cost.copy_cost * layer.in_channels * halo + cost.call_cost / batch
+    return total
+
+
+def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int) -> list[float]:
+    best = [float("inf")] * len(modules)
+    with torch.no_grad():
+        for m in modules:  # warm-up (oneDNN primitive creation, allocator)
+            m(x)
+        for _ in range(repeats):
+            for i, m in enumerate(modules):
+                t0 = time.perf_counter()
+                m(x)
+                best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+def freeze(
+    model: nn.Module,
+    example_input: Tensor,
+    *,
+    input_size: tuple[int, int] | None = None,
+    measure: bool = True,
+    repeats: int = 3,
+    candidates: Sequence[CostModel] = DEFAULT_CANDIDATES,
+    permute: bool = True,
+) -> nn.Module:
+    """An inference copy of ``model`` whose target layers run only their fixed ROIs.
+
+    Args:
+        model: a model containing :class:`~tkn.layers.TargetConv2d` layers (left untouched).
+        example_input: a batch of the shape (and batch size) the frozen model will see.
+        input_size: optional ``(H, W)`` to plan for instead of the example's size
+            (a zero input of that size is used: the window parameters are
+            relative, so a TKN trained at one resolution runs at another).
+        measure: time the candidate plans on the example's activations and keep
+            the fastest (dense included); ``False`` trusts the cost model.
+        repeats: timing repeats per candidate (minimum taken; candidates interleaved).
+        candidates: cost-model settings to build block plans with.
+        permute: let layers emit channels in plan order where the consumer can
+            absorb the permutation (:mod:`tkn.engine.permute`); ``False`` makes
+            every layer restore the original order itself.
+
+    Returns:
+        A copy in ``eval()`` mode without gradients; target layers reached by the
+        example are :class:`~tkn.engine.frozen.FrozenTargetConv2d`. Its outputs
+        equal ``model.eval()``'s (to float rounding).
+
+    Example:
+        >>> net = nn.Sequential(TargetConv2d(1, 8, 3), nn.ReLU(), TargetConv2d(8, 4, 3))
+        >>> frozen = freeze(net, torch.randn(2, 1, 12, 12), measure=False)
+        >>> type(frozen[0]).__name__
+        'FrozenTargetConv2d'
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, Tensor):
+        raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    if input_size is not None:
+        if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
+                or not all(isinstance(v, int) and v > 0 for v in input_size)):
+            raise ValueError(f"input_size must be a pair of positive ints (H, W), got {input_size!r}")
+        example_input = example_input.new_zeros((*example_input.shape[:-2], *input_size))
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    if isinstance(frozen, TargetConv2d):
+        wrapper = nn.Sequential(frozen)
+        return freeze(wrapper, example_input, measure=measure, repeats=repeats, candidates=candidates,
+                      permute=permute)[0]
+
+    reference = copy.deepcopy(frozen) if permute else None
+    order, inputs, calls = _record_inputs(frozen, example_input)
+    single = [n for n in order if calls[n] == 1]
+    routes = find_routes(frozen, single) if permute else {}
+    by_hooks = routes is None
+    if by_hooks:
+        routes = find_routes_by_hooks(frozen, example_input[:1], single)
+    in_perms: dict[str, list[int]] = {}
+    built: dict[str, FrozenTargetConv2d] = {}
+    for name in order:
+        layer: TargetConv2d = frozen.get_submodule(name)
+        x = inputs[name]
+        hw = tuple(x.shape[-2:])
+        out_hw = layer.output_size(*hw)
+        batch = x.shape[0]
+        plans = [dense_plan(layer.out_channels)]
+        if layer.groups == 1:
+            roi = layer.rois(*out_hw)
+            seen = set()
+            for cost in candidates:
+                p = plan_blocks(roi, in_channels=layer.in_channels, kernel_size=layer.kernel_size,
+                                kernel_extent=layer.kernel_extent, stride=layer.stride, batch=batch, cost=cost)
+                key = tuple(p.perm), tuple(p.blocks)
+                if key not in seen:
+                    seen.add(key)
+                    plans.append(p)
+        route = routes.get(name)
+        in_perm = in_perms.get(name)
+        options = [FrozenTargetConv2d(layer, hw, p, in_perm=in_perm, permute_output=route is not None) for p in plans]
+        if measure and len(options) > 1:
+            times = _time_candidates(options, x if in_perm is None else x[:, in_perm], repeats)
+        else:
+            ref = candidates[0] if candidates else CostModel()
+            times = [_modelled_cost(layer, p, out_hw, ref, batch) for p in plans]
+        best = min(range(len(options)), key=times.__getitem__)
+        chosen = options[best]
+        chosen.timings = {p.label: t for p, t in zip(plans, times)} if measure else {}
+        built[name] = chosen
+        if route is not None:
+            if not chosen._identity:
+                apply_route(frozen, route, chosen.plan.perm, layer.out_channels)
+                if route.kind == "conv" and isinstance(frozen.get_submodule(route.consumer), TargetConv2d):
+                    in_perms[route.consumer] = chosen.plan.perm
+            else:
+                chosen.permute_output = False
+    for name, module in built.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = frozen.get_submodule(parent_name) if parent_name else frozen
+        setattr(parent, child, module)
+    if by_hooks and routes and not _same_outputs(reference, frozen, torch.randn_like(example_input[:2])):
+        # a consumer the hooks could not see: plan again without moving permutations through the model
+        return freeze(model, example_input, input_size=None, measure=measure, repeats=repeats,
+                      candidates=candidates, permute=False)
+    return frozen
+
+
+def _same_outputs(a: nn.Module, b: nn.Module, x: Tensor) -> bool:
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    flat_a = [t for t in torch.utils._pytree.tree_leaves(ya) if isinstance(t, Tensor)]
+    flat_b = [t for t in torch.utils._pytree.tree_leaves(yb) if isinstance(t, Tensor)]
+    if len(flat_a) != len(flat_b):
+        return False
+    for ta, tb in zip(flat_a, flat_b):
+        if ta.shape != tb.shape:
+            return False
+        scale = ta.abs().max().clamp_min(1e-12)
+        if not bool(((ta - tb).abs().max() / scale) < 1e-3):
+            return False
+    return True
+
+
+def plan_summary(model: nn.Module) -> list[dict]:
+    """One row per frozen layer: name, plan mode and label, blocks, active channels, timings measured at freeze."""
+    rows = []
+    for name, m in model.named_modules():
+        if isinstance(m, FrozenTargetConv2d):
+            rows.append({
+                "layer": name, "mode": m.plan.mode, "plan": m.plan.label, "blocks": len(m.blocks),
+                "active_channels": m.plan.n_active, "channels": m.out_channels,
+                "timings_s": dict(getattr(m, "timings", {})),
+            })
+    return rows

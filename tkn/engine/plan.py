@@ -1,0 +1,206 @@
+"""Planning: group a target layer's output channels into blocks that share one bounding ROI.
+
+A *plan* reorders the output channels (``perm``) and cuts the new order into
+contiguous :class:`Block` s. Each block is executed as one convolution over the
+bounding box of its channels' ROIs (the halo read from the input), so the
+channels of a block cost ``count × box area`` multiply–accumulates instead of
+their own ROI areas: the planner trades that waste against the cost of
+issuing more, smaller convolutions.
+
+The grouping is agglomerative: every distinct ROI starts as its own cluster
+and the pair of clusters whose merge lowers the modelled cost the most is
+merged, until no merge helps. The cost of a block (in units of one
+multiply–accumulate of a large convolution) is, per sample of the batch::
+
+    macs(round_up(count, channel_quantum) × box area)   # the convolution
+    + copy_cost × input channels × halo area             # copying its input crop
+    + call_cost / batch                                  # a fixed cost per call
+
+``channel_quantum`` models the CPU kernels' output-channel blocking (a block of
+5 channels costs as much as one of 8), ``copy_cost`` the crop copy that the
+convolution makes, ``call_cost`` the per-call overhead. The constants are
+rough; :func:`tkn.engine.freeze` plans with several settings and keeps the one
+that *measures* fastest (or dense, if nothing beats it).
+
+All of this is integer work on small CPU arrays: the ROIs may live on any
+device, they are copied to the host once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Block", "LayerPlan", "CostModel", "plan_blocks", "dense_plan"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """Channels ``[c0, c1)`` of the permuted order, computed over the output box ``[y0, y1) × [x0, x1)``."""
+
+    c0: int
+    c1: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def count(self) -> int:
+        return self.c1 - self.c0
+
+    @property
+    def area(self) -> int:
+        return (self.y1 - self.y0) * (self.x1 - self.x0)
+
+
+@dataclass
+class LayerPlan:
+    """How one target layer runs: ``dense``, or ``blocks`` over the channel order ``perm``.
+
+    ``perm[j]`` is the original index of the channel stored at position ``j``.
+    Channels ``perm[n_active:]`` have empty ROIs: they are all zero.
+    """
+
+    mode: str
+    perm: list[int]
+    blocks: list[Block] = field(default_factory=list)
+    n_active: int = 0
+    label: str = ""
+
+    def macs_per_position(self) -> int:
+        """``Σ count × area`` over the blocks (output positions computed, times channels)."""
+        return sum(b.count * b.area for b in self.blocks)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-sample cost of one block, in multiply–accumulates of a large convolution (see module doc)."""
+
+    channel_quantum: int = 8
+    copy_cost: float = 40.0
+    call_cost: float = 2.0e6
+
+    def __post_init__(self) -> None:
+        if self.channel_quantum < 1 or self.copy_cost < 0 or self.call_cost < 0:
+            raise ValueError(f"cost model constants must be non-negative (quantum >= 1), got {self}")
+
+
+def dense_plan(channels: int) -> LayerPlan:
+    """The plan that runs the layer as one full convolution (then window and mask)."""
+    return LayerPlan("dense", list(range(channels)), [], channels, "dense")
+
+
+def _halo(lo: np.ndarray, hi: np.ndarray, extent: int, stride: int) -> np.ndarray:
+    """Input rows needed by output rows ``[lo, hi)``: ``(hi - 1) * stride + extent - lo * stride``."""
+    return (hi - 1 - lo) * stride + extent
+
+
+def plan_blocks(
+    rois: Tensor,
+    *,
+    in_channels: int,
+    kernel_size: tuple[int, int],
+    kernel_extent: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    batch: int = 1,
+    cost: CostModel = CostModel(),
+) -> LayerPlan:
+    """Group channels by ROI (agglomerative, cost-driven) and return a ``"blocks"`` plan.
+
+    Args:
+        rois: integer tensor ``(C, 4)``: ``y0, y1, x0, x1`` per output channel (any device).
+        in_channels: input channels seen by each output channel (``C_in / groups``).
+        kernel_size: ``(kH, kW)``.
+        kernel_extent: dilated kernel span per axis.
+        stride: convolution stride.
+        batch: batch size the plan is for (the per-call cost is shared by the batch).
+        cost: the cost model.
+
+    Returns:
+        A :class:`LayerPlan`; channels with an empty ROI are put last and get no block.
+
+    Example:
+        >>> r = torch.tensor([[0, 4, 0, 4], [10, 14, 10, 14], [0, 4, 0, 4]])
+        >>> p = plan_blocks(r, in_channels=8, kernel_size=(3, 3), kernel_extent=(3, 3),
+        ...                 cost=CostModel(channel_quantum=1, call_cost=0.0))
+        >>> [(b.count, b.y0, b.y1) for b in p.blocks]
+        [(2, 0, 4), (1, 10, 14)]
+    """
+    if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != 4:
+        raise ValueError(f"rois must be a (C, 4) tensor, got {getattr(rois, 'shape', type(rois).__name__)}")
+    r = rois.detach().to("cpu", torch.int64).numpy()
+    channels = r.shape[0]
+    nonempty = (r[:, 1] > r[:, 0]) & (r[:, 3] > r[:, 2])
+    active = np.flatnonzero(nonempty)
+    empty = np.flatnonzero(~nonempty)
+    if active.size == 0:
+        return LayerPlan("blocks", list(range(channels)), [], 0, "empty")
+
+    uniq, inverse = np.unique(r[active], axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    members = [active[inverse == u].tolist() for u in range(len(uniq))]
+    box = uniq.astype(np.int64).copy()
+    count = np.array([len(mm) for mm in members], dtype=np.int64)
+
+    per_mac = in_channels * kernel_size[0] * kernel_size[1]
+    q = cost.channel_quantum
+    call = cost.call_cost / max(batch, 1)
+    copy = cost.copy_cost * in_channels
+
+    def block_cost(b: np.ndarray, n: np.ndarray) -> np.ndarray:
+        area = (b[..., 1] - b[..., 0]) * (b[..., 3] - b[..., 2])
+        halo = _halo(b[..., 0], b[..., 1], kernel_extent[0], stride[0]) * _halo(b[..., 2], b[..., 3], kernel_extent[1], stride[1])
+        return (-(-n // q) * q) * area * per_mac + copy * halo + call
+
+    alive = np.ones(len(box), dtype=bool)
+    own = block_cost(box, count).astype(np.float64)
+
+    def union(i: int, js: np.ndarray) -> np.ndarray:
+        u = np.empty((len(js), 4), dtype=np.int64)
+        u[:, 0] = np.minimum(box[i, 0], box[js, 0])
+        u[:, 1] = np.maximum(box[i, 1], box[js, 1])
+        u[:, 2] = np.minimum(box[i, 2], box[js, 2])
+        u[:, 3] = np.maximum(box[i, 3], box[js, 3])
+        return u
+
+    k = len(box)
+    gain = np.full((k, k), np.inf)
+    for i in range(k):
+        js = np.arange(i + 1, k)
+        if js.size:
+            gain[i, js] = block_cost(union(i, js), count[i] + count[js]) - own[i] - own[js]
+    gain = np.minimum(gain, gain.T)
+    while alive.sum() > 1:
+        flat = int(np.argmin(gain))
+        i, j = divmod(flat, k)
+        if not gain[i, j] < 0:
+            break
+        box[i] = union(i, np.array([j]))[0]
+        count[i] += count[j]
+        members[i] += members[j]
+        own[i] = block_cost(box[i], count[i])
+        alive[j] = False
+        gain[j, :] = np.inf
+        gain[:, j] = np.inf
+        others = np.flatnonzero(alive)
+        others = others[others != i]
+        row = np.full(k, np.inf)
+        if others.size:
+            row[others] = block_cost(union(i, others), count[i] + count[others]) - own[i] - own[others]
+        gain[i, :] = row
+        gain[:, i] = row
+
+    order = sorted(np.flatnonzero(alive).tolist(), key=lambda c: (box[c, 0], box[c, 2], box[c, 1], box[c, 3]))
+    perm: list[int] = []
+    blocks: list[Block] = []
+    for c in order:
+        start = len(perm)
+        perm += sorted(members[c])
+        y0, y1, x0, x1 = (int(v) for v in box[c])
+        blocks.append(Block(start, len(perm), y0, y1, x0, x1))
+    n_active = len(perm)
+    perm += empty.tolist()
+    return LayerPlan("blocks", perm, blocks, n_active, f"blocks(q={q}, copy={cost.copy_cost:g}, call={cost.call_cost:g})")
