@@ -105,8 +105,10 @@ def window(length: int, m, s, kind: str = "cauchy") -> Tensor:
     """
     kind = check_window(kind)
     _check_length("length", length)
-    m = torch.as_tensor(m, dtype=None if isinstance(m, Tensor) else torch.get_default_dtype())
-    s = torch.as_tensor(s, dtype=m.dtype, device=m.device)
+    if not isinstance(m, Tensor):
+        m = torch.as_tensor(m, dtype=torch.get_default_dtype())
+    if not isinstance(s, Tensor):
+        s = torch.as_tensor(s, dtype=m.dtype, device=m.device)
     if m.dim() != 1 or s.shape != m.shape:
         raise ValueError(f"m and s must both have shape (C,), got m {tuple(m.shape)} and s {tuple(s.shape)}")
     if not m.is_floating_point():
