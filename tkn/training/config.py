@@ -4,9 +4,10 @@ Resolution order (later wins)::
 
     TrainConfig() defaults  <  --config FILE  <  command-line flags  <  --set key=value
 
-A config file is YAML read with ``yaml.safe_load`` (never executed). It may
+A config file is YAML read with a ``yaml.SafeLoader`` (never executed). It may
 name a file on disk or a recipe shipped inside the package, e.g.
-``paper/tdn10-tlmnist-cauchy`` (see :func:`list_recipes`). Unknown keys, wrong
+``paper/tdn10-tlmnist-cauchy`` (see :func:`list_recipes`). Numbers such as
+``1e-3`` are read as floats (plain YAML 1.1 would read a string). Unknown keys, wrong
 types and impossible values raise :class:`ValueError` naming the key.
 
 Example:
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -234,6 +236,21 @@ def _choice(cfg: TrainConfig, name: str, choices: Iterable[str]) -> None:
 
 # --------------------------------------------------------------------------- files and recipes
 
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass: no object construction
+
+
 _RECIPE_PACKAGE = "tkn.configs"
 
 
@@ -281,10 +298,10 @@ def find_recipe(name: str) -> str:
 
 
 def load_config_file(name: str | os.PathLike) -> dict[str, Any]:
-    """Parse a config file or packaged recipe into a mapping (``yaml.safe_load``; nothing is executed)."""
+    """Parse a config file or packaged recipe into a mapping (a ``yaml.SafeLoader``; nothing is executed)."""
     text = find_recipe(name)
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"config {str(name)!r} is not valid YAML: {exc}") from None
     if data is None:
@@ -310,7 +327,7 @@ def parse_set(item: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ValueError(f"--set key {key!r} is empty or has an empty dotted part")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return parts, value

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tkn.training.config import TrainConfig
 from tkn.training.distributed import DistContext, ShardSampler
 
-__all__ = ["DataBundle", "subset", "build_data", "train_loader", "test_loader", "set_epoch", "per_process_batch"]
+__all__ = ["DataBundle", "subset", "build_data", "train_loader", "eval_loader", "set_epoch", "per_process_batch"]
 
 
 @dataclass
@@ -97,7 +97,7 @@ def train_loader(dataset: Dataset, cfg: TrainConfig, ctx: DistContext) -> DataLo
     )
 
 
-def test_loader(dataset: Dataset, cfg: TrainConfig, ctx: DistContext) -> DataLoader:
+def eval_loader(dataset: Dataset, cfg: TrainConfig, ctx: DistContext) -> DataLoader:
     """Evaluation batches, each sample on exactly one process."""
     return DataLoader(
         dataset,

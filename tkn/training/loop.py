@@ -246,7 +246,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     amp = cfg.amp if cfg.amp is not None else ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp and ctx.device.type == "cuda")
     train_data = loaders.train_loader(data.train, cfg, ctx)
-    test_data = loaders.test_loader(data.test, cfg, ctx)
+    test_data = loaders.eval_loader(data.test, cfg, ctx)
     params = sum(p.numel() for p in model.parameters())
 
     start, history, best = 0, [], None
