@@ -116,7 +116,7 @@ REFERENCES = [
 ]
 
 
-@pytest.mark.parametrize("name, kwargs, shape, expected", REFERENCES, ids=lambda v: str(v) if isinstance(v, str) else None)
+@pytest.mark.parametrize("name, kwargs, shape, expected", REFERENCES)
 def test_counts_equal_the_layer_formulas(name, kwargs, shape, expected):
     report = count(create_model(name, **kwargs), shape)
     assert (report.params, report.macs) == expected

@@ -187,7 +187,8 @@ def _layer_macs(module: nn.Module, out: Tensor) -> tuple[int, int, bool]:
         return n, n, False
     dense = per_sample.numel() * _kernel_macs(module) if getattr(module, "weight", None) is not None else 0
     h, w = int(out.shape[-2]), int(out.shape[-1])
-    if isinstance(module, TargetConv2d) or (callable(getattr(module, "macs", None)) and not isinstance(module, nn.Conv2d)):
+    reports_macs = callable(getattr(module, "macs", None)) and not isinstance(module, nn.Conv2d)
+    if isinstance(module, TargetConv2d) or reports_macs:
         return int(module.macs(h, w)), dense, True
     roi = getattr(module, "roi", None)
     if isinstance(roi, Tensor) and not isinstance(module, nn.Conv2d):

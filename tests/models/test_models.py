@@ -142,7 +142,9 @@ def test_beta_builds_up_the_l2_penalty_per_block(name):
         assert layer.window == "gaussian"
     assert blocks == {0, 1, 2}
     # scale_penalty at initialisation (s = 1 on both axes): Σ 2 C_layer l2 β^block
-    expected = sum(2 * layer.out_channels * l2 * beta ** _expected_block(name, n, i) for i, (n, layer) in enumerate(layers))
+    expected = sum(
+        2 * layer.out_channels * l2 * beta ** _expected_block(name, n, i) for i, (n, layer) in enumerate(layers)
+    )
     assert scale_penalty(model).item() == pytest.approx(expected, rel=1e-6)
 
 

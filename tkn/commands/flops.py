@@ -52,7 +52,8 @@ def _build(args: argparse.Namespace, dims: tuple[int, int, int] | None) -> tuple
         spec = payload["model"]
         for key in ("num_classes", "window", "l2", "beta"):
             if getattr(args, key) is not None:
-                raise ValueError(f"--{key.replace('_', '-')} cannot be combined with --checkpoint (the checkpoint fixes it)")
+                flag = "--" + key.replace("_", "-")
+                raise ValueError(f"{flag} cannot be combined with --checkpoint (the checkpoint fixes it)")
         if args.model is not None and get_entry(args.model).name != spec["name"]:
             raise ValueError(f"MODEL {args.model!r} does not match the checkpoint's model {spec['name']!r}")
         return model, spec["name"], dict(spec.get("kwargs", {}))
@@ -69,7 +70,9 @@ def _build(args: argparse.Namespace, dims: tuple[int, int, int] | None) -> tuple
     return model, model.spec["name"], dict(model.spec["kwargs"])
 
 
-def flops_summary(model: nn.Module, name: str, kwargs: dict[str, Any], dims: tuple[int, int, int] | None) -> dict[str, Any]:
+def flops_summary(
+    model: nn.Module, name: str, kwargs: dict[str, Any], dims: tuple[int, int, int] | None
+) -> dict[str, Any]:
     """Count ``model`` (registry ``name``, built with ``kwargs``) and, if targeted, its baseline.
 
     Returns the report's :meth:`~tkn.flops.FlopReport.to_dict` plus ``model``,

@@ -37,11 +37,17 @@ __all__ = [
     "dn40",
 ]
 
-register("cnn6", partial(CNN6, targeted=False), description="6-layer CNN (MNIST, tlMNIST)")
-register("tkn6", partial(CNN6, targeted=True), baseline="cnn6", description="CNN6 with all convolutions targeted")
-register("dn10", partial(dn10, targeted=False), description="DenseNet, 3 blocks x 2 layers, growth 12 (MNIST, tlMNIST)")
-register("tdn10", partial(dn10, targeted=True), baseline="dn10", description="DN10 with its 3x3 block convolutions targeted")
-register("dn40", partial(dn40, targeted=False), description="DenseNet-BC, 3 blocks x 12 layers, growth 36 (SVHN, Pain)")
-register("tdn40", partial(dn40, targeted=True), baseline="dn40", description="DN40 with its 3x3 block convolutions targeted")
-register("stn", partial(STN, targeted=False), description="spatial transformer network (GTSRB)")
-register("tstn", partial(STN, targeted=True), baseline="stn", description="STN with its main network's convolutions targeted")
+_PAPER = [
+    # name, builder, baseline, description
+    ("cnn6", CNN6, None, "6-layer CNN (MNIST, tlMNIST)"),
+    ("tkn6", CNN6, "cnn6", "CNN6 with all convolutions targeted"),
+    ("dn10", dn10, None, "DenseNet, 3 blocks x 2 layers, growth 12 (MNIST, tlMNIST)"),
+    ("tdn10", dn10, "dn10", "DN10 with its 3x3 block convolutions targeted"),
+    ("dn40", dn40, None, "DenseNet-BC, 3 blocks x 12 layers, growth 36 (SVHN, Pain)"),
+    ("tdn40", dn40, "dn40", "DN40 with its 3x3 block convolutions targeted"),
+    ("stn", STN, None, "spatial transformer network (GTSRB)"),
+    ("tstn", STN, "stn", "STN with its main network's convolutions targeted"),
+]
+for _name, _builder, _baseline, _description in _PAPER:
+    register(_name, partial(_builder, targeted=_baseline is not None), baseline=_baseline, description=_description)
+del _name, _builder, _baseline, _description

@@ -33,7 +33,8 @@ DROPOUT = 0.6
 
 def _conv_stage(cin: int, cout: int, k: int, **conv_kwargs) -> nn.Sequential:
     """``conv (same padding, no bias) - BN - ReLU - 2x2 max pool``."""
-    return nn.Sequential(conv(cin, cout, k, **conv_kwargs), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    layer = conv(cin, cout, k, **conv_kwargs)
+    return nn.Sequential(layer, nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
 
 class LocalizationNet(nn.Module):
