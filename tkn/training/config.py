@@ -303,7 +303,10 @@ def load_config_file(name: str | os.PathLike) -> dict[str, Any]:
     try:
         data = _yaml_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"config {str(name)!r} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(f"config {str(name)!r} is not valid YAML{where}: {what}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
