@@ -186,7 +186,9 @@ def run_demo(out: str | Path, schedule: DemoSchedule, *, seed: int = 0, progress
         }
     shape = nets["dn10"][1]
     dense = nets["dn10"][0].eval()
-    frozen = tkn.freeze(nets["tdn10"][0].eval(), torch.rand(1, *shape))
+    log("freezing TDN10 (ROI plans for batch 1 and batch 64)")
+    frozen1 = tkn.freeze(nets["tdn10"][0].eval(), torch.rand(1, *shape))
+    frozen64 = tkn.freeze(nets["tdn10"][0].eval(), torch.rand(64, *shape))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -195,9 +197,9 @@ def run_demo(out: str | Path, schedule: DemoSchedule, *, seed: int = 0, progress
             return tqdm(it, desc=desc, file=sys.stderr, leave=False)
 
     log("timing DN10 (dense) and TDN10 (frozen) interleaved on the CPU")
-    lat = measure_interleaved({"dn10": dense, "tdn10": frozen}, shape, batch=1, repeats=schedule.latency_repeats,
+    lat = measure_interleaved({"dn10": dense, "tdn10": frozen1}, shape, batch=1, repeats=schedule.latency_repeats,
                               progress=bar and (lambda it: bar(it, "latency, batch 1")))
-    thr = measure_interleaved({"dn10": dense, "tdn10": frozen}, shape, batch=64, repeats=schedule.throughput_repeats,
+    thr = measure_interleaved({"dn10": dense, "tdn10": frozen64}, shape, batch=64, repeats=schedule.throughput_repeats,
                               warmup=1, progress=bar and (lambda it: bar(it, "throughput, batch 64")))
     for name in ("dn10", "tdn10"):
         report["models"][name]["latency_s"] = lat[name]
