@@ -23,7 +23,7 @@ Example:
     >>> from tkn.models import create_model
     >>> report = count(create_model("cnn6"), (1, 28, 28))
     >>> report.params, report.macs
-    (4586642, 368417024)
+    (4586642, 368406912)
 """
 from __future__ import annotations
 

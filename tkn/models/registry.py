@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
@@ -129,6 +128,7 @@ def create_model(
         ValueError: unknown name (the message lists the known ones) or an argument out of range.
 
     Example:
+        >>> import torch
         >>> model = create_model("tkn6", num_classes=10, input_size=28)
         >>> model(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 10])
