@@ -225,8 +225,8 @@ class TargetConv2d(nn.Module):
         self.padding_mode = padding_mode
         self.window = TF.check_window(window)
         self.l2 = check_l2(l2)
-        if execution not in ("dense", "sliced"):
-            raise ValueError(f"execution must be 'dense' or 'sliced', got {execution!r}")
+        if execution not in ("dense", "sliced", "fast"):
+            raise ValueError(f"execution must be 'dense', 'sliced' or 'fast', got {execution!r}")
         self.execution = execution
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
@@ -287,6 +287,13 @@ class TargetConv2d(nn.Module):
         if _params_are_checked():
             TF._check_finite("m", self.m)
             TF._check_finite("s", self.s)
+        if self.execution == "fast":  # ROI blocks re-planned every call (tkn.engine.training)
+            from tkn.engine.training import fast_target_conv2d
+
+            return fast_target_conv2d(
+                x, self.weight, self.m, self.s, self.bias, stride=self.stride, padding=self.padding,
+                dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode, window=self.window,
+            )
         return TF.target_conv2d(
             x, self.weight, self.m, self.s, self.bias,
             stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,

@@ -112,9 +112,14 @@ class FrozenTargetConv2d(nn.Module):
 
     # -- execution -------------------------------------------------------------------
     def _dense(self, x: Tensor) -> Tensor:
-        xp = TF.pad_input(x, self.pad, self.padding_mode)
-        y = F.conv2d(xp, self.weight, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
-        return y * self.window_map
+        left, right, top, bottom = self.pad
+        if self.padding_mode == "zeros" and left == right and top == bottom:
+            y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=(top, left), dilation=self.dilation,
+                         groups=self.groups)
+        else:
+            xp = TF.pad_input(x, self.pad, self.padding_mode)
+            y = F.conv2d(xp, self.weight, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
+        return y.mul_(self.window_map)
 
     def _blocks(self, x: Tensor) -> Tensor:
         n = x.shape[0]

@@ -1,0 +1,150 @@
+"""``tkn bench``: wall-clock speed of a TKN — dense CNN vs target model (dense) vs frozen (ROI engine).
+
+Examples::
+
+    tkn bench                                   # TKN6 at 1x56x56, synthetic ROIs, batch 1 and 64
+    tkn bench --layers --train                  # plus per-layer rows and one training step
+    tkn bench --checkpoint runs/tkn6/best.pt    # a trained model's own ROIs
+    tkn bench --batch 64 --repeats 9 --json
+
+Variants are interleaved and repeated; the minimum over repeats is reported
+(the median is in ``--json``). Speed-up is against the dense CNN (the model
+with plain ``nn.Conv2d`` layers); efficiency = speed-up / FLOP ratio. The
+synthetic ROI distribution and the memory measurement are documented in
+:mod:`tkn.engine.benchmark`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time dense CNN vs target model vs frozen ROI engine (inference and one training step)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", default="tkn6", help="registered targeted model (default tkn6)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="benchmark a trained model (its own ROIs)")
+    parser.add_argument("--input", metavar="C,H,W", default=None, help="input size (default 1,56,56)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 64], metavar="N", help="batch sizes (default 1 64)")
+    parser.add_argument("--repeats", type=int, default=5, metavar="R", help="timed rounds per variant (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic ROIs and inputs")
+    parser.add_argument("--layers", action="store_true", help="also time each target layer alone")
+    parser.add_argument("--train", action="store_true", help="also time one training step (largest batch)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the peak-memory subprocesses")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _parse_input(text: str | None) -> tuple[int, int, int]:
+    if text is None:
+        return (1, 56, 56)
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise ValueError(f"--input must be C,H,W with three positive ints, got {text!r}")
+    return dims
+
+
+def _build(args: argparse.Namespace, dims: tuple[int, int, int]):
+    from tkn.engine.benchmark import synthetic_rois_
+
+    if args.checkpoint:
+        from tkn.checkpoint import model_from_checkpoint
+
+        model, _ = model_from_checkpoint(args.checkpoint)
+        return model, "checkpoint ROIs"
+    from tkn.models import create_model
+
+    model = create_model(args.model, in_channels=dims[0], input_size=(dims[1], dims[2]))
+    return synthetic_rois_(model, args.seed), f"synthetic ROIs (seed {args.seed})"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tkn.convert import target_layers
+    from tkn.engine import benchmark as B
+
+    dims = _parse_input(args.input)
+    if any(b < 1 for b in args.batch):
+        raise ValueError(f"--batch values must be positive ints, got {args.batch}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be a positive int, got {args.repeats}")
+    model, rois = _build(args, dims)
+    if not target_layers(model):
+        raise ValueError(f"model {args.model!r} has no target layers: benchmark a targeted model (e.g. tkn6)")
+    model.eval()
+    result: dict[str, Any] = {
+        "model": args.checkpoint or args.model, "input": list(dims), "rois": rois, "repeats": args.repeats,
+        "conditions_start": B.conditions(), "models": [], "layers": [], "train": None, "memory_mib": {},
+    }
+    for batch in args.batch:
+        result["models"].append(B.bench_model(model, dims, batch, args.repeats, seed=args.seed))
+        if args.layers:
+            result["layers"] += B.bench_layers(model, dims, batch, args.repeats, seed=args.seed)
+    big = max(args.batch)
+    if args.train:
+        result["train"] = B.bench_train_step(model, dims, big, args.repeats, seed=args.seed)
+    if args.memory:
+        spec = {"model": args.model, "checkpoint": args.checkpoint, "input": list(dims), "batch": big,
+                "seed": args.seed, "threads": torch.get_num_threads()}
+        variants = ["dense", "target", "frozen"] + (["train_dense", "train_fast"] if args.train else [])
+        result["memory_mib"] = {v: B.peak_memory({**spec, "variant": v}) for v in variants}
+        result["memory_batch"] = big
+    result["conditions_end"] = B.conditions()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(result))
+    return 0
+
+
+def _ms(t: dict[str, float]) -> str:
+    return f"{1e3 * t['min']:.1f}"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """Text tables of a ``tkn bench`` result."""
+    c = r["conditions_start"]
+    out = [f"model {r['model']}  input {'x'.join(map(str, r['input']))}  {r['rois']}  min of {r['repeats']} interleaved runs",
+           f"torch {c['torch']}, {c['threads']} threads, {c['cpu']} ({c['cores']} cores), "
+           f"load average {c['load_average'] and [round(v, 2) for v in c['load_average']]} -> "
+           f"{r['conditions_end']['load_average'] and [round(v, 2) for v in r['conditions_end']['load_average']]}",
+           "",
+           "whole model (inference)",
+           f"{'batch':>5}  {'FLOP ratio':>10}  {'dense ms':>9}  {'target ms':>9}  {'frozen ms':>9}  "
+           f"{'speed-up':>8}  {'efficiency':>10}  {'frozen img/s':>12}  {'max rel err':>11}"]
+    for m in r["models"]:
+        t = m["times_s"]
+        out.append(f"{m['batch']:>5}  {m['flop_ratio']:>10.2f}  {_ms(t['dense']):>9}  {_ms(t['target']):>9}  "
+                   f"{_ms(t['frozen']):>9}  {m['speedup_vs_dense']:>8.2f}  {m['efficiency']:>10.2f}  "
+                   f"{m['throughput_per_s']['frozen']:>12.1f}  {m['frozen_max_rel_error']:>11.1e}")
+    if r["layers"]:
+        out += ["", "per layer (each alone on its own input)",
+                f"{'layer':<12} {'batch':>5}  {'FLOP ratio':>10}  {'conv ms':>8}  {'target ms':>9}  {'frozen ms':>9}  "
+                f"{'speed-up':>8}  {'efficiency':>10}  plan"]
+        for row in r["layers"]:
+            t = row["times_s"]
+            out.append(f"{row['layer']:<12} {row['batch']:>5}  {row['flop_ratio']:>10.2f}  {_ms(t['dense']):>8}  "
+                       f"{_ms(t['target']):>9}  {_ms(t['frozen']):>9}  {row['speedup_vs_dense']:>8.2f}  "
+                       f"{row['efficiency']:>10.2f}  {row['plan']} ({row['blocks']} blocks)")
+    if r["train"]:
+        t = r["train"]
+        out += ["", f"one training step (batch {t['batch']}): dense CNN {_ms(t['times_s']['dense'])} ms, "
+                    f"TKN fast path {_ms(t['times_s']['fast'])} ms, speed-up {t['speedup_vs_dense']:.2f} "
+                    f"(FLOP ratio {t['flop_ratio']:.2f})"]
+    if r["memory_mib"]:
+        mem = ", ".join(f"{k} {'n/a' if v is None else f'{v:.0f}'}" for k, v in r["memory_mib"].items())
+        out += ["", f"peak extra memory of one pass at batch {r['memory_batch']} (MiB): {mem}"]
+    return "\n".join(out)

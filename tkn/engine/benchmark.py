@@ -1,0 +1,316 @@
+"""Benchmark harness behind ``tkn bench``: dense CNN vs target model (dense) vs frozen model.
+
+Synthetic trained-like ROIs
+---------------------------
+Without a checkpoint, :func:`synthetic_rois_` sets every target layer's raw
+window parameters from a seeded generator (``torch.Generator().manual_seed(seed
++ i)`` for the ``i``-th target layer in module order), independently per
+channel and axis::
+
+    m ~ U(0.1, 0.9)      centres spread over the map
+    s ~ U(0.1, 0.45)     scales (relative units)
+
+then the layers clip as always (``s`` is raised to the kernel's minimum, so on
+small maps the narrowest ROIs are kernel-wide). Drawing ``m`` first and ``s``
+second, each as one ``(C, 2)`` tensor with ``torch.rand``, is part of the
+definition. On TKN6 at 56×56 the FLOP ratio is about 6.
+
+What is timed
+-------------
+* ``dense``: the baseline CNN — the model with each target layer replaced by a
+  plain ``nn.Conv2d`` holding the same weights (for TKN6 this is CNN6);
+* ``target``: the target model executed densely (``execution="dense"``);
+* ``frozen``: :func:`tkn.engine.freeze` of the target model, planned for the
+  same batch size.
+
+Variants are run round-robin (``dense, target, frozen, dense, ...``) for
+``repeats`` rounds after one warm-up round; the report gives the minimum (the
+least disturbed run: the machine may be shared) and the median. Per-layer
+figures time each layer alone on the activations it receives. One training
+step is forward + cross-entropy + backward + SGD step, the dense CNN against
+the target model with ``execution="fast"`` (:mod:`tkn.engine.training`).
+
+Peak memory is measured in a fresh subprocess per variant with glibc's mmap
+threshold fixed at 64 KiB (every tensor buffer is then its own mapping, so
+resident memory follows live tensors): after a warm-up pass the peak-RSS
+counter is reset (``/proc/self/clear_refs``) and the figure is the peak
+resident memory during one pass minus the resident memory before it. It is
+``None`` where ``/proc`` does not offer this (non-Linux).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tkn.convert import target_layers
+from tkn.engine.freeze import freeze, plan_summary
+from tkn.engine.frozen import FrozenTargetConv2d
+from tkn.layers import TargetConv2d
+
+__all__ = [
+    "synthetic_rois_",
+    "dense_baseline",
+    "interleaved",
+    "bench_model",
+    "bench_layers",
+    "bench_train_step",
+    "peak_memory",
+    "conditions",
+]
+
+M_RANGE = (0.1, 0.9)
+S_RANGE = (0.1, 0.45)
+
+
+@torch.no_grad()
+def synthetic_rois_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Set every target layer's ``m``, ``s`` to the documented synthetic distribution (in place); returns ``model``."""
+    for i, (_, layer) in enumerate(target_layers(model)):
+        g = torch.Generator().manual_seed(seed + i)
+        m = torch.rand(layer.m.shape, generator=g, dtype=torch.float64) * (M_RANGE[1] - M_RANGE[0]) + M_RANGE[0]
+        s = torch.rand(layer.s.shape, generator=g, dtype=torch.float64) * (S_RANGE[1] - S_RANGE[0]) + S_RANGE[0]
+        layer.m.copy_(m.to(layer.m))
+        layer.s.copy_(s.to(layer.s))
+    return model
+
+
+def _conv_from_target(layer: TargetConv2d) -> nn.Conv2d:
+    left, right, top, bottom = layer.pad
+    if left != right or top != bottom:
+        padding: Any = "same"
+    else:
+        padding = (top, left)
+    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride, padding=padding,
+                     dilation=layer.dilation, groups=layer.groups, bias=layer.bias is not None,
+                     padding_mode=layer.padding_mode, device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            conv.bias.copy_(layer.bias)
+    return conv
+
+
+def dense_baseline(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every :class:`~tkn.layers.TargetConv2d` replaced by an ``nn.Conv2d`` (same weights)."""
+    new = copy.deepcopy(model)
+    if isinstance(new, TargetConv2d):
+        return _conv_from_target(new)
+    done: dict[int, nn.Conv2d] = {}
+    for module in list(new.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, TargetConv2d):
+                done.setdefault(id(child), _conv_from_target(child))
+                setattr(module, name, done[id(child)])
+    return new
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
+    """Time each callable round-robin; ``{name: {"min": s, "median": s}}``."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[k].append(dt)
+    return {k: {"min": min(v), "median": statistics.median(v)} for k, v in times.items()}
+
+
+def _flop_ratio(model: nn.Module, input_size: Sequence[int]) -> tuple[float, dict[str, float]]:
+    from tkn.flops import count
+
+    report = count(model, tuple(input_size))
+    per_layer = {row.name: row.dense_macs / row.macs for row in report.layers if row.roi_fraction is not None and row.macs}
+    return report.dense_macs / report.macs, per_layer
+
+
+def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats: int,
+                seed: int = 0) -> dict[str, Any]:
+    """Whole-model inference: dense CNN, target model (dense), frozen model at one batch size."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *input_size, generator=g)
+    target = copy.deepcopy(model).eval()
+    for _, layer in target_layers(target):
+        layer.execution = "dense"
+    dense = dense_baseline(target).eval()
+    t0 = time.perf_counter()
+    frozen = freeze(target, x)
+    freeze_s = time.perf_counter() - t0
+    with torch.no_grad():
+        ref = target(x)
+        err = float(((frozen(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item())
+        times = interleaved({"dense": lambda: dense(x), "target": lambda: target(x), "frozen": lambda: frozen(x)},
+                            repeats)
+    ratio, _ = _flop_ratio(target, input_size)
+    speedup = times["dense"]["min"] / times["frozen"]["min"]
+    return {
+        "batch": batch,
+        "flop_ratio": ratio,
+        "times_s": times,
+        "speedup_vs_dense": speedup,
+        "speedup_vs_target": times["target"]["min"] / times["frozen"]["min"],
+        "efficiency": speedup / ratio,
+        "throughput_per_s": {k: batch / v["min"] for k, v in times.items()},
+        "frozen_max_rel_error": err,
+        "freeze_s": freeze_s,
+        "plans": plan_summary(frozen),
+    }
+
+
+def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeats: int,
+                 seed: int = 0) -> list[dict[str, Any]]:
+    """Each target layer alone on its own input activations: ``nn.Conv2d`` vs dense target vs frozen."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *input_size, generator=g)
+    target = copy.deepcopy(model).eval()
+    for _, layer in target_layers(target):
+        layer.execution = "dense"
+    frozen = freeze(target, x)
+    inputs: dict[str, Tensor] = {}
+    hooks = [layer.register_forward_pre_hook(lambda mod, a, n=name: inputs.setdefault(n, a[0].detach()))
+             for name, layer in target_layers(target)]
+    with torch.no_grad():
+        target(x)
+    for h in hooks:
+        h.remove()
+    _, ratios = _flop_ratio(target, input_size)
+    rows = []
+    for name, layer in target_layers(target):
+        if name not in inputs:
+            continue
+        xi = inputs[name]
+        conv = _conv_from_target(layer).eval()
+        fl = frozen.get_submodule(name)
+        assert isinstance(fl, FrozenTargetConv2d)
+        with torch.no_grad():
+            t = interleaved({"dense": lambda: conv(xi), "target": lambda: layer(xi), "frozen": lambda: fl(xi)},
+                            repeats)
+        speedup = t["dense"]["min"] / t["frozen"]["min"]
+        ratio = ratios.get(name, float("nan"))
+        rows.append({
+            "layer": name, "batch": batch, "flop_ratio": ratio, "times_s": t, "speedup_vs_dense": speedup,
+            "efficiency": speedup / ratio, "plan": fl.plan.label, "blocks": len(fl.blocks),
+        })
+    return rows
+
+
+def bench_train_step(model: nn.Module, input_size: Sequence[int], batch: int, repeats: int, num_classes: int = 10,
+                     seed: int = 0) -> dict[str, Any]:
+    """One SGD step (forward, cross-entropy, backward, step): dense CNN vs target model with ``execution="fast"``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *input_size, generator=g)
+    target = copy.deepcopy(model).train()
+    for _, layer in target_layers(target):
+        layer.execution = "fast"
+    dense = dense_baseline(target).train()
+    with torch.no_grad():
+        classes = dense(x[:1]).shape[-1]
+    y = torch.randint(0, classes, (batch,), generator=g)
+    opts = {"dense": torch.optim.SGD(dense.parameters(), lr=1e-6), "fast": torch.optim.SGD(target.parameters(), lr=1e-6)}
+
+    def step(net: nn.Module, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    times = interleaved({"dense": lambda: step(dense, opts["dense"]), "fast": lambda: step(target, opts["fast"])},
+                        repeats)
+    ratio, _ = _flop_ratio(target, input_size)
+    return {"batch": batch, "flop_ratio": ratio, "times_s": times,
+            "speedup_vs_dense": times["dense"]["min"] / times["fast"]["min"]}
+
+
+def _memory_child(spec: dict[str, Any]) -> None:
+    """Subprocess entry: build one variant, warm up, reset the peak-RSS counter, run once, print the peak delta."""
+    from tkn.checkpoint import model_from_checkpoint
+    from tkn.models import create_model
+
+    torch.set_num_threads(spec["threads"])
+    if spec.get("checkpoint"):
+        model, _ = model_from_checkpoint(spec["checkpoint"])
+    else:
+        model = synthetic_rois_(create_model(spec["model"], in_channels=spec["input"][0],
+                                             input_size=tuple(spec["input"][1:])), spec["seed"])
+    g = torch.Generator().manual_seed(spec["seed"])
+    x = torch.rand(spec["batch"], *spec["input"], generator=g)
+    variant = spec["variant"]
+    train = variant.startswith("train_")
+    for _, layer in target_layers(model):
+        layer.execution = "fast" if variant == "train_fast" else "dense"
+    if variant in ("dense", "train_dense"):
+        model = dense_baseline(model)
+    if variant == "frozen":
+        model = freeze(model, x, measure=False)
+    model.train(train)
+
+    def run() -> None:
+        if train:
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), torch.zeros(x.shape[0], dtype=torch.long)).backward()
+        else:
+            with torch.no_grad():
+                model(x)
+
+    run()
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = _status_kib("VmRSS")
+    run()
+    peak = _status_kib("VmHWM")
+    print(json.dumps({"peak_mib": (peak - before) / 1024}))
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def peak_memory(spec: dict[str, Any], timeout: float = 300.0) -> float | None:
+    """Peak extra resident memory (MiB) of one pass of ``spec["variant"]``, measured in a subprocess (see module doc)."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    code = "import json,sys; from tkn.engine.benchmark import _memory_child; _memory_child(json.loads(sys.argv[1]))"
+    try:
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                             env=env, timeout=timeout, check=True)
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
+    except (subprocess.SubprocessError, OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def conditions() -> dict[str, Any]:
+    """Machine and run conditions reported with every benchmark."""
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cores": os.cpu_count(),
+        "python": platform.python_version(), "load_average": load, "device": "cpu",
+    }

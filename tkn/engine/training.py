@@ -1,0 +1,163 @@
+"""Fast training path: a target convolution that computes only ROI blocks, re-planned at every call.
+
+``fast_target_conv2d`` computes exactly ``y[c] = (conv(x, W)[c] * F_c) * 1[ROI_c]``
+(as :func:`tkn.functional.target_conv2d`) but convolves only blocks of channels
+over their shared bounding ROI (:func:`~tkn.engine.plan.plan_blocks`; the
+planning is integer work on at most a few hundred boxes, redone every call
+because the ROIs move during training). Autograd differentiates the blocked
+computation, so the gradients are those of the dense semantics: the weight
+and the input get the convolution's gradients over the ROIs only, and ``m``,
+``s`` get theirs through the window ``F`` inside the ROI.
+
+Two small autograd functions keep the backward pass cheap: :class:`_Crops`
+cuts all input crops at once and accumulates their gradients into a single
+buffer (instead of one full-size zero tensor per crop), and :class:`_Assemble`
+writes the block outputs into one zero-initialised output (its backward hands
+each block its slice of the gradient).
+
+Used by ``TargetConv2d(..., execution="fast")``. Cases the block path does not
+cover (``groups > 1``, non-zero padding modes) run the dense reference.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tkn import functional as TF
+from tkn.engine.frozen import _span
+from tkn.engine.plan import Block, CostModel, plan_blocks
+
+__all__ = ["fast_target_conv2d", "TRAIN_COST"]
+
+#: Cost model of the per-step planning (no time to measure: ROIs change every step).
+TRAIN_COST = CostModel(channel_quantum=8, copy_cost=60.0, call_cost=4e6)
+#: Above this fraction of the dense multiply–accumulates, the block plan is not worth it.
+DENSE_FRACTION = 0.7
+
+
+class _Crops(torch.autograd.Function):
+    """All block crops of ``x`` (zero-padded where they leave the map); backward sums into one buffer."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, spans: list[tuple[int, ...]]):
+        ctx.shape = x.shape
+        ctx.spans = spans
+        crops = []
+        for ya, yb, xa, xb, pt, pb, pl, pr in spans:
+            c = x[:, :, ya:yb, xa:xb]
+            c = F.pad(c, (pl, pr, pt, pb)) if (pt or pb or pl or pr) else c.contiguous(memory_format=torch.channels_last)
+            crops.append(c)
+        return tuple(crops)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        gx = None
+        for g, (ya, yb, xa, xb, pt, pb, pl, pr) in zip(grads, ctx.spans):
+            if g is None:
+                continue
+            if gx is None:
+                gx = g.new_zeros(ctx.shape)
+            gx[:, :, ya:yb, xa:xb] += g[:, :, pt:pt + yb - ya, pl:pl + xb - xa]
+        return gx, None
+
+
+class _Assemble(torch.autograd.Function):
+    """Write block outputs ``(N, count, h, w)`` into a zero ``(N, C, H, W)`` output (plan channel order)."""
+
+    @staticmethod
+    def forward(ctx, shape: tuple[int, ...], blocks: list[Block], *ys: Tensor) -> Tensor:
+        ctx.blocks = blocks
+        n, c, h, w = shape
+        out = ys[0].new_zeros((n, h, w, c)).permute(0, 3, 1, 2)
+        for b, y in zip(blocks, ys):
+            out[:, b.c0:b.c1, b.y0:b.y1, b.x0:b.x1] = y
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return (None, None, *(grad[:, b.c0:b.c1, b.y0:b.y1, b.x0:b.x1] for b in ctx.blocks))
+
+
+def fast_target_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    m: Tensor,
+    s: Tensor,
+    bias: Tensor | None = None,
+    *,
+    stride=1,
+    padding="same",
+    dilation=1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    window: str = "cauchy",
+    cost: CostModel = TRAIN_COST,
+    dense_fraction: float = DENSE_FRACTION,
+) -> Tensor:
+    """The target convolution computed over ROI blocks only; same values and gradients as the dense reference.
+
+    Args:
+        x: input ``(N, C_in, H, W)``.
+        weight: ``(C_out, C_in / groups, kH, kW)``.
+        m, s: raw window parameters ``(C_out, 2)`` (clipped here, as in the dense path).
+        bias: optional ``(C_out,)``, added before the window.
+        stride, padding, dilation, groups, padding_mode, window: as :func:`tkn.functional.target_conv2d`.
+        cost: the planner's cost model.
+        dense_fraction: run densely when the blocks would cost more than this
+            fraction of the dense multiply–accumulates.
+
+    Shape:
+        - Output: ``(N, C_out, H_out, W_out)`` (``channels_last`` memory when blocks are used).
+
+    Example:
+        >>> x, w = torch.randn(2, 3, 9, 9), torch.randn(8, 3, 3, 3)
+        >>> m, s = torch.rand(8, 2), torch.full((8, 2), 0.3)
+        >>> ref = TF.target_conv2d(x, w, m, s)
+        >>> bool(torch.allclose(fast_target_conv2d(x, w, m, s), ref, atol=1e-5))
+        True
+    """
+    window = TF.check_window(window)
+    stride, dilation = TF._pair("stride", stride), TF._pair("dilation", dilation)
+    if groups != 1 or padding_mode != "zeros" or x.dim() != 4:
+        return TF.target_conv2d(x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation,
+                                groups=groups, padding_mode=padding_mode, window=window, execution="dense")
+    ky, kx = weight.shape[-2:]
+    pad = TF.resolve_padding(padding, (ky, kx), stride, dilation)
+    n, _, h, w = x.shape
+    ho = TF.conv_output_size(h, ky, stride[0], dilation[0], pad[2] + pad[3])
+    wo = TF.conv_output_size(w, kx, stride[1], dilation[1], pad[0] + pad[1])
+    if ho < 1 or wo < 1:
+        raise ValueError(f"input of spatial size {(h, w)} is too small for kernel {(ky, kx)} and padding {pad}")
+    extents = (dilation[0] * (ky - 1) + 1, dilation[1] * (kx - 1) + 1)
+    roi = TF.rois(m, s, (ho, wo), extents)
+    plan = plan_blocks(roi, in_channels=weight.shape[1], kernel_size=(ky, kx), kernel_extent=extents,
+                       stride=stride, batch=n, cost=cost)
+    c_out = weight.shape[0]
+    if not plan.blocks or plan.macs_per_position() > dense_fraction * c_out * ho * wo:
+        return TF.target_conv2d(x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation,
+                                window=window, execution="dense")
+    mc, sc = TF.clip_params(m, s, (ho, wo), extents)
+    perm = torch.tensor(plan.perm, dtype=torch.long, device=weight.device)
+    win = TF.attention2d(mc, sc, ho, wo, window).to(x.dtype).index_select(0, perm)
+    mask = TF.roi_mask(roi.to(weight.device).index_select(0, perm), ho, wo)
+    wp = weight.index_select(0, perm)
+    bp = None if bias is None else bias.index_select(0, perm)
+    left, _, top, _ = pad
+    spans = []
+    for b in plan.blocks:
+        ya, yb, pt, pb = _span(b.y0, b.y1, stride[0], extents[0], top, h)
+        xa, xb, pl, pr = _span(b.x0, b.x1, stride[1], extents[1], left, w)
+        spans.append((ya, yb, xa, xb, pt, pb, pl, pr))
+    ys = []
+    crops = _Crops.apply(x, spans)
+    for b, crop in zip(plan.blocks, crops):
+        y = F.conv2d(crop, wp[b.c0:b.c1], None if bp is None else bp[b.c0:b.c1], stride=stride, dilation=dilation)
+        factor = win[b.c0:b.c1, b.y0:b.y1, b.x0:b.x1] * mask[b.c0:b.c1, b.y0:b.y1, b.x0:b.x1]
+        ys.append(y * factor)
+    out = _Assemble.apply((n, c_out, ho, wo), plan.blocks, *ys)
+    if plan.perm == list(range(c_out)):
+        return out
+    return out.index_select(1, torch.argsort(perm))
