@@ -177,6 +177,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE", help="YAML config or packaged recipe shared by every run "
                                                     "(default: TDN10 on tlmnist-5k, see DEFAULTS)")
+    p.add_argument("--model", help="targeted model to sweep (default tdn10, or the config's)")
+    p.add_argument("--data", help="data set (default tlmnist-5k, or the config's)")
     p.add_argument("--l2", type=float, nargs="+", metavar="V", help="L2 values (default 1e-3 3e-3 1e-2)")
     p.add_argument("--beta", type=float, nargs="+", metavar="V", help="beta values (default 1 2)")
     p.add_argument("--out", default="runs/sweep", metavar="DIR", help="sweep folder (default runs/sweep)")
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     base: dict[str, Any] = {}
     if args.config is None:
         base = {k: v for k, v in DEFAULTS.items() if k not in ("l2", "beta")}
-    for key in ("epochs", "max_train_samples", "max_test_samples"):
+    for key in ("model", "data", "epochs", "max_train_samples", "max_test_samples"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     base["progress"] = args.progress
