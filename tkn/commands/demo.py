@@ -5,7 +5,7 @@ row) on ``tlmnist-5k`` with a **reduced schedule** sized for a few minutes on
 2 CPU cores (the paper trains 20 epochs on 60,000 images), then compares them
 side by side: test error, parameters, ROI-aware MACs, relative speed-up
 (dense MACs / ROI MACs), and measured CPU latency (batch 1) and throughput
-(batch 64) of the dense DN10 against the frozen TDN10 (:func:`tkn.freeze`),
+(batch 64; ``--quick``: 8) of the dense DN10 against the frozen TDN10 (:func:`tkn.freeze`),
 timed interleaved so that both see the same machine load. Writes
 ``report.md``, ``report.json`` and ``attention.png`` (the learned windows and
 ROIs of every target layer) into ``--out``.
@@ -42,12 +42,14 @@ class DemoSchedule:
     batch_size: int = 64
     lr: float = 0.1
     latency_repeats: int = 30
+    throughput_batch: int = 64
     throughput_repeats: int = 5
 
     @classmethod
     def quick(cls) -> "DemoSchedule":
         """A few batches: checks the whole pipeline in seconds (numbers are meaningless)."""
-        return cls(epochs=1, train_samples=64, test_samples=64, batch_size=32, latency_repeats=3, throughput_repeats=1)
+        return cls(epochs=1, train_samples=32, test_samples=32, batch_size=32, latency_repeats=3, throughput_batch=8,
+                   throughput_repeats=1)
 
     @property
     def milestones(self) -> list[int]:
@@ -109,15 +111,16 @@ def _human(n: float) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """The side-by-side comparison as a Markdown table."""
     a, b = report["models"]["dn10"], report["models"]["tdn10"]
+    tb = report["schedule"]["throughput_batch"]
     rows = [
         ("test error (%)", f"{a['test_error']:.2f}", f"{b['test_error']:.2f}"),
         ("params", f"{a['params']:,}", f"{b['params']:,}"),
         ("MACs / image", _human(a["macs"]), _human(b["macs"])),
         ("relative speed-up (MACs)", "1.00x", f"{a['macs'] / b['macs']:.2f}x"),
         ("CPU latency, batch 1 (ms)", f"{1e3 * a['latency_s']:.2f}", f"{1e3 * b['latency_s']:.2f}"),
-        ("CPU throughput, batch 64 (img/s)", f"{a['throughput']:.0f}", f"{b['throughput']:.0f}"),
+        (f"CPU throughput, batch {tb} (img/s)", f"{a['throughput']:.0f}", f"{b['throughput']:.0f}"),
         ("measured speed-up, batch 1", "1.00x", f"{a['latency_s'] / b['latency_s']:.2f}x"),
-        ("measured speed-up, batch 64", "1.00x", f"{b['throughput'] / a['throughput']:.2f}x"),
+        (f"measured speed-up, batch {tb}", "1.00x", f"{b['throughput'] / a['throughput']:.2f}x"),
     ]
     head = ("", "DN10 (dense)", "TDN10 (Cauchy, L2 1e-4, β 2; frozen)")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
@@ -186,9 +189,10 @@ def run_demo(out: str | Path, schedule: DemoSchedule, *, seed: int = 0, progress
         }
     shape = nets["dn10"][1]
     dense = nets["dn10"][0].eval()
-    log("freezing TDN10 (ROI plans for batch 1 and batch 64)")
+    tb = schedule.throughput_batch
+    log(f"freezing TDN10 (ROI plans for batch 1 and batch {tb})")
     frozen1 = tkn.freeze(nets["tdn10"][0].eval(), torch.rand(1, *shape))
-    frozen64 = tkn.freeze(nets["tdn10"][0].eval(), torch.rand(64, *shape))
+    frozen_tb = tkn.freeze(nets["tdn10"][0].eval(), torch.rand(tb, *shape))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -199,11 +203,11 @@ def run_demo(out: str | Path, schedule: DemoSchedule, *, seed: int = 0, progress
     log("timing DN10 (dense) and TDN10 (frozen) interleaved on the CPU")
     lat = measure_interleaved({"dn10": dense, "tdn10": frozen1}, shape, batch=1, repeats=schedule.latency_repeats,
                               progress=bar and (lambda it: bar(it, "latency, batch 1")))
-    thr = measure_interleaved({"dn10": dense, "tdn10": frozen64}, shape, batch=64, repeats=schedule.throughput_repeats,
-                              warmup=1, progress=bar and (lambda it: bar(it, "throughput, batch 64")))
+    thr = measure_interleaved({"dn10": dense, "tdn10": frozen_tb}, shape, batch=tb, repeats=schedule.throughput_repeats,
+                              warmup=1, progress=bar and (lambda it: bar(it, f"throughput, batch {tb}")))
     for name in ("dn10", "tdn10"):
         report["models"][name]["latency_s"] = lat[name]
-        report["models"][name]["throughput"] = 64 / thr[name]
+        report["models"][name]["throughput"] = tb / thr[name]
     report["models"]["tdn10"]["speedup_macs"] = report["models"]["dn10"]["macs"] / report["models"]["tdn10"]["macs"]
     report["wall_time_s"] = time.perf_counter() - started
 

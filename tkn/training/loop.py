@@ -165,6 +165,20 @@ def _prepare_out(out: Path, ctx: distributed.DistContext, resume: bool, overwrit
         )
 
 
+def _agree(ctx: distributed.DistContext, step: Callable[[], None]) -> None:
+    """Run ``step`` on this rank; if it fails on any rank, raise on every rank (no rank is left waiting)."""
+    error: Exception | None = None
+    try:
+        step()
+    except (ValueError, OSError) as exc:
+        error = exc
+    failed = distributed.all_reduce_sum([1.0 if error is not None else 0.0], ctx)[0]
+    if error is not None:
+        raise error
+    if failed:
+        raise ValueError("another process failed while preparing the output folder (see rank 0's message)")
+
+
 @contextlib.contextmanager
 def _deterministic(enabled: bool, device: torch.device):
     if not enabled:
@@ -230,7 +244,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
         if "optimizer_state" not in payload or "rng" not in payload:
             raise ValueError(f"checkpoint {str(ckpt)!r} has no training state (optimizer, rng) to resume from")
         check_resume_config(payload.get("config", {}), cfg)
-    _prepare_out(out, ctx, bool(resume), overwrite)
+    _agree(ctx, lambda: _prepare_out(out, ctx, bool(resume), overwrite))
 
     seed_everything(cfg.seed)
     data = loaders.build_data(cfg)
