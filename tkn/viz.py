@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn.convert import target_layers
-from tkn.summary import _fmt_macs, example_input, layer_row, target_geometry, totals
+from tkn.summary import format_macs, example_input, layer_row, target_geometry, totals
 
 __all__ = [
     "require_matplotlib",
@@ -106,11 +106,17 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None):
     return [(n, layer) for n, layer in pairs if n in set(layers)]
 
 
+def _check_max_channels(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_channels must be a positive int, got {value!r}")
+    return value
+
+
 def _caption(name: str, row: dict, shown: int) -> str:
     h, w = row["output_size"]
     more = f" (first {shown} shown)" if shown < row["out_channels"] else ""
     return (f"{name or '<model>'}\n{row['out_channels']} channels{more}, {h}x{w} map, "
-            f"ROI MACs {_fmt_macs(row['macs_roi'])} of {_fmt_macs(row['macs_dense'])} "
+            f"ROI MACs {format_macs(row['macs_roi'])} of {format_macs(row['macs_dense'])} "
             f"({row['speedup']:.2f}x fewer), mean ROI {100 * row['roi_area_mean']:.0f}% of the map")
 
 
@@ -148,6 +154,7 @@ def attention_figure(
         A ``matplotlib.figure.Figure`` (save it with :func:`save_figure`).
     """
     plt = require_matplotlib()
+    _check_max_channels(max_channels)
     pairs = _select_layers(model, layers)
     geometry = target_geometry(model, example_input(model, input_size))
     pairs = [(n, layer) for n, layer in pairs if n in geometry]
@@ -181,8 +188,8 @@ def attention_figure(
 def _footer_text(fig, rows: Sequence[dict]) -> None:
     t = totals(rows)
     fig.text(
-        0.5, 0.15 / fig.get_figheight(), f"shown target layers: {t['channels']} channels, {_fmt_macs(t['macs_roi'])} of "
-        f"{_fmt_macs(t['macs_dense'])} MACs over ROIs ({t['speedup']:.2f}x fewer than dense)",
+        0.5, 0.15 / fig.get_figheight(), f"shown target layers: {t['channels']} channels, {format_macs(t['macs_roi'])} of "
+        f"{format_macs(t['macs_dense'])} MACs over ROIs ({t['speedup']:.2f}x fewer than dense)",
         ha="center", va="bottom", fontsize=9,
     )
 
@@ -212,6 +219,7 @@ def activation_figure(
         raise ValueError(
             f"image must be a (C, H, W) or (1, C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}"
         )
+    _check_max_channels(max_channels)
     x = (image if image.dim() == 4 else image[None]).float()
     pairs = _select_layers(model, layers)
     outputs: dict[str, tuple[Tensor, tuple[int, int]]] = {}

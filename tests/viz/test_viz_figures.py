@@ -1,7 +1,6 @@
 """Figures of tkn.viz and `tkn show`: files exist, have a sane size, and show something."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
