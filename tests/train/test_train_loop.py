@@ -206,3 +206,22 @@ def test_tiny_run_test_error_matches_independent_evaluation(tiny_run):
     assert float(row["test_error"]) == pytest.approx(100.0 * wrong / 32)
     assert float(row["test_loss"]) == pytest.approx(loss / 32, rel=1e-5)
     assert math.isfinite(float(row["train_loss"]))
+
+
+def test_regression_epoch_reports_mse_and_mae_of_its_batches():
+    """Euclidean loss (paper Table 6): with lr 0, the epoch's mse/mae equal a direct float64 computation."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
+    x, y = torch.rand(10, 1, 4, 4), torch.rand(10) * 16
+    data = DataLoader(TensorDataset(x, y), batch_size=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = train_one_epoch(model, data, opt, task="regression", loss="mse", device=torch.device("cpu"))
+    with torch.no_grad():
+        d = model(x)[:, 0].double() - y.double()
+    assert got["mse"] == pytest.approx(float((d * d).mean()), rel=1e-6)
+    assert got["mae"] == pytest.approx(float(d.abs().mean()), rel=1e-6)
+    assert got["loss"] == pytest.approx(got["mse"], rel=1e-6)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = [train_one_epoch(model, data, opt, task="regression", loss="mse", device=torch.device("cpu"))["loss"]
+              for _ in range(5)]
+    assert losses[-1] < losses[0]
