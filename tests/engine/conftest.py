@@ -1,0 +1,9 @@
+"""Make the shared float64 references (``tests/reference.py``) importable when this folder runs alone."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)

@@ -1,0 +1,99 @@
+"""The benchmark harness and ``tkn bench``: synthetic ROIs, the dense baseline, the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from tkn.cli import main
+from tkn.convert import target_layers
+from tkn.engine import benchmark as B
+from tkn.layers import TargetConv2d
+from tkn.models import create_model
+
+
+def test_synthetic_rois_follow_the_documented_distribution():
+    model = B.synthetic_rois_(create_model("tkn6", input_size=28), seed=3)
+    for i, (_, layer) in enumerate(target_layers(model)):
+        g = torch.Generator().manual_seed(3 + i)
+        m = torch.rand(layer.m.shape, generator=g, dtype=torch.float64) * 0.8 + 0.1
+        s = torch.rand(layer.s.shape, generator=g, dtype=torch.float64) * 0.35 + 0.1
+        torch.testing.assert_close(layer.m.detach().double(), m, rtol=0, atol=1e-7)
+        torch.testing.assert_close(layer.s.detach().double(), s, rtol=0, atol=1e-7)
+        assert 0.1 <= layer.m.min() and layer.m.max() <= 0.9 and 0.1 <= layer.s.min() and layer.s.max() <= 0.45
+
+
+def test_dense_baseline_is_plain_convolution_with_the_same_weights():
+    torch.manual_seed(0)
+    net = nn.Sequential(TargetConv2d(2, 4, 3, bias=True), nn.ReLU(), TargetConv2d(4, 3, 5, padding=1))
+    base = B.dense_baseline(net)
+    assert [type(m) for m in base] == [nn.Conv2d, nn.ReLU, nn.Conv2d]
+    x = torch.randn(2, 2, 9, 9)
+    expected = torch.nn.functional.conv2d(
+        torch.relu(torch.nn.functional.conv2d(x, net[0].weight, net[0].bias, padding=1)), net[2].weight, padding=1)
+    torch.testing.assert_close(base(x), expected)
+    assert isinstance(net[0], TargetConv2d)  # the original is untouched
+
+
+def test_interleaved_reports_min_and_median():
+    calls = []
+    out = B.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert set(out) == {"a", "b"} and all(0 <= v["min"] <= v["median"] for v in out.values())
+
+
+def test_bench_command_json(capsys):
+    code = main(["bench", "--input", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    from tkn.flops import count
+
+    model = B.synthetic_rois_(create_model("tkn6", input_size=12), seed=0)
+    flops = count(model, (1, 12, 12))
+    assert [m["batch"] for m in report["models"]] == [2]
+    for m in report["models"]:
+        assert m["flop_ratio"] == pytest.approx(flops.dense_macs / flops.macs)
+        assert m["frozen_max_rel_error"] < 1e-4
+        assert m["speedup_vs_dense"] == pytest.approx(m["times_s"]["dense"]["min"] / m["times_s"]["frozen"]["min"])
+        assert m["efficiency"] == pytest.approx(m["speedup_vs_dense"] / m["flop_ratio"])
+    assert report["layers"] == [] and report["train"] is None
+    assert report["conditions_start"]["torch"] == torch.__version__
+
+
+def _tiny_tkn() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(TargetConv2d(1, 16, 3), nn.ReLU(), nn.MaxPool2d(2), TargetConv2d(16, 16, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(16 * 6 * 6, 4))
+    return B.synthetic_rois_(net, seed=1).eval()
+
+
+def test_layer_rows_and_training_step():
+    net = _tiny_tkn()
+    rows = B.bench_layers(net, (1, 12, 12), batch=2, repeats=1)
+    assert [r["layer"] for r in rows] == ["0", "3"]
+    for r in rows:
+        assert r["efficiency"] == pytest.approx(r["speedup_vs_dense"] / r["flop_ratio"])
+        assert r["flop_ratio"] > 1
+    step = B.bench_train_step(net, (1, 12, 12), batch=2, repeats=1)
+    assert step["speedup_vs_dense"] == pytest.approx(step["times_s"]["dense"]["min"] / step["times_s"]["fast"]["min"])
+    text = __import__("tkn.commands.bench", fromlist=["format_report"]).format_report({
+        "model": "tiny", "input": [1, 12, 12], "rois": "synthetic", "repeats": 1,
+        "conditions_start": B.conditions(), "conditions_end": B.conditions(), "models": [], "layers": rows,
+        "train": step, "memory_mib": {"dense": 1.0, "frozen": None}, "memory_batch": 2})
+    assert "per layer" in text and "one training step" in text and "frozen n/a" in text
+
+
+def test_bench_command_errors(capsys):
+    assert main(["bench", "--input", "1,12"]) == 2
+    assert "C,H,W" in capsys.readouterr().err
+    assert main(["bench", "--model", "cnn6", "--input", "1,12,12", "--no-memory"]) == 2
+    assert "no target layers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_peak_memory_subprocess():
+    mib = B.peak_memory({"model": "tkn6", "checkpoint": None, "input": [1, 16, 16], "batch": 2, "seed": 0,
+                         "threads": 1, "variant": "frozen"})
+    assert mib is None or mib > 0

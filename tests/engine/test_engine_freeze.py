@@ -1,0 +1,150 @@
+"""freeze() on whole networks: channel permutations moved through the model, tracing, plan choice."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tkn.engine import FrozenTargetConv2d, freeze
+from tkn.engine.permute import find_routes
+from tkn.layers import TargetConv2d
+from helpers_engine import FINE, random_rois_
+
+
+def _net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        TargetConv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        TargetConv2d(16, 12, 3, bias=True), nn.ReLU(),
+        nn.Conv2d(12, 10, 1), TargetConv2d(10, 8, 3), nn.Flatten(), nn.Linear(8 * 7 * 7, 5),
+    )
+    for i, (_, m) in enumerate((n, m) for n, m in net.named_modules() if isinstance(m, TargetConv2d)):
+        random_rois_(m, seed + i)
+    with torch.no_grad():
+        bn = net[1]
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    return net.eval()
+
+
+class Untraceable(nn.Module):
+    """A forward with a Python check on the input (torch.fx cannot trace it: hooks are used instead)."""
+
+    def __init__(self, side_output: bool = False) -> None:
+        super().__init__()
+        self.body = _net(3)
+        self.side_output = side_output
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError("bad input")
+        if not self.side_output:
+            return self.body(x)
+        a = self.body[0](x)
+        # an operation on the first layer's output that hooks cannot see
+        rest = self.body[1:](a)
+        return rest + a[:, :5].mean(dim=(2, 3))
+
+
+def _assert_same(model, frozen, x):
+    with torch.no_grad():
+        ref, out = model(x), frozen(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def _layers(frozen):
+    return [m for m in frozen.modules() if isinstance(m, FrozenTargetConv2d)]
+
+
+def test_permutations_move_through_bn_pool_and_into_linear():
+    net = _net()
+    x = torch.randn(4, 3, 14, 14)
+    routes = find_routes(net, ["0", "4", "7"])
+    assert {k: (r.consumer, r.kind, r.batch_norms) for k, r in routes.items()} == {
+        "0": ("4", "conv", ["1"]), "4": ("6", "conv", []), "7": ("9", "linear", [])}
+    frozen = freeze(net, x, measure=False, candidates=[FINE])
+    layers = _layers(frozen)
+    assert len(layers) == 3 and all(m.plan.mode == "blocks" and m.permute_output for m in layers)
+    assert all(m.plan.perm != list(range(m.out_channels)) for m in layers)
+    _assert_same(net, frozen, x)
+    _assert_same(net, frozen, torch.randn(4, 3, 14, 14))  # not only the example
+
+
+def test_untraceable_model_uses_hooks():
+    model = Untraceable().eval()
+    x = torch.randn(2, 3, 14, 14)
+    assert find_routes(model, ["body.0"]) is None
+    frozen = freeze(model, x, measure=False, candidates=[FINE])
+    assert any(m.permute_output for m in _layers(frozen))
+    _assert_same(model, frozen, x)
+
+
+def test_invisible_consumer_is_detected_and_permutation_dropped():
+    model = Untraceable(side_output=True).eval()
+    x = torch.randn(2, 3, 14, 14)
+    frozen = freeze(model, x, measure=False, candidates=[FINE])
+    assert not any(m.permute_output for m in _layers(frozen))
+    _assert_same(model, frozen, x)
+
+
+def test_original_model_is_untouched_and_frozen_has_no_grad():
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    frozen = freeze(net, torch.randn(2, 3, 14, 14), measure=False, candidates=[FINE])
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert not frozen.training
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_jit_trace_gives_the_same_outputs():
+    net = _net(1)
+    x = torch.randn(3, 3, 14, 14)
+    frozen = freeze(net, x, measure=False, candidates=[FINE])
+    traced = torch.jit.trace(frozen, x)
+    _assert_same(net, traced, x)
+    _assert_same(net, traced, torch.randn(3, 3, 14, 14))
+
+
+def test_measured_freeze_matches_eval():
+    net = _net(2)
+    x = torch.randn(2, 3, 14, 14)
+    frozen = freeze(net, x, repeats=1)
+    assert all(m.timings for m in _layers(frozen))
+    _assert_same(net, frozen, x)
+
+
+def test_full_map_rois_plan_dense_or_one_full_block():
+    """When every ROI covers the map there is nothing to skip: dense (or one full-map block, the same work)."""
+    layer = TargetConv2d(16, 32, 3)
+    with torch.no_grad():
+        layer.s.fill_(4.0)
+    net = nn.Sequential(layer).eval()
+    x = torch.randn(8, 16, 12, 12)
+    assert _layers(freeze(net, x, measure=False))[0].plan.mode == "dense"
+    chosen = _layers(freeze(net, x, repeats=2))[0]
+    assert chosen.plan.mode == "dense" or [(b.count, b.area) for b in chosen.blocks] == [(32, 144)]
+    _assert_same(net, chosen, x)
+
+
+def test_single_layer_and_input_size():
+    layer = random_rois_(TargetConv2d(2, 8, 3), seed=1).eval()
+    frozen = freeze(layer, torch.randn(1, 2, 10, 10), input_size=(12, 9), measure=False)
+    assert isinstance(frozen, FrozenTargetConv2d) and frozen.input_hw == (12, 9)
+    x = torch.randn(2, 2, 12, 9)
+    _assert_same(layer, frozen, x)
+
+
+def test_bad_arguments():
+    net = _net()
+    with pytest.raises(TypeError, match="model"):
+        freeze("net", torch.randn(1, 3, 14, 14))
+    with pytest.raises(TypeError, match="example_input"):
+        freeze(net, [1, 2])
+    with pytest.raises(ValueError, match="input_size"):
+        freeze(net, torch.randn(1, 3, 14, 14), input_size=(14,))
+    with pytest.raises(ValueError, match="repeats"):
+        freeze(net, torch.randn(1, 3, 14, 14), repeats=0)

@@ -1,0 +1,126 @@
+"""FrozenTargetConv2d: the block executor computes the target layer's values (float64 loops and eval outputs)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tkn.engine import FrozenTargetConv2d
+from tkn.engine.plan import CostModel, plan_blocks
+from tkn.layers import TargetConv2d
+from helpers_engine import FINE, random_rois_
+from reference import target_conv2d_ref
+
+
+def _plan(layer: TargetConv2d, hw, cost=FINE, batch=2):
+    roi = layer.rois(*layer.output_size(*hw))
+    return plan_blocks(roi, in_channels=layer.in_channels // layer.groups, kernel_size=layer.kernel_size,
+                       kernel_extent=layer.kernel_extent, stride=layer.stride, batch=batch, cost=cost)
+
+
+def _check(layer: TargetConv2d, x: torch.Tensor, cost=FINE) -> FrozenTargetConv2d:
+    layer.eval()
+    frozen = FrozenTargetConv2d(layer, tuple(x.shape[-2:]), _plan(layer, x.shape[-2:], cost, x.shape[0]))
+    with torch.no_grad():
+        ref, out = layer(x), frozen(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    return frozen
+
+
+@pytest.mark.parametrize("window", ["cauchy", "gaussian"])
+def test_matches_float64_loops_at_the_borders(window):
+    """Kernel halo read from the input: exact values at ROI borders and map borders, zero outside the ROIs."""
+    layer = random_rois_(TargetConv2d(2, 5, 3, window=window).double(), seed=3, s_range=(0.1, 0.4))
+    x = torch.randn(2, 2, 9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    frozen = FrozenTargetConv2d(layer, (9, 7), _plan(layer, (9, 7)))
+    expected, rois = target_conv2d_ref(x.numpy(), layer.weight.detach().numpy(), layer.m.detach().numpy(),
+                                       layer.s.detach().numpy(), window, padding=(1, 1, 1, 1))
+    assert len(frozen.blocks) > 1
+    assert any(r[0] > 0 or r[2] > 0 for r in rois) and any(r[1] < 9 or r[3] < 7 for r in rois)
+    with torch.no_grad():
+        np.testing.assert_allclose(frozen(x).numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("hw", [(11, 13), (8, 8)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_eval_over_random_rois(kernel, hw, seed):
+    torch.manual_seed(seed)
+    layer = random_rois_(TargetConv2d(6, 24, kernel), seed=seed)
+    _check(layer, torch.randn(3, 6, *hw))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"stride": 2, "padding": 1},
+    {"dilation": 2},
+    {"padding": "valid"},
+    {"padding": (0, 2)},
+    {"bias": True},
+    {"padding_mode": "reflect"},
+    {"kernel_size": (3, 5)},
+])
+def test_geometry_options(kwargs):
+    kwargs = {"kernel_size": 3, **kwargs}
+    layer = random_rois_(TargetConv2d(4, 12, **kwargs), seed=5)
+    if layer.bias is not None:
+        with torch.no_grad():
+            layer.bias.normal_()
+    _check(layer, torch.randn(2, 4, 13, 10))
+
+
+def test_groups_fall_back_to_dense_plan():
+    layer = random_rois_(TargetConv2d(4, 8, 3, groups=2), seed=2).eval()
+    x = torch.randn(2, 4, 9, 9)
+    frozen = FrozenTargetConv2d(layer, (9, 9))
+    assert frozen.plan.mode == "dense"
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), layer(x), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="groups"):
+        FrozenTargetConv2d(layer, (9, 9), _plan(layer, (9, 9)))
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_batch_sizes_and_cost_models(batch):
+    layer = random_rois_(TargetConv2d(8, 32, 3), seed=7)
+    x = torch.randn(batch, 8, 15, 15)
+    for cost in (FINE, CostModel(), CostModel(channel_quantum=16, call_cost=1e8)):
+        _check(layer, x, cost)
+
+
+def test_non_contiguous_and_channels_last_inputs():
+    layer = random_rois_(TargetConv2d(5, 16, 3), seed=9)
+    base = torch.randn(2, 5, 12, 14)
+    _check(layer, base.transpose(2, 3).contiguous().transpose(2, 3))  # odd strides
+    _check(layer, base.contiguous(memory_format=torch.channels_last))
+    _check(layer, torch.randn(2, 5, 24, 14)[:, :, ::2])  # a strided view
+
+
+def test_empty_and_full_rois():
+    layer = TargetConv2d(3, 6, 3)
+    with torch.no_grad():
+        layer.m.fill_(0.5)
+        layer.s.fill_(4.0)  # every ROI covers the whole map
+    _check(layer, torch.randn(2, 3, 7, 7))
+
+
+def test_in_perm_and_permuted_output():
+    layer = random_rois_(TargetConv2d(6, 10, 3), seed=4).eval()
+    x = torch.randn(2, 6, 9, 9)
+    plan = _plan(layer, (9, 9))
+    in_perm = [3, 0, 5, 1, 4, 2]
+    frozen = FrozenTargetConv2d(layer, (9, 9), plan, in_perm=in_perm, permute_output=True)
+    with torch.no_grad():
+        ref = layer(x)
+        out = frozen(x[:, in_perm])
+    torch.testing.assert_close(out, ref[:, plan.perm], rtol=1e-4, atol=1e-6)
+
+
+def test_wrong_input_size_is_rejected():
+    layer = TargetConv2d(2, 4, 3)
+    frozen = FrozenTargetConv2d(layer, (8, 8))
+    with pytest.raises(ValueError, match="planned for inputs of size"):
+        frozen(torch.randn(1, 2, 9, 8))
+    with pytest.raises(ValueError, match="input must be"):
+        frozen(torch.randn(1, 3, 8, 8))
+    with pytest.raises(TypeError, match="TargetConv2d"):
+        FrozenTargetConv2d(torch.nn.Conv2d(2, 4, 3), (8, 8))
