@@ -13,6 +13,8 @@ imported lazily, with the headless ``Agg`` backend, only when a figure is made.
   (d)) with its ROI, and the sample with the layer's mean window overlaid.
 * :func:`sweep_figure`: test error against relative speed-up (dense baseline
   MACs / model MACs), one curve per β, the baseline marked (paper Fig. 5).
+* :func:`score_map_figure`: a classifier applied by sliding window over a
+  larger image (:func:`tkn.rescale.score_map`), per-class probability maps.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ __all__ = [
     "attention_figure",
     "activation_figure",
     "sweep_figure",
+    "score_map_figure",
     "save_figure",
 ]
 
@@ -311,6 +314,65 @@ def sweep_figure(rows: Sequence[dict], *, title: str | None = None, ylabel: str 
     if rows:
         ax.legend(fontsize=8)
     ax.set_title(title or "effect of L2 and β on error and efficiency", fontsize=10)
+    return fig
+
+
+def score_map_figure(
+    image: Tensor,
+    scores: Tensor,
+    window_size,
+    stride,
+    *,
+    classes: Sequence[int] | None = None,
+    title: str | None = None,
+):
+    """The sliding-window score map of :func:`tkn.rescale.score_map` next to the image it was computed on.
+
+    Args:
+        image: ``(C, H, W)`` (or ``(1, C, H, W)``) the large image.
+        scores: ``(K, ny, nx)`` logits from :func:`tkn.rescale.score_map`.
+        window_size, stride: as passed to ``score_map`` (int or pair).
+        classes: classes to map (default: the 3 with the highest peak probability).
+        title: figure title.
+
+    Each class panel shows the softmax probability of that class for the
+    window whose top-left corner is at each grid position (drawn at the
+    window's top-left pixel); the image panel outlines the best window of
+    each mapped class.
+    """
+    from matplotlib.patches import Rectangle
+
+    plt = require_matplotlib()
+    x = image[0] if image.dim() == 4 else image
+    if scores.dim() != 3:
+        raise ValueError(f"scores must be (K, ny, nx), got shape {tuple(scores.shape)}")
+    wh, ww = (window_size, window_size) if isinstance(window_size, int) else tuple(window_size)
+    sy, sx = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    prob = scores.detach().double().softmax(0)
+    if classes is None:
+        classes = prob.flatten(1).max(1).values.argsort(descending=True)[:3].tolist()
+    k = len(classes)
+    fig, axes = plt.subplots(1, k + 1, figsize=(3.2 * (k + 1), 3.6), squeeze=False)
+    axes = axes[0]
+    shown = x.mean(0) if x.shape[0] != 3 else x.permute(1, 2, 0)
+    axes[0].imshow(shown.cpu().numpy(), cmap="gray", interpolation="nearest")
+    axes[0].set_title(f"image {x.shape[-2]}x{x.shape[-1]}, window {wh}x{ww}, stride {sy}x{sx}", fontsize=8)
+    ny, nx = prob.shape[1:]
+    extent = (-0.5, (nx - 1) * sx + 0.5, (ny - 1) * sy + 0.5, -0.5)
+    for ax, c in zip(axes[1:], classes):
+        im = ax.imshow(prob[c].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, extent=extent, interpolation="nearest")
+        i, j = divmod(int(prob[c].argmax()), nx)
+        ax.set_title(f"P(class {c}) by window position\nbest at (y={i * sy}, x={j * sx}): {prob[c, i, j]:.2f}",
+                     fontsize=8)
+        axes[0].add_patch(Rectangle((j * sx - 0.5, i * sy - 0.5), ww, wh, fill=False, linewidth=1.2,
+                                    edgecolor=plt.cm.tab10(classes.index(c) % 10)))
+        axes[0].annotate(str(c), (j * sx, i * sy), color=plt.cm.tab10(classes.index(c) % 10), fontsize=9,
+                         va="top", xytext=(2, -2), textcoords="offset points")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or "classifier applied by sliding window (tkn.rescale.score_map)", fontsize=10)
     return fig
 
 

@@ -104,3 +104,16 @@ def test_show_input_index_needs_data(tdn10_checkpoint, capsys):
     path, _ = tdn10_checkpoint
     assert main(["show", str(path), "--input", "3", "--out", "x.png"]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_score_map_figure_png(small_tkn, tmp_path):
+    from tkn.rescale import score_map
+
+    image = torch.rand(1, 40, 40, generator=torch.Generator().manual_seed(4))
+    scores = score_map(small_tkn, image, 16, stride=8)
+    fig = viz.score_map_figure(image, scores, 16, 8, classes=[1, 3])
+    best = scores.softmax(0)[3].argmax().item()
+    assert f"best at (y={8 * (best // 4)}, x={8 * (best % 4)})" in fig.axes[2].get_title()
+    check_png(viz.save_figure(fig, tmp_path / "score.png"), min_side=150)
+    with pytest.raises(ValueError, match="scores"):
+        viz.score_map_figure(image, scores[0], 16, 8)
