@@ -54,7 +54,8 @@ def evaluate_checkpoint(
 
     Keys: ``checkpoint, model, epoch, data, split, samples, task, loss`` and
     ``error`` (classification, %) or ``mse``/``mae`` (regression), then
-    ``params, macs, dense_macs, speedup``.
+    ``params, macs, dense_macs, speedup`` and ``paper`` (the recipe's reported
+    numbers, or ``None``).
 
     Raises:
         FileNotFoundError / ValueError: missing or unusable checkpoint, bad data arguments.
@@ -115,6 +116,7 @@ def evaluate_checkpoint(
         "macs": int(report.macs),
         "dense_macs": dense,
         "speedup": dense / report.macs if report.macs else float("nan"),
+        "paper": cfg.get("paper") or None,
     }
 
 
@@ -134,6 +136,11 @@ def format_report(result: dict[str, Any]) -> str:
         f"MACs        {result['macs']:,} ({result['macs'] / 1e6:.2f}M; dense {result['dense_macs'] / 1e6:.2f}M)",
         f"speed-up    {result['speedup']:.2f}x (dense MACs / ROI MACs)",
     ]
+    paper = result.get("paper") or {}
+    if paper:
+        reported = ", ".join(f"{k} {paper[k]}" for k in ("error", "mse", "mae") if k in paper)
+        lines.append(f"paper       {paper.get('row', '')}: params {paper.get('params_text', '?')}, "
+                     f"FLOPs {paper.get('flops_text', '?')}, {reported} ({paper.get('table', '')}, full data set)")
     return "\n".join(lines)
 
 
