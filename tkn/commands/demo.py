@@ -36,8 +36,8 @@ RECIPES = {"dn10": "paper/dn10-tlmnist", "tdn10": "paper/tdn10-tlmnist-cauchy"}
 class DemoSchedule:
     """The reduced training schedule of the demo (both models get the same one)."""
 
-    epochs: int = 3
-    train_samples: int | None = 1500
+    epochs: int = 2
+    train_samples: int | None = 2000
     test_samples: int | None = None
     batch_size: int = 64
     lr: float = 0.1
