@@ -86,8 +86,8 @@ def _draw_rois(ax, rois: Tensor, offsets: Sequence[tuple[int, int]], color: str)
 
 
 def _columns(channels: int) -> int:
-    """Tiles per mosaic row: about twice as many columns as rows (the mosaic panel is wide)."""
-    return max(1, min(channels, math.ceil(math.sqrt(2 * channels))))
+    """Tiles per mosaic row: about 2.5 times as many columns as rows (the mosaic panel is wide)."""
+    return max(1, min(channels, math.ceil(math.sqrt(2.5 * channels))))
 
 
 def _coverage(rois: Tensor, h: int, w: int) -> Tensor:
@@ -175,7 +175,8 @@ def attention_figure(
         _draw_rois(ax_tiles, roi[: len(offsets)], offsets, "red")
         ax_tiles.set_title(_caption(name, row, len(offsets)), fontsize=8, loc="left")
         ax_tiles.set_axis_off()
-        fig.colorbar(im, cax=cax_tiles, label="F_att")
+        fig.colorbar(im, cax=cax_tiles)
+        cax_tiles.set_title("F_att", fontsize=8)
         cov = ax_cov.imshow(_coverage(roi, h, w).numpy(), cmap="magma", vmin=0, vmax=layer.out_channels,
                             interpolation="nearest")
         ax_cov.set_xlabel("ROI coverage: channels computing each pixel", fontsize=8)
@@ -215,7 +216,8 @@ def activation_figure(
     Each row shows a layer's output channels (the convolution times its
     window, zero outside its ROI: exactly what the next layer sees), on a
     symmetric colour scale, and the sample with the layer's mean window
-    (interpolated from its map to the input size) overlaid.
+    (interpolated from its map to the input size, scaled to a maximum of 1)
+    overlaid.
     """
     plt = require_matplotlib()
     if not isinstance(image, Tensor) or image.dim() not in (3, 4) or (image.dim() == 4 and image.shape[0] != 1):
@@ -260,12 +262,14 @@ def activation_figure(
         _draw_rois(ax_tiles, roi[: len(offsets)], offsets, "black")
         ax_tiles.set_title(_caption(name, row, len(offsets)), fontsize=8, loc="left")
         ax_tiles.set_axis_off()
-        fig.colorbar(im, cax=cax_tiles, label="activation")
+        fig.colorbar(im, cax=cax_tiles)
+        cax_tiles.set_title("activation", fontsize=8)
         overlay = F.interpolate(mean_att[None, None], size=tuple(x.shape[-2:]), mode="bilinear",
                                 align_corners=False)[0, 0]
+        overlay = overlay / overlay.max().clamp_min(1e-12)
         ax_img.imshow(sample, cmap="gray", interpolation="nearest")
         ov = ax_img.imshow(overlay.numpy(), cmap="inferno", alpha=0.45, vmin=0.0, vmax=1.0)
-        ax_img.set_xlabel("sample + the layer's mean F_att", fontsize=8)
+        ax_img.set_xlabel("sample + the layer's mean F_att (scaled to max 1)", fontsize=8)
         ax_img.set_xticks([])
         ax_img.set_yticks([])
         fig.colorbar(ov, cax=cax_img)
