@@ -39,7 +39,7 @@ DEFAULT_CANDIDATES: tuple[CostModel, ...] = (
     CostModel(channel_quantum=8, copy_cost=40.0, call_cost=2e6),
     CostModel(channel_quantum=16, copy_cost=40.0, call_cost=2e6),
     CostModel(channel_quantum=8, copy_cost=150.0, call_cost=2e7),
-    CostModel(channel_quantum=4, copy_cost=20.0, call_cost=1e6),
+    CostModel(channel_quantum=8, copy_cost=100.0, call_cost=5e8),
 )
 
 

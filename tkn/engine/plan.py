@@ -98,6 +98,53 @@ def _halo(lo: np.ndarray, hi: np.ndarray, extent: int, stride: int) -> np.ndarra
     return (hi - 1 - lo) * stride + extent
 
 
+def _bounding(rois: np.ndarray) -> np.ndarray:
+    return np.array([rois[:, 0].min(), rois[:, 1].max(), rois[:, 2].min(), rois[:, 3].max()], dtype=np.int64)
+
+
+def _refine(groups: list[list[int]], r: np.ndarray, block_cost, passes: int) -> list[list[int]]:
+    """Move single channels between groups while that lowers the total modelled cost (first-improvement passes)."""
+    groups = [list(g) for g in groups]
+    if passes <= 0 or len(groups) < 2:
+        return groups
+    where = {c: i for i, g in enumerate(groups) for c in g}
+    boxes = np.stack([_bounding(r[g]) for g in groups])
+    counts = np.array([len(g) for g in groups], dtype=np.int64)
+    own = block_cost(boxes, counts).astype(np.float64)
+    for _ in range(passes):
+        moved = 0
+        for c in list(where):
+            i = where[c]
+            if counts[i] == 0:
+                continue
+            rest = [k for k in groups[i] if k != c]
+            if rest:
+                box_rest = _bounding(r[rest])
+                cost_rest = float(block_cost(box_rest, np.int64(len(rest))))
+            else:
+                box_rest, cost_rest = boxes[i], 0.0
+            gain_remove = cost_rest - own[i]
+            u = np.empty_like(boxes)
+            u[:, 0] = np.minimum(boxes[:, 0], r[c, 0])
+            u[:, 1] = np.maximum(boxes[:, 1], r[c, 1])
+            u[:, 2] = np.minimum(boxes[:, 2], r[c, 2])
+            u[:, 3] = np.maximum(boxes[:, 3], r[c, 3])
+            add = block_cost(u, counts + 1) - own
+            add[i] = np.inf
+            add[counts == 0] = np.inf
+            j = int(np.argmin(add))
+            if gain_remove + add[j] < -1e-9 * max(own[i], 1.0):
+                groups[i] = rest
+                groups[j].append(c)
+                where[c] = j
+                boxes[i], counts[i], own[i] = box_rest, len(rest), cost_rest
+                boxes[j], counts[j], own[j] = u[j], counts[j] + 1, add[j] + own[j]
+                moved += 1
+        if not moved:
+            break
+    return [g for g in groups if g]
+
+
 def plan_blocks(
     rois: Tensor,
     *,
@@ -107,6 +154,7 @@ def plan_blocks(
     stride: tuple[int, int] = (1, 1),
     batch: int = 1,
     cost: CostModel = CostModel(),
+    refine: int = 3,
 ) -> LayerPlan:
     """Group channels by ROI (agglomerative, cost-driven) and return a ``"blocks"`` plan.
 
@@ -118,6 +166,8 @@ def plan_blocks(
         stride: convolution stride.
         batch: batch size the plan is for (the per-call cost is shared by the batch).
         cost: the cost model.
+        refine: passes of local improvement after the agglomeration (each channel
+            moves to the block where the modelled cost drops most, if any).
 
     Returns:
         A :class:`LayerPlan`; channels with an empty ROI are put last and get no block.
@@ -193,13 +243,16 @@ def plan_blocks(
         gain[i, :] = row
         gain[:, i] = row
 
-    order = sorted(np.flatnonzero(alive).tolist(), key=lambda c: (box[c, 0], box[c, 2], box[c, 1], box[c, 3]))
+    groups = [members[c] for c in np.flatnonzero(alive)]
+    groups = _refine(groups, r, block_cost, passes=refine)
+    boxes = [_bounding(r[g]) for g in groups]
+    order = sorted(range(len(groups)), key=lambda c: (boxes[c][0], boxes[c][2], boxes[c][1], boxes[c][3]))
     perm: list[int] = []
     blocks: list[Block] = []
     for c in order:
         start = len(perm)
-        perm += sorted(members[c])
-        y0, y1, x0, x1 = (int(v) for v in box[c])
+        perm += sorted(groups[c])
+        y0, y1, x0, x1 = (int(v) for v in boxes[c])
         blocks.append(Block(start, len(perm), y0, y1, x0, x1))
     n_active = len(perm)
     perm += empty.tolist()

@@ -10,10 +10,12 @@ and the input get the convolution's gradients over the ROIs only, and ``m``,
 ``s`` get theirs through the window ``F`` inside the ROI.
 
 Two small autograd functions keep the backward pass cheap: :class:`_Crops`
-cuts all input crops at once and accumulates their gradients into a single
-buffer (instead of one full-size zero tensor per crop), and :class:`_Assemble`
-writes the block outputs into one zero-initialised output (its backward hands
-each block its slice of the gradient).
+cuts all input crops at once (``channels_last``) and accumulates their
+gradients into a single buffer (instead of one full-size zero tensor per
+crop), and :class:`_Assemble` writes each block's channels straight to their
+original indices of one zero-initialised ``channels_last`` output (its
+backward hands each block its slice of the gradient), so the channel order
+never needs a full-size un-permutation.
 
 Used by ``TargetConv2d(..., execution="fast")``. Cases the block path does not
 cover (``groups > 1``, non-zero padding modes) run the dense reference.
@@ -43,6 +45,7 @@ class _Crops(torch.autograd.Function):
     def forward(ctx, x: Tensor, spans: list[tuple[int, ...]]):
         ctx.shape = x.shape
         ctx.spans = spans
+        x = x.contiguous(memory_format=torch.channels_last)  # crops (and their pads) stay channels_last
         crops = []
         for ya, yb, xa, xb, pt, pb, pl, pr in spans:
             c = x[:, :, ya:yb, xa:xb]
@@ -59,26 +62,35 @@ class _Crops(torch.autograd.Function):
             if g is None:
                 continue
             if gx is None:
-                gx = g.new_zeros(ctx.shape)
+                n, c, h, w = ctx.shape
+                gx = g.new_zeros((n, h, w, c)).permute(0, 3, 1, 2)
             gx[:, :, ya:yb, xa:xb] += g[:, :, pt:pt + yb - ya, pl:pl + xb - xa]
         return gx, None
 
 
 class _Assemble(torch.autograd.Function):
-    """Write block outputs ``(N, count, h, w)`` into a zero ``(N, C, H, W)`` output (plan channel order)."""
+    """Write block outputs ``(N, count, h, w)`` into a zero ``(N, C, H, W)`` ``channels_last`` output.
+
+    Each block's channels go to their original indices (``channels[i]``), so no
+    full-size un-permutation is needed; the backward gathers each block's slice.
+    """
 
     @staticmethod
-    def forward(ctx, shape: tuple[int, ...], blocks: list[Block], *ys: Tensor) -> Tensor:
-        ctx.blocks = blocks
+    def forward(ctx, shape: tuple[int, ...], blocks: list[Block], channels: list[Tensor], *ys: Tensor) -> Tensor:
+        ctx.blocks, ctx.channels = blocks, channels
         n, c, h, w = shape
-        out = ys[0].new_zeros((n, h, w, c)).permute(0, 3, 1, 2)
-        for b, y in zip(blocks, ys):
-            out[:, b.c0:b.c1, b.y0:b.y1, b.x0:b.x1] = y
+        out = torch.empty(
+            (n, c, h, w), dtype=ys[0].dtype, device=ys[0].device, memory_format=torch.channels_last).zero_()
+        rows = out.permute(0, 2, 3, 1)
+        for b, idx, y in zip(blocks, channels, ys):
+            rows[:, b.y0:b.y1, b.x0:b.x1].index_copy_(3, idx, y.permute(0, 2, 3, 1))
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return (None, None, *(grad[:, b.c0:b.c1, b.y0:b.y1, b.x0:b.x1] for b in ctx.blocks))
+        g = grad.permute(0, 2, 3, 1)
+        return (None, None, None, *(g[:, b.y0:b.y1, b.x0:b.x1].index_select(3, idx).permute(0, 3, 1, 2)
+                                    for b, idx in zip(ctx.blocks, ctx.channels)))
 
 
 def fast_target_conv2d(
@@ -153,11 +165,16 @@ def fast_target_conv2d(
         spans.append((ya, yb, xa, xb, pt, pb, pl, pr))
     ys = []
     crops = _Crops.apply(x, spans)
-    for b, crop in zip(plan.blocks, crops):
-        y = F.conv2d(crop, wp[b.c0:b.c1], None if bp is None else bp[b.c0:b.c1], stride=stride, dilation=dilation)
-        factor = win[b.c0:b.c1, b.y0:b.y1, b.x0:b.x1] * mask[b.c0:b.c1, b.y0:b.y1, b.x0:b.x1]
+    # split (not slice) per block: the backward concatenates the blocks' gradients instead of
+    # zero-filling a full-size gradient per block
+    sizes = [b.count for b in plan.blocks]
+    rest = c_out - plan.n_active
+    w_parts = wp.split(sizes + [rest] if rest else sizes)
+    b_parts = [None] * len(sizes) if bp is None else bp.split(sizes + [rest] if rest else sizes)
+    win_parts = win.split(sizes + [rest] if rest else sizes)
+    for i, (b, crop) in enumerate(zip(plan.blocks, crops)):
+        y = F.conv2d(crop, w_parts[i], b_parts[i], stride=stride, dilation=dilation)
+        factor = win_parts[i][:, b.y0:b.y1, b.x0:b.x1] * mask[b.c0:b.c1, b.y0:b.y1, b.x0:b.x1]
         ys.append(y * factor)
-    out = _Assemble.apply((n, c_out, ho, wo), plan.blocks, *ys)
-    if plan.perm == list(range(c_out)):
-        return out
-    return out.index_select(1, torch.argsort(perm))
+    channels = [perm[b.c0:b.c1] for b in plan.blocks]
+    return _Assemble.apply((n, c_out, ho, wo), plan.blocks, channels, *ys)
