@@ -117,3 +117,17 @@ def test_score_map_figure_png(small_tkn, tmp_path):
     check_png(viz.save_figure(fig, tmp_path / "score.png"), min_side=150)
     with pytest.raises(ValueError, match="scores"):
         viz.score_map_figure(image, scores[0], 16, 8)
+
+
+def test_load_sample_reads_png_and_resizes(tmp_path):
+    from tkn.commands.show import load_sample
+
+    values = np.linspace(0.0, 1.0, 20 * 24, dtype=np.float32).reshape(20, 24)
+    mpimg.imsave(tmp_path / "ramp.png", values, cmap="gray", vmin=0.0, vmax=1.0)
+    image, label = load_sample(str(tmp_path / "ramp.png"), None, (1, 20, 24))
+    assert image.shape == (1, 20, 24) and label.endswith("ramp.png")
+    np.testing.assert_allclose(image[0].numpy(), values, atol=2 / 255)  # 8-bit PNG through a 256-entry colour map
+    three, _ = load_sample(str(tmp_path / "ramp.png"), None, (3, 10, 12))  # grey to 3 channels, half size
+    assert three.shape == (3, 10, 12) and torch.equal(three[0], three[2])
+    # bilinear halving averages 2x2 blocks of the ramp
+    np.testing.assert_allclose(three[0].numpy(), values.reshape(10, 2, 12, 2).mean((1, 3)), atol=3 / 255)
