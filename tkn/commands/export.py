@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     kind = "frozen (ROI-only)" if result.frozen else "dense"
     batch = "any batch size" if result.dynamic_batch else f"batch size {example.shape[0]} only"
     print(f"wrote {result.path}: {kind} model, {args.format}, input {'x'.join(map(str, shape))} ({batch}); "
-          f"max |export - PyTorch| = {result.max_abs_diff:.3g}")
+          f"max |export - PyTorch| = {result.max_abs_diff:.3g} (by {result.exporter})")
     for note in result.notes:
         print(f"note: {note}")
     return 0
