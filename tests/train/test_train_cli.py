@@ -124,3 +124,18 @@ def test_list_recipes(capsys):
 
 def test_demo_rejects_bad_epochs(capsys, tmp_path):
     _error(capsys, ["demo", "--epochs", "0", "--out", str(tmp_path)], "--epochs must be >= 1")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["train", "--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+    (["train", "--window", "box"], "argument --window: invalid choice: 'box'"),
+    (["eval"], "the following arguments are required: checkpoint"),
+    (["demo", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+])
+def test_argument_errors_are_one_line(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err and "usage:" not in err

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tkn.training.cli_errors import one_line_errors
+
 __all__ = ["add_parser", "DemoSchedule", "run_demo", "measure_interleaved", "format_table", "run"]
 
 DATA = "tlmnist-5k"
@@ -71,6 +73,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print report.json's content on stdout")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     p.set_defaults(func=run)
+    one_line_errors(p)
     return p
 
 

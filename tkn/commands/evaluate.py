@@ -16,6 +16,8 @@ import json
 import sys
 from typing import Any
 
+from tkn.training.cli_errors import one_line_errors
+
 __all__ = ["add_parser", "evaluate_checkpoint", "format_report", "run"]
 
 
@@ -35,6 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     p.set_defaults(func=run)
+    one_line_errors(p)
     return p
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tkn.training.ckpt import read_checkpoint
+from tkn.training.cli_errors import one_line_errors
 from tkn.training.config import DEVICES, OPTIMIZERS, WINDOWS, list_recipes, resolve_config
 
 __all__ = ["add_parser", "get_args_parser", "config_from_args", "run", "main"]
@@ -77,8 +78,9 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """A stand-alone parser with every ``tkn train`` option (as in PyTorch's reference scripts)."""
-    return _fill(argparse.ArgumentParser(prog="tkn train", description=__doc__.splitlines()[0], add_help=add_help,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter))
+    return one_line_errors(_fill(argparse.ArgumentParser(
+        prog="tkn train", description=__doc__.splitlines()[0], add_help=add_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter)))
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -87,6 +89,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _fill(parser)
     parser.set_defaults(func=run)
+    one_line_errors(parser)
     return parser
 
 
