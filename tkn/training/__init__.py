@@ -13,7 +13,7 @@ One idea per module:
 
 Example:
     >>> from tkn.training import resolve_config, train
-    >>> cfg = resolve_config("paper/tdn10-tlmnist-cauchy", {"epochs": 1, "max_train_samples": 256})
+    >>> cfg = resolve_config("paper/tdn10-tlmnist-cauchy", {"data": "tlmnist-5k", "epochs": 1, "max_train_samples": 256})
     >>> result = train(cfg)            # doctest: +SKIP
 """
 from __future__ import annotations
