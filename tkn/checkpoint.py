@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (expected a .pt file written by tkn train)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt, truncated or not a tkn checkpoint (not a PyTorch archive)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt/foreign files
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a tkn checkpoint: {exc}") from None
+    except Exception as exc:  # torch raises many types for corrupt/foreign files; keep one line
+        if "Weights only load failed" in str(exc):
+            reason = "it holds objects that a safe (weights_only) load refuses"
+        else:
+            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or ['unreadable'])[0]}"
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a tkn checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(
             f"checkpoint {str(path)!r} is not a tkn checkpoint (expected a dict with format={FORMAT!r})"

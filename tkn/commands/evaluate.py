@@ -69,7 +69,7 @@ def evaluate_checkpoint(
     import tkn.data as tdata
     from tkn import flops
     from tkn.checkpoint import model_from_checkpoint
-    from tkn.training.ckpt import read_checkpoint
+    from tkn.checkpoint import load_checkpoint
     from tkn.training.distributed import resolve_device
     from tkn.training.loaders import subset
     from tkn.training.metrics import evaluate
@@ -78,7 +78,7 @@ def evaluate_checkpoint(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1):
         raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
-    model, payload = model_from_checkpoint(read_checkpoint(checkpoint))
+    model, payload = model_from_checkpoint(load_checkpoint(checkpoint))
     cfg = payload.get("config") if isinstance(payload.get("config"), dict) else {}
     name = data or cfg.get("data")
     if not name:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tkn.training.ckpt import read_checkpoint
+from tkn.checkpoint import load_checkpoint
 from tkn.training.cli_errors import one_line_errors
 from tkn.training.config import DEVICES, OPTIMIZERS, WINDOWS, list_recipes, resolve_config
 
@@ -103,7 +103,7 @@ def config_from_args(args: argparse.Namespace):
     if not args.resume:
         return cfg, None
     ckpt = Path(cfg.out) / "last.pt" if args.resume is True else Path(args.resume)
-    payload = read_checkpoint(ckpt)
+    payload = load_checkpoint(ckpt)
     saved = payload.get("config")
     if not isinstance(saved, dict):
         raise ValueError(f"checkpoint {str(ckpt)!r} holds no training config to resume")

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tkn.checkpoint import save_checkpoint
-from tkn.training.ckpt import read_checkpoint
+from tkn.checkpoint import load_checkpoint
 from tkn.convert import clip_parameters_, scale_penalty
 from tkn.training import components, distributed, loaders
 from tkn.training.config import RESUMABLE_CHANGES, TrainConfig
@@ -240,7 +240,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
         ckpt = out / "last.pt" if resume is True else Path(resume)
         if not ckpt.exists():
             raise FileNotFoundError(f"nothing to resume: {str(ckpt)!r} does not exist")
-        payload = read_checkpoint(ckpt)
+        payload = load_checkpoint(ckpt)
         if "optimizer_state" not in payload or "rng" not in payload:
             raise ValueError(f"checkpoint {str(ckpt)!r} has no training state (optimizer, rng) to resume from")
         check_resume_config(payload.get("config", {}), cfg)
