@@ -4,9 +4,11 @@
 from the input, zero padding added only where the crop leaves the map) with
 the block's rows of the weight, multiply by the precomputed window·mask crop
 and write the product straight into its slice of a ``channels_last`` output
-(``torch.mul(..., out=view)``: no temporary, no index scatter). Only the parts
-of the output that no block covers are zero-filled. ``"dense"`` plans run the
-full convolution and multiply by the window·mask map.
+(``torch.mul(..., out=view)``: no temporary, no index scatter). The output is
+zero-filled once with one contiguous memset (filling only the uncovered strips
+took four strided fills per block and was not faster). ``"dense"`` plans run
+the full convolution (padding inside the convolution, no padded copy) and
+multiply by the window·mask map in place.
 
 The output channels come out in the plan's order when ``permute_output`` is
 true (the model's next layer has been permuted to expect them so, see

@@ -9,10 +9,10 @@ computation, so the gradients are those of the dense semantics: the weight
 and the input get the convolution's gradients over the ROIs only, and ``m``,
 ``s`` get theirs through the window ``F`` inside the ROI.
 
-Two small autograd functions keep the backward pass cheap: :class:`_Crops`
-cuts all input crops at once (``channels_last``) and accumulates their
-gradients into a single buffer (instead of one full-size zero tensor per
-crop), and :class:`_Assemble` writes each block's channels straight to their
+Two small autograd functions keep the backward pass cheap: :class:`_BlockConvs`
+runs all block convolutions on ``channels_last`` crops, recomputes the crops in
+backward instead of storing them (memory stays near the dense layer's) and
+accumulates the input gradient into a single buffer, and :class:`_Assemble` writes each block's channels straight to their
 original indices of one zero-initialised ``channels_last`` output (its
 backward hands each block its slice of the gradient), so the channel order
 never needs a full-size un-permutation.
@@ -38,34 +38,59 @@ TRAIN_COST = CostModel(channel_quantum=8, copy_cost=60.0, call_cost=4e6)
 DENSE_FRACTION = 0.7
 
 
-class _Crops(torch.autograd.Function):
-    """All block crops of ``x`` (zero-padded where they leave the map); backward sums into one buffer."""
+def _crop(x: Tensor, span: tuple[int, ...]) -> Tensor:
+    ya, yb, xa, xb, pt, pb, pl, pr = span
+    c = x[:, :, ya:yb, xa:xb]
+    return F.pad(c, (pl, pr, pt, pb)) if (pt or pb or pl or pr) else c.contiguous(memory_format=torch.channels_last)
+
+
+class _BlockConvs(torch.autograd.Function):
+    """One convolution per block over its input crop; the crops are recomputed in backward, not stored.
+
+    Inputs: ``x`` (any memory format), the permuted weight ``wp`` and bias ``bp``
+    (rows ``[c0, c1)`` belong to a block). Storing every block's crop for the
+    backward pass would cost the sum of the halo boxes (many times the input);
+    re-cutting them from ``x`` costs one copy each. The input gradient is
+    accumulated into one ``channels_last`` buffer, the weight gradient written
+    by disjoint row ranges.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, spans: list[tuple[int, ...]]):
-        ctx.shape = x.shape
-        ctx.spans = spans
-        x = x.contiguous(memory_format=torch.channels_last)  # crops (and their pads) stay channels_last
-        crops = []
-        for ya, yb, xa, xb, pt, pb, pl, pr in spans:
-            c = x[:, :, ya:yb, xa:xb]
-            c = F.pad(c, (pl, pr, pt, pb)) if (pt or pb or pl or pr) else c.contiguous(memory_format=torch.channels_last)
-            crops.append(c)
-        return tuple(crops)
+    def forward(ctx, x: Tensor, wp: Tensor, bp: Tensor | None, spans: list, ranges: list, stride, dilation):
+        ctx.spans, ctx.ranges, ctx.stride, ctx.dilation = spans, ranges, stride, dilation
+        ctx.has_bias = bp is not None
+        ctx.save_for_backward(x, wp)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        return tuple(
+            F.conv2d(_crop(xc, span), wp[c0:c1], None if bp is None else bp[c0:c1], stride=stride, dilation=dilation)
+            for span, (c0, c1) in zip(spans, ranges)
+        )
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: Tensor):
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        gx = None
-        for g, (ya, yb, xa, xb, pt, pb, pl, pr) in zip(grads, ctx.spans):
+        x, wp = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        xc = x.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        gx = x.new_zeros((n, h, w, c)).permute(0, 3, 1, 2) if need_x else None
+        gw = torch.zeros_like(wp) if need_w else None
+        gb = wp.new_zeros(wp.shape[0]) if need_b else None
+        for g, span, (c0, c1) in zip(grads, ctx.spans, ctx.ranges):
             if g is None:
                 continue
-            if gx is None:
-                n, c, h, w = ctx.shape
-                gx = g.new_zeros((n, h, w, c)).permute(0, 3, 1, 2)
-            gx[:, :, ya:yb, xa:xb] += g[:, :, pt:pt + yb - ya, pl:pl + xb - xa]
-        return gx, None
+            ya, yb, xa, xb, pt, pb, pl, pr = span
+            crop = _crop(xc, span)
+            gi, gwb, gbb = torch.ops.aten.convolution_backward(
+                g, crop, wp[c0:c1], [c1 - c0] if ctx.has_bias else None, list(ctx.stride), [0, 0],
+                list(ctx.dilation), False, [0, 0], 1, [need_x, need_w, need_b and ctx.has_bias])
+            if need_x:
+                gx[:, :, ya:yb, xa:xb] += gi[:, :, pt:pt + yb - ya, pl:pl + xb - xa]
+            if need_w:
+                gw[c0:c1] = gwb
+            if need_b and ctx.has_bias:
+                gb[c0:c1] = gbb
+        return gx, gw, gb, None, None, None, None
 
 
 class _Assemble(torch.autograd.Function):
@@ -163,18 +188,13 @@ def fast_target_conv2d(
         ya, yb, pt, pb = _span(b.y0, b.y1, stride[0], extents[0], top, h)
         xa, xb, pl, pr = _span(b.x0, b.x1, stride[1], extents[1], left, w)
         spans.append((ya, yb, xa, xb, pt, pb, pl, pr))
-    ys = []
-    crops = _Crops.apply(x, spans)
+    ys = _BlockConvs.apply(x, wp, bp, spans, [(b.c0, b.c1) for b in plan.blocks], stride, dilation)
     # split (not slice) per block: the backward concatenates the blocks' gradients instead of
     # zero-filling a full-size gradient per block
     sizes = [b.count for b in plan.blocks]
     rest = c_out - plan.n_active
-    w_parts = wp.split(sizes + [rest] if rest else sizes)
-    b_parts = [None] * len(sizes) if bp is None else bp.split(sizes + [rest] if rest else sizes)
     win_parts = win.split(sizes + [rest] if rest else sizes)
-    for i, (b, crop) in enumerate(zip(plan.blocks, crops)):
-        y = F.conv2d(crop, w_parts[i], b_parts[i], stride=stride, dilation=dilation)
-        factor = win_parts[i][:, b.y0:b.y1, b.x0:b.x1] * mask[b.c0:b.c1, b.y0:b.y1, b.x0:b.x1]
-        ys.append(y * factor)
+    ys = [y * (win_parts[i][:, b.y0:b.y1, b.x0:b.x1] * mask[b.c0:b.c1, b.y0:b.y1, b.x0:b.x1])
+          for i, (b, y) in enumerate(zip(plan.blocks, ys))]
     channels = [perm[b.c0:b.c1] for b in plan.blocks]
     return _Assemble.apply((n, c_out, ho, wo), plan.blocks, channels, *ys)
