@@ -23,6 +23,7 @@ def test_tiny_sweep_writes_one_row_per_setting(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     with open(out / "sweep.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    assert {r["data"] for r in rows} == {"mnist-5k"}
     assert [(r["kind"], r["model"], r["l2"], r["beta"]) for r in rows] == [
         ("tkn", "tdn10", "0.05", "1.0"), ("tkn", "tdn10", "0.05", "3.0"), ("baseline", "dn10", "", "")]
     assert json.loads((out / "sweep.json").read_text()) == report["rows"]

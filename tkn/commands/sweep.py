@@ -41,7 +41,7 @@ __all__ = ["COLUMNS", "DEFAULTS", "add_parser", "run", "run_sweep", "setting_nam
 
 #: Columns of ``sweep.csv`` / keys of each ``sweep.json`` row.
 COLUMNS = (
-    "kind", "model", "l2", "beta", "epochs", "best_epoch", "metric", "test_error", "final_test_error",
+    "kind", "model", "data", "l2", "beta", "epochs", "best_epoch", "metric", "test_error", "final_test_error",
     "macs", "baseline_macs", "speedup", "params", "out",
 )
 
@@ -76,7 +76,7 @@ def _row(result, kind: str, l2: float | None, beta: float | None, metric: str, b
     final = result.final or {}
     macs = best.get("macs")
     return {
-        "kind": kind, "model": result.config.model, "l2": l2, "beta": beta,
+        "kind": kind, "model": result.config.model, "data": result.config.data, "l2": l2, "beta": beta,
         "epochs": result.epochs_completed, "best_epoch": best.get("epoch"), "metric": metric,
         "test_error": best.get(metric), "final_test_error": final.get(metric),
         "macs": macs, "baseline_macs": base_macs,
@@ -223,7 +223,11 @@ def run(args: argparse.Namespace) -> int:
         from tkn import viz
 
         label = "test MSE" if rows and rows[0]["metric"] == "test_mse" else "test error (%)"
-        figure = viz.save_figure(viz.sweep_figure(rows, ylabel=label), Path(args.out) / "sweep.png")
+        title = None
+        if rows:
+            models = " vs ".join(dict.fromkeys(r["model"] for r in rows))
+            title = f"{models} on {rows[0]['data']}, {rows[0]['epochs']} epochs: error vs speed-up"
+        figure = viz.save_figure(viz.sweep_figure(rows, ylabel=label, title=title), Path(args.out) / "sweep.png")
     except RuntimeError as exc:  # matplotlib missing: the table is still written
         log(f"no figure: {exc}")
     if args.json:
