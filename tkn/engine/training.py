@@ -9,10 +9,11 @@ computation, so the gradients are those of the dense semantics: the weight
 and the input get the convolution's gradients over the ROIs only, and ``m``,
 ``s`` get theirs through the window ``F`` inside the ROI.
 
-Two small autograd functions keep the backward pass cheap: :class:`_BlockConvs`
-runs all block convolutions on ``channels_last`` crops, recomputes the crops in
-backward instead of storing them (memory stays near the dense layer's) and
-accumulates the input gradient into a single buffer, and :class:`_Assemble` writes each block's channels straight to their
+Two small autograd functions keep the backward pass cheap:
+:class:`_BlockConvs` runs all block convolutions on ``channels_last`` crops,
+recomputes the crops in backward instead of storing them (the crops together
+are many times the input) and accumulates the input gradient into a single
+buffer; :class:`_Assemble` writes each block's channels straight to their
 original indices of one zero-initialised ``channels_last`` output (its
 backward hands each block its slice of the gradient), so the channel order
 never needs a full-size un-permutation.
