@@ -14,7 +14,9 @@ every call and lets autograd differentiate the blocked computation.
 from tkn.engine.frozen import FrozenTargetConv2d
 from tkn.engine.freeze import DEFAULT_CANDIDATES, freeze, plan_summary
 from tkn.engine.plan import Block, CostModel, LayerPlan, dense_plan, plan_blocks
+from tkn.engine.training import fast_target_conv2d
 
 __all__ = [
     "FrozenTargetConv2d", "freeze", "plan_summary", "DEFAULT_CANDIDATES", "Block", "CostModel", "LayerPlan", "dense_plan", "plan_blocks",
+    "fast_target_conv2d",
 ]
