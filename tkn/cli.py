@@ -12,8 +12,10 @@ import importlib
 import sys
 
 from tkn import __version__
+from tkn.commands import OneLineErrorParser
 
 # name -> module that defines ``add_parser(subparsers)`` and ``run(args)``.
+# Modules import their heavy dependencies inside ``run`` so that ``tkn --help`` stays fast.
 COMMANDS = {
     "demo": "tkn.commands.demo",
     "train": "tkn.commands.train",
@@ -27,20 +29,17 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="tkn", description="Targeted Kernel Networks: train, inspect, benchmark and export TKNs."
     )
     parser.add_argument("--version", action="version", version=f"tkn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a command whose module is not built yet
-            if exc.name != module_name:
-                raise
-            continue
-        module.add_parser(sub)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
+    for module_name in COMMANDS.values():
+        command = importlib.import_module(module_name).add_parser(sub)
+        if "--debug" not in command._option_string_actions:  # `tkn CMD ... --debug` works too
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show full tracebacks on errors")
     return parser
 
 
@@ -55,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tkn: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
+        # Expected failures (bad values, missing files or optional packages, a diverged run)
+        # are one line; --debug shows the traceback.
         if getattr(args, "debug", False):
             raise
-        print(f"tkn {args.command}: error: {exc}", file=sys.stderr)
+        message = str(exc) or type(exc).__name__
+        print(f"tkn {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tkn.training.cli_errors import one_line_errors
 
 __all__ = ["add_parser", "DemoSchedule", "run_demo", "measure_interleaved", "format_table", "run"]
 
@@ -71,9 +70,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr")
     p.add_argument("--json", action="store_true", help="print report.json's content on stdout")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     p.set_defaults(func=run)
-    one_line_errors(p)
     return p
 
 

@@ -16,7 +16,6 @@ import json
 import sys
 from typing import Any
 
-from tkn.training.cli_errors import one_line_errors
 
 __all__ = ["add_parser", "evaluate_checkpoint", "format_report", "run"]
 
@@ -35,9 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     p.set_defaults(func=run)
-    one_line_errors(p)
     return p
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tkn.checkpoint import load_checkpoint
-from tkn.training.cli_errors import one_line_errors
+from tkn.commands import OneLineErrorParser
 from tkn.training.config import DEVICES, OPTIMIZERS, WINDOWS, list_recipes, resolve_config
 
 __all__ = ["add_parser", "get_args_parser", "config_from_args", "run", "main"]
@@ -78,9 +78,9 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """A stand-alone parser with every ``tkn train`` option (as in PyTorch's reference scripts)."""
-    return one_line_errors(_fill(argparse.ArgumentParser(
+    return _fill(OneLineErrorParser(
         prog="tkn train", description=__doc__.splitlines()[0], add_help=add_help,
-        formatter_class=argparse.RawDescriptionHelpFormatter)))
+        formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -89,7 +89,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _fill(parser)
     parser.set_defaults(func=run)
-    one_line_errors(parser)
     return parser
 
 
