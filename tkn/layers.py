@@ -171,7 +171,10 @@ class TargetConv2d(nn.Module):
         l2: weight of the L2 penalty on this layer's scales (see
             :func:`tkn.scale_penalty`); the paper's β build-up is folded in.
         execution: ``"dense"`` (full convolution, then window and mask: the
-            reference) or ``"sliced"`` (convolve only the ROIs). Same values.
+            reference), ``"sliced"`` (one convolution per distinct ROI: simple,
+            for checking) or ``"fast"`` (ROI blocks re-planned every call, the
+            training path of :mod:`tkn.engine.training`). Same values and
+            gradients; ``tkn.freeze`` is the inference counterpart.
 
     Attributes:
         weight: ``(out_channels, in_channels / groups, kH, kW)``, He-initialised.
