@@ -17,8 +17,8 @@ lets the tracer bake the batch size into reshapes).
   functionalises in-place writes. Every file is *verified*, not trusted: the
   TorchScript-based exporter silently drops writes made into a view
   (``torch.mul(a, b, out=y[..., i:j])`` or ``y[..., i:j].copy_(...)``; plain
-  ``y[..., i:j] = ...`` is fine), which yields a valid ONNX file with wrong
-  outputs; the frozen engine's block plans write that way. If no exporter
+  ``y[..., i:j] = ...`` is fine, and is what the frozen engine uses), which
+  yields a valid ONNX file with wrong outputs. If no exporter
   reproduces the frozen model, the dense model (same function, no speed-up)
   is exported and the result says so.
   Needs ``pip install 'tkn[onnx]'`` (``onnx``, ``onnxruntime``, ``onnxscript``).

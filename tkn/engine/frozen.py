@@ -3,8 +3,8 @@
 ``"blocks"`` plans convolve each block's input crop (the kernel's halo read
 from the input, zero padding added only where the crop leaves the map) with
 the block's rows of the weight, multiply by the precomputed window·mask crop
-and write the product straight into its slice of a ``channels_last`` output
-(``torch.mul(..., out=view)``: no temporary, no index scatter). The output is
+multiply the convolution's result in place and write it into its slice of a
+``channels_last`` output (slice assignment: no index scatter). The output is
 zero-filled once with one contiguous memset (filling only the uncovered strips
 took four strided fills per block and was not faster). ``"dense"`` plans run
 the full convolution (padding inside the convolution, no padded copy) and
@@ -141,7 +141,8 @@ class FrozenTargetConv2d(nn.Module):
                 crop = F.pad(crop, (pl, pr, pt, pb))
             bias = None if self.bias is None else self.bias[b.c0:b.c1]
             y = F.conv2d(crop, self.weight[b.c0:b.c1], bias, stride=self.stride, dilation=self.dilation)
-            torch.mul(y, getattr(self, f"window_{i}"), out=out[:, b.c0:b.c1, b.y0:b.y1, b.x0:b.x1])
+            # slice assignment, not mul(out=view): the TorchScript-based ONNX exporter drops writes into views
+            out[:, b.c0:b.c1, b.y0:b.y1, b.x0:b.x1] = y.mul_(getattr(self, f"window_{i}"))
         return out
 
     def forward(self, x: Tensor) -> Tensor:

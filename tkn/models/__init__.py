@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from tkn import rescale  # resolution transfer (paper section 5) as tkn.models.rescale
 from tkn.models.base import PaperModel, block_l2
 from tkn.models.cnn6 import CNN6
 from tkn.models.densenet import DenseNet, dn10, dn40
@@ -35,6 +36,7 @@ __all__ = [
     "STN",
     "dn10",
     "dn40",
+    "rescale",
 ]
 
 _PAPER = [
