@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["OneLineErrorParser"]
+__all__ = ["OneLineErrorParser", "parse_chw"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -19,3 +19,20 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def parse_chw(text: str | None, option: str = "--input") -> tuple[int, int, int] | None:
+    """A command-line shape ``"C,H,W"`` (or ``"CxHxW"``) as ``(C, H, W)``; ``None`` stays ``None``.
+
+    Raises:
+        ValueError: not three positive integers; the message names ``option``.
+    """
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"{option} must be C,H,W with three positive ints (e.g. 1,28,28), got {text!r}")
+    return shape

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from tkn.commands import parse_chw
+
 __all__ = ["add_parser", "run"]
 
 
@@ -46,18 +48,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _parse_input(text: str | None) -> tuple[int, int, int]:
-    if text is None:
-        return (1, 56, 56)
-    try:
-        dims = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise ValueError(f"--input must be C,H,W with three positive ints, got {text!r}")
-    return dims
-
-
 def _build(args: argparse.Namespace, dims: tuple[int, int, int]):
     from tkn.engine.benchmark import synthetic_rois_
 
@@ -76,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from tkn.convert import target_layers
     from tkn.engine import benchmark as B
 
-    dims = _parse_input(args.input)
+    dims = parse_chw(args.input) or (1, 56, 56)
     if any(b < 1 for b in args.batch):
         raise ValueError(f"--batch values must be positive ints, got {args.batch}")
     if args.repeats < 1:

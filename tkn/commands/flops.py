@@ -93,12 +93,10 @@ def flops_summary(
 
 
 def run(args: argparse.Namespace) -> int:
-    from tkn.flops import FlopReport, LayerCount, parse_input_size
+    from tkn.commands import parse_chw
+    from tkn.flops import FlopReport, LayerCount
 
-    try:
-        dims = parse_input_size(args.input) if args.input is not None else None
-    except ValueError as exc:
-        raise ValueError(f"--input: {exc}") from None
+    dims = parse_chw(args.input)
     model, name, kwargs = _build(args, dims)
     summary = flops_summary(model, name, kwargs, dims)
     if args.json:

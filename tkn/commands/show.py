@@ -18,20 +18,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from tkn.commands import parse_chw
+
 __all__ = ["add_parser", "run", "load_model_arg", "parse_shape", "load_sample"]
 
 
 def parse_shape(text: str | None, name: str = "--input-size") -> tuple[int, int, int] | None:
-    """``"C,H,W"`` -> ``(C, H, W)``; ``None`` stays ``None``."""
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in str(text).replace("x", ",").split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"{name} must be C,H,W with three positive ints (e.g. 1,28,28), got {text!r}")
-    return shape
+    """``"C,H,W"`` -> ``(C, H, W)``; ``None`` stays ``None`` (see :func:`tkn.commands.parse_chw`)."""
+    return parse_chw(text, name)
 
 
 def load_model_arg(source: str, input_size: tuple[int, int, int] | None = None) -> tuple[nn.Module, tuple, dict]:
