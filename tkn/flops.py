@@ -188,6 +188,8 @@ def _layer_macs(module: nn.Module, out: Tensor) -> tuple[int, int, bool]:
     dense = per_sample.numel() * _kernel_macs(module) if getattr(module, "weight", None) is not None else 0
     h, w = int(out.shape[-2]), int(out.shape[-1])
     reports_macs = callable(getattr(module, "macs", None)) and not isinstance(module, nn.Conv2d)
+    if callable(getattr(module, "dense_macs", None)):
+        dense = int(module.dense_macs(h, w))  # e.g. a frozen layer with a fused pool: its output is smaller
     if isinstance(module, TargetConv2d) or reports_macs:
         return int(module.macs(h, w)), dense, True
     roi = getattr(module, "roi", None)

@@ -64,7 +64,7 @@ def test_permutations_move_through_bn_pool_and_into_linear():
     routes = find_routes(net, ["0", "4", "7"])
     assert {k: (r.consumer, r.kind, r.batch_norms) for k, r in routes.items()} == {
         "0": ("4", "conv", ["1"]), "4": ("6", "conv", []), "7": ("9", "linear", [])}
-    frozen = freeze(net, x, measure=False, candidates=[FINE])
+    frozen = freeze(net, x, measure=False, candidates=[FINE], grids=())
     layers = _layers(frozen)
     assert len(layers) == 3 and all(m.plan.mode == "blocks" and m.permute_output for m in layers)
     assert all(m.plan.perm != list(range(m.out_channels)) for m in layers)
@@ -76,7 +76,7 @@ def test_untraceable_model_uses_hooks():
     model = Untraceable().eval()
     x = torch.randn(2, 3, 14, 14)
     assert find_routes(model, ["body.0"]) is None
-    frozen = freeze(model, x, measure=False, candidates=[FINE])
+    frozen = freeze(model, x, measure=False, candidates=[FINE], grids=())
     assert any(m.permute_output for m in _layers(frozen))
     _assert_same(model, frozen, x)
 
@@ -84,7 +84,7 @@ def test_untraceable_model_uses_hooks():
 def test_invisible_consumer_is_detected_and_permutation_dropped():
     model = Untraceable(side_output=True).eval()
     x = torch.randn(2, 3, 14, 14)
-    frozen = freeze(model, x, measure=False, candidates=[FINE])
+    frozen = freeze(model, x, measure=False, candidates=[FINE], grids=())
     assert not any(m.permute_output for m in _layers(frozen))
     _assert_same(model, frozen, x)
 
@@ -92,7 +92,7 @@ def test_invisible_consumer_is_detected_and_permutation_dropped():
 def test_original_model_is_untouched_and_frozen_has_no_grad():
     net = _net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    frozen = freeze(net, torch.randn(2, 3, 14, 14), measure=False, candidates=[FINE])
+    frozen = freeze(net, torch.randn(2, 3, 14, 14), measure=False, candidates=[FINE], grids=())
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k])
     assert not any(p.requires_grad for p in frozen.parameters())
@@ -103,7 +103,7 @@ def test_original_model_is_untouched_and_frozen_has_no_grad():
 def test_jit_trace_gives_the_same_outputs():
     net = _net(1)
     x = torch.randn(3, 3, 14, 14)
-    frozen = freeze(net, x, measure=False, candidates=[FINE])
+    frozen = freeze(net, x, measure=False, candidates=[FINE], grids=())
     traced = torch.jit.trace(frozen, x)
     _assert_same(net, traced, x)
     _assert_same(net, traced, torch.randn(3, 3, 14, 14))

@@ -12,7 +12,9 @@ from tkn.engine.plan import CostModel
 from tkn.export import export_model
 
 # Plan from the cost model alone, without per-call cost: the export must carry the ROI-only execution.
-BLOCKS = {"measure": False, "candidates": [CostModel(copy_cost=0.0, call_cost=0.0)]}
+BLOCKS = {"measure": False, "candidates": [CostModel(copy_cost=0.0, call_cost=0.0)], "grids": ()}
+#: tile plans write channels by index instead of by slice: they must export too
+TILES = {"measure": False, "candidates": [CostModel(copy_cost=0.0, call_cost=0.0)], "grids": (2,)}
 
 
 @pytest.fixture
@@ -38,8 +40,16 @@ def test_blocks_plan_is_what_gets_exported(roi_tkn):
     assert [(m.plan.mode, len(m.blocks)) for m in layers] == [("blocks", 2), ("blocks", 2)]
 
 
-def test_torchscript_roundtrip(roi_tkn, tmp_path):
-    result = export_model(roi_tkn, batch(2, 0), tmp_path / "m.pt", "torchscript", freeze_options=BLOCKS)
+def test_tiles_plan_is_what_gets_exported(roi_tkn):
+    from tkn.engine import freeze
+
+    frozen = freeze(roi_tkn, batch(2, 0), **TILES)
+    assert [m.plan.mode for m in frozen.modules() if isinstance(m, FrozenTargetConv2d)] == ["tiles", "tiles"]
+
+
+@pytest.mark.parametrize("options", [BLOCKS, TILES], ids=["blocks", "tiles"])
+def test_torchscript_roundtrip(roi_tkn, tmp_path, options):
+    result = export_model(roi_tkn, batch(2, 0), tmp_path / "m.pt", "torchscript", freeze_options=options)
     assert result.frozen and result.dynamic_batch and result.max_abs_diff <= 1e-4
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
     x = batch(5, 1)
@@ -48,10 +58,11 @@ def test_torchscript_roundtrip(roi_tkn, tmp_path):
 
 
 @pytest.mark.slow
-def test_onnx_roundtrip_under_onnxruntime(roi_tkn, tmp_path):
+@pytest.mark.parametrize("options", [BLOCKS, TILES], ids=["blocks", "tiles"])
+def test_onnx_roundtrip_under_onnxruntime(roi_tkn, tmp_path, options):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    result = export_model(roi_tkn, batch(2, 0), tmp_path / "m.onnx", "onnx", freeze_options=BLOCKS)
+    result = export_model(roi_tkn, batch(2, 0), tmp_path / "m.onnx", "onnx", freeze_options=options)
     assert result.frozen and result.dynamic_batch, result.notes
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")), full_check=True)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])

@@ -6,12 +6,19 @@ Steps:
    size, and the activations used to time plans).
 2. Trace the model (:mod:`tkn.engine.permute`) to find, for each layer, a
    consumer that can absorb a channel permutation.
-3. For each layer, in execution order: build candidate plans — dense, and
-   block plans from :func:`~tkn.engine.plan.plan_blocks` under a few cost-model
-   settings — and, when ``measure`` is true, time each on the recorded
-   activations (interleaved, minimum of ``repeats``) and keep the fastest
-   (a block plan must beat dense by ``DENSE_MARGIN``); otherwise keep the one the cost model rates cheapest.
-4. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
+3. Find the epilogues to fuse: in an ``nn.Sequential``, a target layer
+   followed by ``nn.ReLU`` and/or ``nn.MaxPool2d(k)`` (stride ``k``, no
+   padding, each module called once) has them applied per block
+   (:class:`~tkn.engine.frozen.FrozenTargetConv2d` ``relu``/``pool``); the
+   fused modules become ``nn.Identity``.
+4. For each layer, in execution order: build candidate plans — dense, block
+   plans from :func:`~tkn.engine.plan.plan_blocks` and tile plans from
+   :func:`~tkn.engine.plan.plan_tiles` under a few cost-model settings and
+   grids — keep the ``MEASURED_CANDIDATES`` the cost model rates cheapest and,
+   when ``measure`` is true, time them and dense on the recorded activations
+   (interleaved, minimum of ``repeats``) and keep the fastest (a block plan
+   must beat dense by ``DENSE_MARGIN``); otherwise keep the cheapest modelled.
+5. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
    whose input order is its producer's plan order; permute the batch norms and
    non-target consumers on its route.
 
@@ -29,10 +36,10 @@ from torch import Tensor, nn
 
 from tkn.engine.frozen import FrozenTargetConv2d
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
-from tkn.engine.plan import CostModel, LayerPlan, dense_plan, plan_blocks
+from tkn.engine.plan import CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles
 from tkn.layers import TargetConv2d
 
-__all__ = ["freeze", "DEFAULT_CANDIDATES", "plan_summary"]
+__all__ = ["freeze", "DEFAULT_CANDIDATES", "TILE_GRIDS", "MEASURED_CANDIDATES", "plan_summary"]
 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
@@ -46,8 +53,17 @@ DEFAULT_CANDIDATES: tuple[CostModel, ...] = (
     CostModel(channel_quantum=8, copy_cost=100.0, call_cost=5e8),
 )
 
+#: Tile grids tried per layer (tiles per axis; grids leaving tiles under 4 output pixels are skipped),
+#: each with the first two cost models above.
+TILE_GRIDS: tuple[int, ...] = (2, 3, 4, 5, 6, 7)
 
-def _record_inputs(model: nn.Module, example: Tensor) -> tuple[list[str], dict[str, Tensor], dict[str, int]]:
+#: How many non-dense candidates (cheapest by the cost model) are timed per layer.
+MEASURED_CANDIDATES = 5
+
+
+def _record_inputs(model: nn.Module, example: Tensor, watched: Sequence[str] = ()
+                   ) -> tuple[list[str], dict[str, Tensor], dict[str, int]]:
+    """Target layers in call order, each one's first input, and call counts (of the ``watched`` modules too)."""
     names = {id(m): n for n, m in model.named_modules() if isinstance(m, TargetConv2d)}
     order: list[str] = []
     inputs: dict[str, Tensor] = {}
@@ -60,7 +76,13 @@ def _record_inputs(model: nn.Module, example: Tensor) -> tuple[list[str], dict[s
             order.append(name)
             inputs[name] = args[0].detach()
 
+    def count(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, TargetConv2d)]
+    hooks += [model.get_submodule(n).register_forward_pre_hook(count(n)) for n in watched]
     try:
         with torch.no_grad():
             model(example)
@@ -68,19 +90,6 @@ def _record_inputs(model: nn.Module, example: Tensor) -> tuple[list[str], dict[s
         for h in hooks:
             h.remove()
     return order, inputs, calls
-
-
-def _modelled_cost(layer: TargetConv2d, plan: LayerPlan, out_hw: tuple[int, int], cost: CostModel, batch: int) -> float:
-    per_mac = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
-    if plan.mode == "dense":
-        return layer.out_channels * out_hw[0] * out_hw[1] * per_mac + cost.call_cost / batch
-    total = 0.0
-    q = cost.channel_quantum
-    for b in plan.blocks:
-        halo = ((b.y1 - b.y0 - 1) * layer.stride[0] + layer.kernel_extent[0]) * (
-            (b.x1 - b.x0 - 1) * layer.stride[1] + layer.kernel_extent[1])
-        total += -(-b.count // q) * q * b.area * per_mac + cost.copy_cost * layer.in_channels * halo + cost.call_cost / batch
-    return total
 
 
 def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int) -> list[float]:
@@ -104,7 +113,9 @@ def freeze(
     measure: bool = True,
     repeats: int = 3,
     candidates: Sequence[CostModel] = DEFAULT_CANDIDATES,
+    grids: Sequence[int] = TILE_GRIDS,
     permute: bool = True,
+    fuse: bool = True,
 ) -> nn.Module:
     """An inference copy of ``model`` whose target layers run only their fixed ROIs.
 
@@ -118,9 +129,13 @@ def freeze(
             the fastest (dense included); ``False`` trusts the cost model.
         repeats: timing repeats per candidate (minimum taken; candidates interleaved).
         candidates: cost-model settings to build block plans with.
+        grids: tile grids (tiles per axis) to build tile plans on, with the
+            first two cost models; ``()`` for block plans only.
         permute: let layers emit channels in plan order where the consumer can
             absorb the permutation (:mod:`tkn.engine.permute`); ``False`` makes
             every layer restore the original order itself.
+        fuse: fuse a following ``nn.ReLU`` / ``nn.MaxPool2d`` into the frozen layer
+            (see step 3 above).
 
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
@@ -150,10 +165,12 @@ def freeze(
     if isinstance(frozen, TargetConv2d):
         wrapper = nn.Sequential(frozen)
         return freeze(wrapper, example_input, measure=measure, repeats=repeats, candidates=candidates,
-                      permute=permute)[0]
+                      grids=grids, permute=permute, fuse=fuse)[0]
 
     reference = copy.deepcopy(frozen) if permute else None
-    order, inputs, calls = _record_inputs(frozen, example_input)
+    fusable = _fusable(frozen) if fuse else {}
+    watched = [follower for chain in fusable.values() for follower, _ in chain]
+    order, inputs, calls = _record_inputs(frozen, example_input, watched)
     single = [n for n in order if calls[n] == 1]
     routes = find_routes(frozen, single) if permute else {}
     by_hooks = routes is None
@@ -161,37 +178,38 @@ def freeze(
         routes = find_routes_by_hooks(frozen, example_input[:1], single)
     in_perms: dict[str, list[int]] = {}
     built: dict[str, FrozenTargetConv2d] = {}
+    fused: list[str] = []
     for name in order:
         layer: TargetConv2d = frozen.get_submodule(name)
         x = inputs[name]
         hw = tuple(x.shape[-2:])
         out_hw = layer.output_size(*hw)
-        batch = x.shape[0]
-        plans = [dense_plan(layer.out_channels)]
-        if layer.groups == 1:
-            roi = layer.rois(*out_hw)
-            seen = set()
-            for cost in candidates:
-                p = plan_blocks(roi, in_channels=layer.in_channels, kernel_size=layer.kernel_size,
-                                kernel_extent=layer.kernel_extent, stride=layer.stride, batch=batch, cost=cost)
-                key = tuple(p.perm), tuple(p.blocks)
-                if key not in seen:
-                    seen.add(key)
-                    plans.append(p)
+        relu, pool, names = False, 1, []
+        if calls[name] == 1 and name in fusable:
+            relu, pool, names = _epilogue(fusable[name], calls, out_hw)
+        plans = [dense_plan(layer.out_channels)] + _candidate_plans(layer, out_hw, x.shape[0], candidates, grids, pool)
+        geometry = dict(in_channels=layer.in_channels, kernel_size=layer.kernel_size,
+                        kernel_extent=layer.kernel_extent, output_hw=out_hw, stride=layer.stride, batch=x.shape[0],
+                        cost=candidates[0] if candidates else CostModel())
+        modelled = [plan_cost(p, **geometry) for p in plans]
+        if measure:
+            keep = sorted(range(1, len(plans)), key=modelled.__getitem__)[:MEASURED_CANDIDATES]
+            plans, modelled = [plans[0]] + [plans[i] for i in keep], [modelled[0]] + [modelled[i] for i in keep]
         route = routes.get(name)
         in_perm = in_perms.get(name)
-        options = [FrozenTargetConv2d(layer, hw, p, in_perm=in_perm, permute_output=route is not None) for p in plans]
+        options = [FrozenTargetConv2d(layer, hw, p, in_perm=in_perm, relu=relu, pool=pool,
+                                      permute_output=route is not None and p.mode == "blocks") for p in plans]
         if measure and len(options) > 1:
             times = _time_candidates(options, x if in_perm is None else x[:, in_perm], repeats)
         else:
-            ref = candidates[0] if candidates else CostModel()
-            times = [_modelled_cost(layer, p, out_hw, ref, batch) for p in plans]
+            times = modelled
         best = min(range(len(options)), key=times.__getitem__)
         if measure and times[best] > (1.0 - DENSE_MARGIN) * times[0]:
             best = 0  # a block plan must beat dense clearly: timing noise must not pick a slower plan
         chosen = options[best]
         chosen.timings = {p.label: t for p, t in zip(plans, times)} if measure else {}
         built[name] = chosen
+        fused += names
         if route is not None:
             if not chosen._identity:
                 apply_route(frozen, route, chosen.plan.perm, layer.out_channels)
@@ -199,15 +217,93 @@ def freeze(
                     in_perms[route.consumer] = chosen.plan.perm
             else:
                 chosen.permute_output = False
-    for name, module in built.items():
+    for name, module in [*built.items(), *((n, nn.Identity()) for n in fused)]:
         parent_name, _, child = name.rpartition(".")
         parent = frozen.get_submodule(parent_name) if parent_name else frozen
         setattr(parent, child, module)
     if by_hooks and routes and not _same_outputs(reference, frozen, torch.randn_like(example_input[:2])):
         # a consumer the hooks could not see: plan again without moving permutations through the model
         return freeze(model, example_input, input_size=None, measure=measure, repeats=repeats,
-                      candidates=candidates, permute=False)
+                      candidates=candidates, grids=grids, permute=False, fuse=fuse)
     return frozen
+
+
+def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, candidates: Sequence[CostModel],
+                     grids: Sequence[int], align: int) -> list[LayerPlan]:
+    """Block plans under every cost model and tile plans on every grid (distinct ones)."""
+    if layer.groups != 1:
+        return []
+    roi = layer.rois(*out_hw)
+    geometry = dict(in_channels=layer.in_channels, kernel_size=layer.kernel_size,
+                    kernel_extent=layer.kernel_extent, stride=layer.stride, batch=batch)
+    plans = [align_plan(plan_blocks(roi, cost=cost, **geometry), align, out_hw) for cost in candidates]
+    for g in grids:
+        if min(out_hw) // g < max(4, align):
+            continue
+        for cost in candidates[:2]:
+            plans.append(plan_tiles(roi, output_hw=out_hw, grid=(g, g), cost=cost, align=align, **geometry))
+    distinct, seen = [], set()
+    for p in plans:
+        key = p.mode, tuple(p.perm), tuple(p.blocks), tuple(p.index)
+        if p.blocks and key not in seen:
+            seen.add(key)
+            distinct.append(p)
+    return distinct
+
+
+def _fusable(model: nn.Module) -> dict[str, list[tuple[str, int]]]:
+    """``{target layer: [(follower, pool size or 0 for a ReLU), ...]}`` for each run ``TargetConv2d → nn.ReLU →
+    nn.MaxPool2d`` in an ``nn.Sequential`` (exactly that class: its forward is known to chain its children);
+    either follower may be missing, not both."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for seq_name, seq in model.named_modules():
+        if type(seq) is not nn.Sequential:
+            continue
+        kids = list(seq.named_children())
+        prefix = f"{seq_name}." if seq_name else ""
+        for i, (child, module) in enumerate(kids):
+            if not isinstance(module, TargetConv2d):
+                continue
+            chain, j = [], i + 1
+            if j < len(kids) and type(kids[j][1]) is nn.ReLU:
+                chain.append((prefix + kids[j][0], 0))
+                j += 1
+            if j < len(kids) and _pool_size(kids[j][1]) > 1:
+                chain.append((prefix + kids[j][0], _pool_size(kids[j][1])))
+            if chain:
+                found[prefix + child] = chain
+    return found
+
+
+def _pool_size(module: nn.Module) -> int:
+    """``k`` for an ``nn.MaxPool2d(k)`` with stride ``k`` and nothing else set; 0 otherwise."""
+    if type(module) is not nn.MaxPool2d:
+        return 0
+    k = module.kernel_size if isinstance(module.kernel_size, int) else None
+    if isinstance(module.kernel_size, tuple) and len(set(module.kernel_size)) == 1:
+        k = module.kernel_size[0]
+    stride = module.stride if not isinstance(module.stride, tuple) else (
+        module.stride[0] if len(set(module.stride)) == 1 else None)
+    plain = module.padding in (0, (0, 0)) and module.dilation in (1, (1, 1)) and not module.ceil_mode
+    if k is None or stride != k or not plain or module.return_indices:
+        return 0
+    return k
+
+
+def _epilogue(chain: list[tuple[str, int]], calls: dict[str, int], out_hw: tuple[int, int]
+              ) -> tuple[bool, int, list[str]]:
+    """``(relu, pool, fused module names)`` for a chain of :func:`_fusable`; a follower called more than once
+    (shared elsewhere) or a pool larger than the map ends it."""
+    relu, pool, names = False, 1, []
+    for name, k in chain:
+        if calls.get(name) != 1 or k > min(out_hw):
+            break
+        if k == 0:
+            relu = True
+        else:
+            pool = k
+        names.append(name)
+    return relu, pool, names
 
 
 def _same_outputs(a: nn.Module, b: nn.Module, x: Tensor) -> bool:

@@ -1,14 +1,23 @@
 """The frozen executor: one target layer with fixed ROIs, run by a :class:`~tkn.engine.plan.LayerPlan`.
 
-``"blocks"`` plans convolve each block's input crop (the kernel's halo read
-from the input, zero padding added only where the crop leaves the map) with
-the block's rows of the weight, multiply by the precomputed window·mask crop
-multiply the convolution's result in place and write it into its slice of a
-``channels_last`` output (slice assignment: no index scatter). The output is
-zero-filled once with one contiguous memset (filling only the uncovered strips
-took four strided fills per block and was not faster). ``"dense"`` plans run
-the full convolution (padding inside the convolution, no padded copy) and
-multiply by the window·mask map in place.
+``"blocks"`` and ``"tiles"`` plans convolve each block's input crop (the
+kernel's halo read from the input, zero padding added only where the crop
+leaves the map) with the block's rows of the weight — padded with zero rows
+to a multiple of :data:`~tkn.engine.plan.PAD_CHANNELS`, the channel count the
+CPU kernels are fast at — multiply the result in place by the precomputed
+window·mask crop and write it into a ``channels_last`` output zero-filled
+once. ``"blocks"`` plans write by slice (their channels are contiguous in the
+plan order), ``"tiles"`` plans by channel index (their output keeps the
+original channel order). ``"dense"`` plans run the full convolution (padding
+inside the convolution, no padded copy) and multiply by the window·mask map
+in place.
+
+An *epilogue* can be fused: a ReLU and a ``pool``×``pool`` max-pool (stride
+``pool``) applied per block before the write, so the full-size activation is
+never materialised (on TKN6 at 56×56 that full map is 205 MB at batch 64, and
+pooling it costs more than the ROI convolution). Block boxes are aligned to
+the pool (:func:`~tkn.engine.plan.align_plan`): every pool window lies wholly
+inside or wholly outside a block, and outside it the activation is zero.
 
 The output channels come out in the plan's order when ``permute_output`` is
 true (the model's next layer has been permuted to expect them so, see
@@ -23,10 +32,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn import functional as TF
-from tkn.engine.plan import Block, LayerPlan, dense_plan
+from tkn.engine.plan import PAD_CHANNELS, Block, LayerPlan, align_plan, dense_plan
 from tkn.layers import TargetConv2d
 
-__all__ = ["FrozenTargetConv2d"]
+__all__ = ["FrozenTargetConv2d", "GEMM_MAX_K"]
+
+#: Block convolutions whose reduction ``C_in × kH × kW`` is at most this run as ``unfold`` + ``matmul``.
+#: For TKN6's first layer (1 → 256, 5×5) oneDNN's direct convolution of 64 ROI crops was 3x slower
+#: than the matmul (8.8 ms vs 3.0 ms for 64 channels on 20×20, batch 64).
+GEMM_MAX_K = 32
 
 
 def _span(lo: int, hi: int, stride: int, extent: int, pad_before: int, size: int) -> tuple[int, int, int, int]:
@@ -46,12 +60,15 @@ class FrozenTargetConv2d(nn.Module):
         in_perm: order of the incoming channels (``x[:, j]`` is original input channel
             ``in_perm[j]``); ``None`` for the original order.
         permute_output: return channels in ``plan.perm`` order instead of the original.
+        relu: apply a ReLU to the output (fused epilogue).
+        pool: apply ``max_pool2d(kernel_size=pool, stride=pool)`` after that (fused; 1 = none).
 
     Shape:
         - Input: ``(N, C_in, H, W)`` with ``(H, W) == input_hw``, any memory format.
-        - Output: ``(N, C_out, H_out, W_out)``; ``channels_last`` for block plans.
+        - Output: ``(N, C_out, H_out // pool, W_out // pool)``; ``channels_last`` for block and tile plans.
 
-    The output equals ``layer.eval()(x)`` (with the channel orders above).
+    The output equals ``maxpool(relu(layer.eval()(x)))`` (each part only when asked for; with the
+    channel orders above).
     """
 
     def __init__(
@@ -62,57 +79,98 @@ class FrozenTargetConv2d(nn.Module):
         *,
         in_perm: list[int] | None = None,
         permute_output: bool = False,
+        relu: bool = False,
+        pool: int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(layer, TargetConv2d):
             raise TypeError(f"layer must be a TargetConv2d, got {type(layer).__name__}")
+        if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+            raise ValueError(f"pool must be a positive int (1 for no pooling), got {pool!r}")
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
-        self.output_hw = layer.output_size(*self.input_hw)
+        self.conv_hw = layer.output_size(*self.input_hw)
+        ho, wo = self.conv_hw
+        if ho < pool or wo < pool:
+            raise ValueError(f"pool={pool} is larger than the layer's output {self.conv_hw}")
+        self.output_hw = (ho // pool, wo // pool)
+        self.relu, self.pool = bool(relu), pool
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size, self.stride, self.dilation = layer.kernel_size, layer.stride, layer.dilation
         self.kernel_extent = layer.kernel_extent
         self.groups, self.pad, self.padding_mode = layer.groups, layer.pad, layer.padding_mode
-        self.plan = plan if plan is not None else dense_plan(layer.out_channels)
-        if self.plan.mode not in ("dense", "blocks"):
-            raise ValueError(f"plan.mode must be 'dense' or 'blocks', got {self.plan.mode!r}")
-        if self.plan.mode == "blocks" and self.groups != 1:
-            raise ValueError(f"block plans need groups=1, the layer has groups={self.groups}")
-        if sorted(self.plan.perm) != list(range(self.out_channels)):
+        plan = plan if plan is not None else dense_plan(layer.out_channels)
+        if plan.mode not in ("dense", "blocks", "tiles"):
+            raise ValueError(f"plan.mode must be 'dense', 'blocks' or 'tiles', got {plan.mode!r}")
+        if plan.mode != "dense" and self.groups != 1:
+            raise ValueError(f"block and tile plans need groups=1, the layer has groups={self.groups}")
+        if sorted(plan.perm) != list(range(self.out_channels)):
             raise ValueError(f"plan.perm must be a permutation of range({self.out_channels})")
+        if plan.mode == "tiles" and permute_output:
+            raise ValueError("tile plans keep the original channel order: permute_output must be False")
         if in_perm is not None and (self.groups != 1 or sorted(in_perm) != list(range(self.in_channels))):
             raise ValueError(f"in_perm must be a permutation of range({self.in_channels}) (and groups 1)")
+        self.plan = align_plan(plan, pool, self.conv_hw)
         self.permute_output = bool(permute_output)
         #: seconds measured per candidate plan at freeze time (empty when not measured)
         self.timings: dict[str, float] = {}
         self.blocks: list[Block] = list(self.plan.blocks)
+        self._tiles = self.plan.mode == "tiles"
 
         perm = torch.tensor(self.plan.perm, dtype=torch.long, device=layer.weight.device)
-        ho, wo = self.output_hw
         with torch.no_grad():
             roi = layer.rois(ho, wo)
             wm = (layer.attention(ho, wo) * TF.roi_mask(roi, ho, wo)).to(layer.weight.dtype)
-            weight = layer.weight.detach()[perm]
+            weight = layer.weight.detach()
             if in_perm is not None:
                 weight = weight[:, torch.tensor(in_perm, dtype=torch.long, device=weight.device)]
-            bias = None if layer.bias is None else layer.bias.detach()[perm].clone()
-            wm = wm[perm]
-        block_mode = self.plan.mode == "blocks"
-        fmt = torch.channels_last if block_mode else torch.contiguous_format
-        self.register_buffer("weight", weight.contiguous(memory_format=fmt))
-        self.register_buffer("bias", bias)
+            bias = None if layer.bias is None else layer.bias.detach()
         self.register_buffer("roi", roi[perm].clone())
         self.register_buffer("inverse_perm", torch.argsort(perm))
         self._identity = self.plan.perm == list(range(self.out_channels))
-        if block_mode:
-            self.register_buffer("window_map", None)
-            for i, b in enumerate(self.blocks):
-                crop = wm[b.c0:b.c1, b.y0:b.y1, b.x0:b.x1]
-                # stored (h, w, c)-contiguous so that it matches the channels_last output it multiplies
-                self.register_buffer(f"window_{i}", crop.permute(1, 2, 0).contiguous().permute(2, 0, 1))
+        #: rows ``[w0, w1)`` of ``weight`` (``w1 - w0`` padded to PAD_CHANNELS) per block
+        self._rows: list[tuple[int, int]] = []
+        if self.plan.mode == "dense":
+            self.register_buffer("weight", weight[perm].contiguous())
+            self.register_buffer("bias", None if bias is None else bias[perm].clone())
+            self.register_buffer("window_map", wm[perm].contiguous())
+            return
+        self.register_buffer("window_map", None)
+        rows, biases = [], []
+        for i, b in enumerate(self.blocks):
+            idx = torch.tensor(self.plan.channels(b), dtype=torch.long, device=weight.device)
+            padded = -(-b.count // PAD_CHANNELS) * PAD_CHANNELS
+            w = weight.new_zeros((padded, *weight.shape[1:]))
+            w[:b.count] = weight[idx]
+            start = sum(len(r) for r in rows)
+            self._rows.append((start, start + padded))
+            rows.append(w)
+            if bias is not None:
+                bb = bias.new_zeros(padded)
+                bb[:b.count] = bias[idx]
+                biases.append(bb)
+            # (h, w, padded channels): multiplies the block's output seen as N, h, w, C (zero on the pad rows)
+            win = wm.new_zeros((b.y1 - b.y0, b.x1 - b.x0, padded))
+            win[..., :b.count] = wm[idx, b.y0:b.y1, b.x0:b.x1].permute(1, 2, 0)
+            self.register_buffer(f"window_{i}", win)
+            if self._tiles:
+                self.register_buffer(f"index_{i}", idx)
+        weight = torch.cat(rows) if rows else weight.new_zeros((0, *weight.shape[1:]))
+
+        #: small reductions (C_in x kH x kW) run as unfold + matmul: oneDNN's direct convolution is slow there
+        self._gemm = self.in_channels * self.kernel_size[0] * self.kernel_size[1] <= GEMM_MAX_K
+        if self._gemm:
+            weight = weight.reshape(weight.shape[0], -1).t()  # (C_in kH kW, rows): unfold's order
         else:
-            self.register_buffer("window_map", wm.contiguous())
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        self.register_buffer("weight", weight.contiguous() if self._gemm else weight)
+        self.register_buffer("bias", (torch.cat(biases) if biases else bias.new_zeros(0)) if bias is not None else None)
 
     # -- execution -------------------------------------------------------------------
+    def _epilogue(self, y: Tensor) -> Tensor:
+        if self.relu:
+            y = y.relu_()
+        return F.max_pool2d(y, self.pool) if self.pool > 1 else y
+
     def _dense(self, x: Tensor) -> Tensor:
         left, right, top, bottom = self.pad
         if self.padding_mode == "zeros" and left == right and top == bottom:
@@ -121,29 +179,76 @@ class FrozenTargetConv2d(nn.Module):
         else:
             xp = TF.pad_input(x, self.pad, self.padding_mode)
             y = F.conv2d(xp, self.weight, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
-        return y.mul_(self.window_map)
+        return self._epilogue(y.mul_(self.window_map))
+
+    def _block_output(self, i: int, b: Block, x: Tensor, top: int, left: int) -> Tensor:
+        """Block ``i``'s convolution over its box, as ``(N, h, w, padded channels)`` (a view of contiguous memory).
+
+        ``x`` is, for matmul layers, the patch view of :meth:`_patches` (the block's patches are copied out
+        of it); otherwise the input, which the block crops (zero padding added only where the crop leaves
+        the map: ``top``/``left`` padding is still to be applied).
+        """
+        r0, r1 = self._rows[i]
+        bias = None if self.bias is None else self.bias[r0:r1]
+        if self._gemm:
+            cols = x[:, b.y0:b.y1, b.x0:b.x1].reshape(-1, self.weight.shape[0])
+            y = torch.mm(cols, self.weight[:, r0:r1]) if bias is None else torch.addmm(bias, cols, self.weight[:, r0:r1])
+            return y.view(x.shape[0], b.y1 - b.y0, b.x1 - b.x0, r1 - r0)
+        h, w = x.shape[-2:]
+        ya, yb, pt, pb = _span(b.y0, b.y1, self.stride[0], self.kernel_extent[0], top, h)
+        xa, xb, pl, pr = _span(b.x0, b.x1, self.stride[1], self.kernel_extent[1], left, w)
+        crop = x[:, :, ya:yb, xa:xb]
+        if pt or pb or pl or pr:
+            crop = F.pad(crop, (pl, pr, pt, pb))
+        y = F.conv2d(crop, self.weight[r0:r1], bias, stride=self.stride, dilation=self.dilation)
+        return y.permute(0, 2, 3, 1)
+
+    def _patches(self, x: Tensor) -> Tensor:
+        """A view ``(N, H_out, W_out, C_in, kH, kW)`` of the padded input's patches (no copy), for matmul layers."""
+        xp = TF.pad_input(x, self.pad, self.padding_mode).contiguous()
+        n, c, hp, wp = xp.shape
+        (sy, sx), (dy, dx) = self.stride, self.dilation
+        return xp.as_strided((n, *self.conv_hw, c, *self.kernel_size),
+                             (c * hp * wp, sy * wp, sx, hp * wp, dy * wp, dx))
+
+    def _pool_nhwc(self, y: Tensor) -> Tensor:
+        """``k``×``k`` max-pool (stride ``k``) of ``(N, h, w, C)`` by elementwise maxima of strided views."""
+        k = self.pool
+        out = y[:, 0::k, 0::k]
+        for dy in range(k):
+            for dx in range(k):
+                if dy or dx:
+                    out = torch.maximum(out, y[:, dy::k, dx::k])
+        return out
 
     def _blocks(self, x: Tensor) -> Tensor:
         n = x.shape[0]
         ho, wo = self.output_hw
-        h, w = self.input_hw
+        p = self.pool
         left, _, top, _ = self.pad
-        if self.padding_mode != "zeros":
-            x = TF.pad_input(x, self.pad, self.padding_mode)
-            h, w, left, top = x.shape[-2], x.shape[-1], 0, 0
-        x = x.contiguous(memory_format=torch.channels_last)
-        out = x.new_zeros((n, ho, wo, self.out_channels)).permute(0, 3, 1, 2)
+        if self._gemm:
+            x = self._patches(x)
+        else:
+            if self.padding_mode != "zeros":
+                x = TF.pad_input(x, self.pad, self.padding_mode)
+                left, top = 0, 0
+            # each block copies its own crop: sharing one crop per tile measured slower (blocks of a tile
+            # rarely have the same box, so they copied twice)
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = x.new_zeros((n, ho, wo, self.out_channels))
         for i, b in enumerate(self.blocks):
-            ya, yb, pt, pb = _span(b.y0, b.y1, self.stride[0], self.kernel_extent[0], top, h)
-            xa, xb, pl, pr = _span(b.x0, b.x1, self.stride[1], self.kernel_extent[1], left, w)
-            crop = x[:, :, ya:yb, xa:xb]
-            if pt or pb or pl or pr:
-                crop = F.pad(crop, (pl, pr, pt, pb))
-            bias = None if self.bias is None else self.bias[b.c0:b.c1]
-            y = F.conv2d(crop, self.weight[b.c0:b.c1], bias, stride=self.stride, dilation=self.dilation)
-            # slice assignment, not mul(out=view): the TorchScript-based ONNX exporter drops writes into views
-            out[:, b.c0:b.c1, b.y0:b.y1, b.x0:b.x1] = y.mul_(getattr(self, f"window_{i}"))
-        return out
+            y = self._block_output(i, b, x, top, left).mul_(getattr(self, f"window_{i}"))
+            if p > 1:
+                y = self._pool_nhwc(y)
+            if self.relu:
+                y = y.relu_()  # after the pool: relu and max commute, and the pooled map is p*p times smaller
+            rows, cols = slice(b.y0 // p, b.y1 // p), slice(b.x0 // p, b.x1 // p)
+            # slice / index assignment, not mul(out=view): the TorchScript-based ONNX exporter drops writes into views
+            if self._tiles:
+                out[:, rows, cols, getattr(self, f"index_{i}")] = y[..., :b.count]
+            else:
+                out[:, rows, cols, b.c0:b.c1] = y[..., :b.count]
+        return out.permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         if tuple(x.shape[-2:]) != self.input_hw:
@@ -153,16 +258,31 @@ class FrozenTargetConv2d(nn.Module):
             )
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"input must be (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
-        y = self._blocks(x) if self.plan.mode == "blocks" else self._dense(x)
+        y = self._dense(x) if self.plan.mode == "dense" else self._blocks(x)
         if self.permute_output or self._identity:
             return y
         return y.index_select(1, self.inverse_perm)
 
+    def macs(self, height: int | None = None, width: int | None = None) -> int:
+        """Multiply–accumulates of one sample over the fixed ROIs (what :func:`tkn.flops.count` reports)."""
+        roi = self.roi.to(torch.int64)
+        area = int(((roi[:, 1] - roi[:, 0]).clamp(min=0) * (roi[:, 3] - roi[:, 2]).clamp(min=0)).sum())
+        return area * self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+
+    def dense_macs(self, height: int | None = None, width: int | None = None) -> int:
+        """Multiply–accumulates of the full convolution of one sample."""
+        per = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        return self.out_channels * self.conv_hw[0] * self.conv_hw[1] * per
+
     def extra_repr(self) -> str:
         p = self.plan
         s = f"{self.in_channels}, {self.out_channels}, input_hw={self.input_hw}, plan={p.mode}"
-        if p.mode == "blocks":
+        if p.mode != "dense":
             s += f", blocks={len(self.blocks)}, active={p.n_active}"
+        if self.relu:
+            s += ", relu"
+        if self.pool > 1:
+            s += f", pool={self.pool}"
         if self.permute_output:
             s += ", permuted output"
         return s
