@@ -148,3 +148,58 @@ def test_bad_arguments():
         freeze(net, torch.randn(1, 3, 14, 14), input_size=(14,))
     with pytest.raises(ValueError, match="repeats"):
         freeze(net, torch.randn(1, 3, 14, 14), repeats=0)
+
+
+def _fusion_net(shared_relu: bool = False) -> nn.Sequential:
+    torch.manual_seed(4)
+    relu = nn.ReLU()
+    net = nn.Sequential(
+        TargetConv2d(3, 16, 3), relu, nn.MaxPool2d(2),            # ReLU + pool fused
+        TargetConv2d(16, 12, 3), relu if shared_relu else nn.ReLU(),
+        nn.MaxPool2d(2, stride=1),                                 # overlapping pool: ReLU fused, pool kept
+        TargetConv2d(12, 8, 3), nn.MaxPool2d(3),                   # pool without ReLU fused
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 5),
+    )
+    for i, m in enumerate(x for x in net if isinstance(x, TargetConv2d)):
+        random_rois_(m, 10 + i)
+    return net.eval()
+
+
+@pytest.mark.parametrize("grids", [(), (2,)])
+def test_relu_and_max_pool_are_fused_into_target_layers(grids):
+    net = _fusion_net()
+    x = torch.randn(3, 3, 15, 15)  # odd: the first pool drops a row and a column
+    frozen = freeze(net, x, measure=False, candidates=[FINE], grids=grids)
+    layers = _layers(frozen)
+    assert [(m.relu, m.pool) for m in layers] == [(True, 2), (True, 1), (False, 3)]
+    assert [type(m).__name__ for m in frozen] == [
+        "FrozenTargetConv2d", "Identity", "Identity", "FrozenTargetConv2d", "Identity", "MaxPool2d",
+        "FrozenTargetConv2d", "Identity", "Flatten", "Linear"]
+    _assert_same(net, frozen, x)
+    _assert_same(net, frozen, torch.randn(3, 3, 15, 15))
+
+
+def test_shared_or_disabled_followers_are_not_fused():
+    shared = _fusion_net(shared_relu=True)
+    x = torch.randn(2, 3, 15, 15)
+    frozen = freeze(shared, x, measure=False, candidates=[FINE], grids=())
+    assert [(m.relu, m.pool) for m in _layers(frozen)] == [(False, 1), (False, 1), (False, 3)]
+    assert isinstance(frozen[1], nn.ReLU) and isinstance(frozen[2], nn.MaxPool2d)  # the ReLU runs twice
+    _assert_same(shared, frozen, x)
+    unfused = freeze(_fusion_net(), x, measure=False, fuse=False)
+    assert [(m.relu, m.pool) for m in _layers(unfused)] == [(False, 1)] * 3
+    assert not any(isinstance(m, nn.Identity) for m in unfused)
+
+
+def test_tkn6_freeze_with_default_candidates_matches_eval():
+    """The whole default path on the paper's TKN6: measured choice among dense, blocks and tiles, fused epilogues."""
+    from tkn.engine.benchmark import synthetic_rois_
+    from tkn.models import create_model
+
+    model = synthetic_rois_(create_model("tkn6", input_size=(24, 24))).eval()
+    x = torch.randn(2, 1, 24, 24)
+    frozen = freeze(model, x, repeats=1)
+    layers = _layers(frozen)
+    assert [(m.relu, m.pool) for m in layers] == [(True, 2), (True, 2), (True, 1)]
+    assert all(len(m.timings) >= 3 for m in layers)  # dense + several block / tile candidates were timed
+    _assert_same(model, frozen, x)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tkn.engine.plan import Block, CostModel, plan_blocks
+from tkn import functional as TF
+from tkn.engine.plan import Block, CostModel, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles
 from helpers_engine import FINE
 
 GEOM = {"in_channels": 4, "kernel_size": (3, 3), "kernel_extent": (3, 3)}
@@ -67,3 +68,78 @@ def test_bad_rois_are_rejected():
         plan_blocks(torch.zeros(3, 3, dtype=torch.long), **GEOM)
     with pytest.raises(ValueError, match="cost model"):
         CostModel(channel_quantum=0)
+
+
+def _random_rois(seed: int, c: int = 40, size: int = 17) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(0, size, (c, 2), generator=g)
+    b = torch.randint(0, size, (c, 2), generator=g)
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b) + 1
+    return torch.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], 1)
+
+
+def _coverage(plan, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """How many blocks compute each (channel, y, x)."""
+    hits = torch.zeros(channels, *size, dtype=torch.long)
+    for b in plan.blocks:
+        for c in plan.channels(b):
+            hits[c, b.y0:b.y1, b.x0:b.x1] += 1
+    return hits
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("grid", [(1, 1), (2, 3), (4, 4), (17, 2)])
+@pytest.mark.parametrize("cost", [FINE, CostModel(channel_quantum=16, call_cost=1e8)])
+def test_tiles_compute_every_roi_position_exactly_once(seed, grid, cost):
+    rois = _random_rois(seed)
+    plan = plan_tiles(rois, output_hw=(17, 17), grid=grid, **GEOM, batch=4, cost=cost)
+    assert plan.mode == "tiles" and plan.perm == list(range(40))
+    hits = _coverage(plan, 40, (17, 17))
+    inside = TF.roi_mask(rois, 17, 17).bool()
+    assert (hits[inside] == 1).all()  # every ROI position once: no channel is written twice anywhere
+    assert (hits <= 1).all()
+    assert len({b.tile for b in plan.blocks}) <= grid[0] * grid[1]
+    for a in plan.blocks:  # blocks of different tiles never overlap: tiles partition the map
+        for b in plan.blocks:
+            if a.tile != b.tile:
+                assert min(a.y1, b.y1) <= max(a.y0, b.y0) or min(a.x1, b.x1) <= max(a.x0, b.x0)
+
+
+def test_tiles_split_a_wide_roi_and_keep_blocks_tight():
+    # one ROI over the whole width and one small ROI at the right: on a 1x2 grid the wide one is split in
+    # two halves, and the small one joins the right half (same box there) instead of widening anything
+    rois = torch.tensor([[0, 4, 0, 16], [0, 4, 8, 16]])
+    plan = plan_tiles(rois, output_hw=(4, 16), grid=(1, 2), **GEOM, cost=FINE)
+    got = sorted((tuple(sorted(plan.channels(b))), b.y0, b.y1, b.x0, b.x1) for b in plan.blocks)
+    assert got == [((0,), 0, 4, 0, 8), ((0, 1), 0, 4, 8, 16)]
+
+
+@pytest.mark.parametrize("align", [2, 3])
+def test_aligned_tiles_cover_what_the_pool_reads(align):
+    rois = _random_rois(5)
+    plan = plan_tiles(rois, output_hw=(17, 17), grid=(3, 2), **GEOM, cost=FINE, align=align)
+    limit = 17 // align * align
+    for b in plan.blocks:
+        assert b.y0 % align == 0 == b.x0 % align and b.y1 % align == 0 == b.x1 % align
+        assert b.y1 <= limit and b.x1 <= limit
+    hits = _coverage(plan, 40, (17, 17))
+    inside = TF.roi_mask(rois, 17, 17).bool()
+    inside[:, limit:] = False
+    inside[:, :, limit:] = False
+    assert (hits[inside] == 1).all() and (hits <= 1).all()
+    blocks = align_plan(plan_blocks(rois, **GEOM, cost=FINE), align, (17, 17))
+    assert all(b.y0 % align == 0 and b.x1 % align == 0 for b in blocks.blocks)
+    assert (_coverage(blocks, 40, (17, 17))[inside] == 1).all()
+
+
+def test_plan_cost_charges_quantised_blocks():
+    plan = plan_blocks(torch.tensor([[0, 4, 0, 4]]), **GEOM, cost=FINE)
+    per_mac = 4 * 3 * 3
+    assert plan_cost(plan, **GEOM, output_hw=(8, 8), cost=CostModel(channel_quantum=8, copy_cost=0.0,
+                                                                     call_cost=0.0)) == 8 * 16 * per_mac
+    assert plan_cost(dense_plan(3), **GEOM, output_hw=(8, 8), cost=FINE) == 3 * 64 * per_mac
+
+
+def test_bad_tile_grid_is_rejected():
+    with pytest.raises(ValueError, match="grid must be two positive"):
+        plan_tiles(_random_rois(0), output_hw=(17, 17), grid=(0, 2), **GEOM)

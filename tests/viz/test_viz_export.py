@@ -58,7 +58,7 @@ def test_torchscript_roundtrip(roi_tkn, tmp_path, options):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [BLOCKS, TILES], ids=["blocks", "tiles"])
+@pytest.mark.parametrize("options", [TILES], ids=["tiles"])  # index writes; slice writes export the same way
 def test_onnx_roundtrip_under_onnxruntime(roi_tkn, tmp_path, options):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -14,10 +14,12 @@ Steps:
 4. For each layer, in execution order: build candidate plans — dense, block
    plans from :func:`~tkn.engine.plan.plan_blocks` and tile plans from
    :func:`~tkn.engine.plan.plan_tiles` under a few cost-model settings and
-   grids — keep the ``MEASURED_CANDIDATES`` the cost model rates cheapest and,
-   when ``measure`` is true, time them and dense on the recorded activations
-   (interleaved, minimum of ``repeats``) and keep the fastest (a block plan
-   must beat dense by ``DENSE_MARGIN``); otherwise keep the cheapest modelled.
+   grids — and keep the block plans and the ``SCREENED_CANDIDATES`` tile
+   plans the cost model rates cheapest. When ``measure`` is true, time each once on the recorded
+   activations, then time dense and the ``FINAL_CANDIDATES`` fastest
+   ``repeats`` more times (interleaved, minimum) and keep the fastest (a
+   block plan must beat dense by ``DENSE_MARGIN``); otherwise keep the
+   cheapest modelled.
 5. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
    whose input order is its producer's plan order; permute the batch norms and
    non-target consumers on its route.
@@ -39,26 +41,30 @@ from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
 from tkn.engine.plan import CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles
 from tkn.layers import TargetConv2d
 
-__all__ = ["freeze", "DEFAULT_CANDIDATES", "TILE_GRIDS", "MEASURED_CANDIDATES", "plan_summary"]
+__all__ = ["freeze", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
 DENSE_MARGIN = 0.05
 
-#: Cost-model settings tried for every layer (see :class:`~tkn.engine.plan.CostModel`).
+#: Cost-model settings tried for every layer (see :class:`~tkn.engine.plan.CostModel`); the first also
+#: plans the tiles and ranks all candidates.
 DEFAULT_CANDIDATES: tuple[CostModel, ...] = (
-    CostModel(channel_quantum=8, copy_cost=40.0, call_cost=2e6),
     CostModel(channel_quantum=16, copy_cost=40.0, call_cost=2e6),
+    CostModel(channel_quantum=8, copy_cost=40.0, call_cost=2e6),
     CostModel(channel_quantum=8, copy_cost=150.0, call_cost=2e7),
     CostModel(channel_quantum=8, copy_cost=100.0, call_cost=5e8),
 )
 
-#: Tile grids tried per layer (tiles per axis; grids leaving tiles under 4 output pixels are skipped),
-#: each with the first two cost models above.
-TILE_GRIDS: tuple[int, ...] = (2, 3, 4, 5, 6, 7)
+#: Tile grids ``(rows, columns)`` tried per layer (an int ``g`` means ``(g, g)``); grids leaving tiles under
+#: 2 output pixels (or under the fused pool) are skipped. Wide tiles suit ``channels_last`` crops, whose
+#: rows are contiguous: on TKN6's 256→256 layer (28×28, batch 64) 7×3 tiles ran 5–10% faster than 6×6.
+TILE_GRIDS: tuple[int | tuple[int, int], ...] = (2, 3, 4, 5, 6, 7, (4, 2), (5, 2), (7, 2), (7, 3), (10, 3))
 
-#: How many non-dense candidates (cheapest by the cost model) are timed per layer.
-MEASURED_CANDIDATES = 5
+#: Tile plans kept after ranking by the cost model (with every block plan), each timed once on the example ...
+SCREENED_CANDIDATES = 8
+#: ... of which this many fastest are timed ``repeats`` times against dense (interleaved) to choose.
+FINAL_CANDIDATES = 3
 
 
 def _record_inputs(model: nn.Module, example: Tensor, watched: Sequence[str] = ()
@@ -92,16 +98,24 @@ def _record_inputs(model: nn.Module, example: Tensor, watched: Sequence[str] = (
     return order, inputs, calls
 
 
+def _time(module: nn.Module, x: Tensor) -> float:
+    t0 = time.perf_counter()
+    module(x)
+    return time.perf_counter() - t0
+
+
 def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int) -> list[float]:
-    best = [float("inf")] * len(modules)
+    """Seconds per candidate (minimum): every one timed once after a warm-up, then dense (``modules[0]``) and
+    the :data:`FINAL_CANDIDATES` fastest timed ``repeats`` more times, interleaved."""
     with torch.no_grad():
-        for m in modules:  # warm-up (oneDNN primitive creation, allocator)
-            m(x)
+        best = []
+        for m in modules:
+            m(x)  # warm-up (oneDNN primitive creation, allocator)
+            best.append(_time(m, x))
+        finalists = [0] + sorted(range(1, len(modules)), key=best.__getitem__)[:FINAL_CANDIDATES]
         for _ in range(repeats):
-            for i, m in enumerate(modules):
-                t0 = time.perf_counter()
-                m(x)
-                best[i] = min(best[i], time.perf_counter() - t0)
+            for i in finalists:
+                best[i] = min(best[i], _time(modules[i], x))
     return best
 
 
@@ -113,7 +127,7 @@ def freeze(
     measure: bool = True,
     repeats: int = 3,
     candidates: Sequence[CostModel] = DEFAULT_CANDIDATES,
-    grids: Sequence[int] = TILE_GRIDS,
+    grids: Sequence[int | tuple[int, int]] = TILE_GRIDS,
     permute: bool = True,
     fuse: bool = True,
 ) -> nn.Module:
@@ -129,8 +143,8 @@ def freeze(
             the fastest (dense included); ``False`` trusts the cost model.
         repeats: timing repeats per candidate (minimum taken; candidates interleaved).
         candidates: cost-model settings to build block plans with.
-        grids: tile grids (tiles per axis) to build tile plans on, with the
-            first two cost models; ``()`` for block plans only.
+        grids: tile grids ``(rows, columns)`` (or ``g`` for ``(g, g)``) to build tile
+            plans on, with the first cost model; ``()`` for block plans only.
         permute: let layers emit channels in plan order where the consumer can
             absorb the permutation (:mod:`tkn.engine.permute`); ``False`` makes
             every layer restore the original order itself.
@@ -193,7 +207,10 @@ def freeze(
                         cost=candidates[0] if candidates else CostModel())
         modelled = [plan_cost(p, **geometry) for p in plans]
         if measure:
-            keep = sorted(range(1, len(plans)), key=modelled.__getitem__)[:MEASURED_CANDIDATES]
+            # every block plan (few of them; at small batches their few calls win) and the best-modelled tiles
+            blocks = [i for i in range(1, len(plans)) if plans[i].mode == "blocks"]
+            tiles = [i for i in range(1, len(plans)) if plans[i].mode == "tiles"]
+            keep = blocks + sorted(tiles, key=modelled.__getitem__)[:SCREENED_CANDIDATES]
             plans, modelled = [plans[0]] + [plans[i] for i in keep], [modelled[0]] + [modelled[i] for i in keep]
         route = routes.get(name)
         in_perm = in_perms.get(name)
@@ -229,7 +246,7 @@ def freeze(
 
 
 def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, candidates: Sequence[CostModel],
-                     grids: Sequence[int], align: int) -> list[LayerPlan]:
+                     grids: Sequence[int | tuple[int, int]], align: int) -> list[LayerPlan]:
     """Block plans under every cost model and tile plans on every grid (distinct ones)."""
     if layer.groups != 1:
         return []
@@ -238,10 +255,10 @@ def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, c
                     kernel_extent=layer.kernel_extent, stride=layer.stride, batch=batch)
     plans = [align_plan(plan_blocks(roi, cost=cost, **geometry), align, out_hw) for cost in candidates]
     for g in grids:
-        if min(out_hw) // g < max(4, align):
+        gy, gx = (g, g) if isinstance(g, int) else g
+        if out_hw[0] // gy < max(2, align) or out_hw[1] // gx < max(2, align) or not candidates:
             continue
-        for cost in candidates[:2]:
-            plans.append(plan_tiles(roi, output_hw=out_hw, grid=(g, g), cost=cost, align=align, **geometry))
+        plans.append(plan_tiles(roi, output_hw=out_hw, grid=(gy, gx), cost=candidates[0], align=align, **geometry))
     distinct, seen = [], set()
     for p in plans:
         key = p.mode, tuple(p.perm), tuple(p.blocks), tuple(p.index)

@@ -172,6 +172,9 @@ class FrozenTargetConv2d(nn.Module):
         return F.max_pool2d(y, self.pool) if self.pool > 1 else y
 
     def _dense(self, x: Tensor) -> Tensor:
+        # NCHW: oneDNN's blocked direct convolution behind it ran this layer 1.3x faster than channels_last
+        # (256->256, 5x5, 28x28, batch 64), and a block-planned producer hands over channels_last
+        x = x.contiguous()
         left, right, top, bottom = self.pad
         if self.padding_mode == "zeros" and left == right and top == bottom:
             y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=(top, left), dilation=self.dilation,
@@ -181,12 +184,12 @@ class FrozenTargetConv2d(nn.Module):
             y = F.conv2d(xp, self.weight, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
         return self._epilogue(y.mul_(self.window_map))
 
-    def _block_output(self, i: int, b: Block, x: Tensor, top: int, left: int) -> Tensor:
+    def _block_output(self, i: int, b: Block, x: Tensor, top: int, left: int, hw: tuple[int, int]) -> Tensor:
         """Block ``i``'s convolution over its box, as ``(N, h, w, padded channels)`` (a view of contiguous memory).
 
         ``x`` is, for matmul layers, the patch view of :meth:`_patches` (the block's patches are copied out
-        of it); otherwise the input, which the block crops (zero padding added only where the crop leaves
-        the map: ``top``/``left`` padding is still to be applied).
+        of it); otherwise the input of size ``hw``, which the block crops (zero padding added only where
+        the crop leaves the map: ``top``/``left`` padding is still to be applied).
         """
         r0, r1 = self._rows[i]
         bias = None if self.bias is None else self.bias[r0:r1]
@@ -194,7 +197,7 @@ class FrozenTargetConv2d(nn.Module):
             cols = x[:, b.y0:b.y1, b.x0:b.x1].reshape(-1, self.weight.shape[0])
             y = torch.mm(cols, self.weight[:, r0:r1]) if bias is None else torch.addmm(bias, cols, self.weight[:, r0:r1])
             return y.view(x.shape[0], b.y1 - b.y0, b.x1 - b.x0, r1 - r0)
-        h, w = x.shape[-2:]
+        h, w = hw  # Python ints (not x.shape: traced, they would make the crop bounds data-dependent)
         ya, yb, pt, pb = _span(b.y0, b.y1, self.stride[0], self.kernel_extent[0], top, h)
         xa, xb, pl, pr = _span(b.x0, b.x1, self.stride[1], self.kernel_extent[1], left, w)
         crop = x[:, :, ya:yb, xa:xb]
@@ -225,19 +228,21 @@ class FrozenTargetConv2d(nn.Module):
         n = x.shape[0]
         ho, wo = self.output_hw
         p = self.pool
-        left, _, top, _ = self.pad
+        left, right, top, bottom = self.pad
+        hw = self.input_hw
         if self._gemm:
             x = self._patches(x)
         else:
             if self.padding_mode != "zeros":
                 x = TF.pad_input(x, self.pad, self.padding_mode)
+                hw = (hw[0] + top + bottom, hw[1] + left + right)
                 left, top = 0, 0
             # each block copies its own crop: sharing one crop per tile measured slower (blocks of a tile
             # rarely have the same box, so they copied twice)
             x = x.contiguous(memory_format=torch.channels_last)
         out = x.new_zeros((n, ho, wo, self.out_channels))
         for i, b in enumerate(self.blocks):
-            y = self._block_output(i, b, x, top, left).mul_(getattr(self, f"window_{i}"))
+            y = self._block_output(i, b, x, top, left, hw).mul_(getattr(self, f"window_{i}"))
             if p > 1:
                 y = self._pool_nhwc(y)
             if self.relu:
