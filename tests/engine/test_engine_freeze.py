@@ -203,3 +203,37 @@ def test_tkn6_freeze_with_default_candidates_matches_eval():
     assert [(m.relu, m.pool) for m in layers] == [(True, 2), (True, 2), (True, 1)]
     assert all(len(m.timings) >= 3 for m in layers)  # dense + several block / tile candidates were timed
     _assert_same(model, frozen, x)
+
+
+def _sparse_net() -> nn.Sequential:
+    """Small ROIs on a wide map: each block of the second layer meets few of the first layer's ROIs."""
+    torch.manual_seed(6)
+    net = nn.Sequential(TargetConv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(),
+                        TargetConv2d(32, 16, 3), nn.ReLU(), TargetConv2d(16, 8, 3))
+    for i, m in enumerate(x for x in net if isinstance(x, TargetConv2d)):
+        random_rois_(m, 20 + i, s_range=(0.05, 0.15))
+    return net.eval()
+
+
+@pytest.mark.parametrize("input_sparsity", [True, False])
+def test_input_sparsity_between_directly_chained_layers(input_sparsity):
+    net = _sparse_net()
+    x = torch.randn(2, 1, 40, 40)
+    frozen = freeze(net, x, measure=False, candidates=[FINE], grids=(2,), input_sparsity=input_sparsity)
+    first, second, third = _layers(frozen)
+    assert first.plan.mode != "dense" and second.plan.mode != "dense"
+    reads = [r for r in second._inputs if r is not None]
+    assert bool(reads) == input_sparsity  # ranges of the first layer's (position-ordered) channels
+    if input_sparsity and first.plan.mode == "tiles":
+        assert first.permute_output and sorted(first.plan.perm) == list(range(32))
+    _assert_same(net, frozen, x)
+    _assert_same(net, frozen, torch.randn(2, 1, 40, 40))
+
+
+def test_no_input_sparsity_through_a_batch_norm():
+    """A batch norm between two target layers adds its shift everywhere: the zeros are gone."""
+    net = _net()
+    frozen = freeze(net, torch.randn(2, 3, 14, 14), measure=False, candidates=[FINE], grids=(2,))
+    layers = _layers(frozen)
+    assert all(r is None for r in getattr(layers[1], "_inputs", [None]))
+    _assert_same(net, frozen, torch.randn(2, 3, 14, 14))

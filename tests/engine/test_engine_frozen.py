@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tkn import functional as TF
 from tkn.engine import FrozenTargetConv2d
 from tkn.engine.frozen import GEMM_MAX_K
 from tkn.engine.plan import CostModel, dense_plan, plan_blocks, plan_tiles
@@ -183,3 +184,50 @@ def test_wrong_input_size_is_rejected():
         frozen(torch.randn(1, 3, 8, 8))
     with pytest.raises(TypeError, match="TargetConv2d"):
         FrozenTargetConv2d(torch.nn.Conv2d(2, 4, 3), (8, 8))
+
+
+def _supported_input(support: torch.Tensor, n: int, hw, seed: int) -> torch.Tensor:
+    """Random input whose channel c is zero outside ``support[c]`` (as a producing target layer's output is)."""
+    x = torch.randn(n, len(support), *hw, generator=torch.Generator().manual_seed(seed))
+    return x * TF.roi_mask(support, *hw).to(x.dtype)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_input_support_skips_only_zero_channels(kind, stride):
+    """Blocks read a channel range instead of all inputs; the result is the full layer's, to float rounding."""
+    cin, hw = 48, (20, 18)
+    layer = random_rois_(TargetConv2d(cin, 24, 3, stride=stride, padding=1, bias=True), seed=11,
+                         s_range=(0.05, 0.2)).eval()
+    g = torch.Generator().manual_seed(2)
+    lo = torch.randint(0, 14, (cin, 2), generator=g)
+    # channels ordered by position (as freeze orders a producer's output): rows grow with the index
+    lo[:, 0] = torch.sort(lo[:, 0]).values
+    support = torch.stack([lo[:, 0], lo[:, 0] + 5, lo[:, 1], lo[:, 1] + 5], 1)
+    support[5] = torch.tensor([3, 3, 0, 0])  # an empty box: that channel is zero everywhere
+    x = _supported_input(support, 3, hw, 0)
+    frozen = FrozenTargetConv2d(layer, hw, _plan(layer, hw, kind=kind), input_support=support)
+    ranges = [r for r in frozen._inputs if r is not None]
+    assert ranges and all((hi - lo) % 8 == 0 and hi - lo < cin for lo, hi in ranges)
+    with torch.no_grad():
+        ref, out = layer(x), frozen(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    with pytest.raises(ValueError, match="input_support must be"):
+        FrozenTargetConv2d(layer, hw, _plan(layer, hw, kind=kind), input_support=support[:, :3])
+
+
+def test_tile_output_order_and_output_support():
+    layer = random_rois_(TargetConv2d(4, 16, 3), seed=3).eval()
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(0)).tolist()
+    frozen = FrozenTargetConv2d(layer, (12, 12), _plan(layer, (12, 12), kind="tiles", align=2), output_order=order,
+                                relu=True, pool=2)
+    x = torch.randn(2, 4, 12, 12)
+    with torch.no_grad():
+        ref = F.max_pool2d(F.relu(layer(x)), 2)[:, order]
+        out = frozen(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-6)
+    # outside its support box each returned channel is exactly zero
+    outside = ~TF.roi_mask(frozen.output_support(), 6, 6).bool()
+    assert out.permute(1, 0, 2, 3)[outside.unsqueeze(1).expand(-1, 2, -1, -1)].abs().max() == 0
+    with pytest.raises(ValueError, match="output_order must be a permutation"):
+        FrozenTargetConv2d(layer, (12, 12), _plan(layer, (12, 12)), output_order=order)

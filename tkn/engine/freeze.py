@@ -130,6 +130,7 @@ def freeze(
     grids: Sequence[int | tuple[int, int]] = TILE_GRIDS,
     permute: bool = True,
     fuse: bool = True,
+    input_sparsity: bool = True,
 ) -> nn.Module:
     """An inference copy of ``model`` whose target layers run only their fixed ROIs.
 
@@ -150,6 +151,12 @@ def freeze(
             every layer restore the original order itself.
         fuse: fuse a following ``nn.ReLU`` / ``nn.MaxPool2d`` into the frozen layer
             (see step 3 above).
+        input_sparsity: where a frozen target layer feeds the next one directly (in an
+            ``nn.Sequential``, through nothing but its fused epilogue, ``nn.ReLU``,
+            ``nn.Dropout`` or ``nn.Identity``), the producer's output is zero outside its
+            ROIs: the consumer's blocks then read only the input channels whose ROI meets
+            their input window (``input_support`` of
+            :class:`~tkn.engine.frozen.FrozenTargetConv2d`). Exact; it skips products with zeros.
 
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
@@ -179,12 +186,15 @@ def freeze(
     if isinstance(frozen, TargetConv2d):
         wrapper = nn.Sequential(frozen)
         return freeze(wrapper, example_input, measure=measure, repeats=repeats, candidates=candidates,
-                      grids=grids, permute=permute, fuse=fuse)[0]
+                      grids=grids, permute=permute, fuse=fuse,
+                      input_sparsity=input_sparsity)[0]
 
     reference = copy.deepcopy(frozen) if permute else None
     fusable = _fusable(frozen) if fuse else {}
-    watched = [follower for chain in fusable.values() for follower, _ in chain]
-    order, inputs, calls = _record_inputs(frozen, example_input, watched)
+    producers = _producers(frozen) if input_sparsity else {}
+    watched = {follower for chain in fusable.values() for follower, _ in chain}
+    watched |= {n for _, between in producers.values() for n in between}
+    order, inputs, calls = _record_inputs(frozen, example_input, sorted(watched))
     single = [n for n in order if calls[n] == 1]
     routes = find_routes(frozen, single) if permute else {}
     by_hooks = routes is None
@@ -214,7 +224,8 @@ def freeze(
             plans, modelled = [plans[0]] + [plans[i] for i in keep], [modelled[0]] + [modelled[i] for i in keep]
         route = routes.get(name)
         in_perm = in_perms.get(name)
-        options = [FrozenTargetConv2d(layer, hw, p, in_perm=in_perm, relu=relu, pool=pool,
+        support = _input_support(frozen, producers.get(name), built, fused, calls) if calls[name] == 1 else None
+        options = [FrozenTargetConv2d(layer, hw, p, in_perm=in_perm, relu=relu, pool=pool, input_support=support,
                                       permute_output=route is not None and p.mode == "blocks") for p in plans]
         if measure and len(options) > 1:
             times = _time_candidates(options, x if in_perm is None else x[:, in_perm], repeats)
@@ -224,6 +235,14 @@ def freeze(
         if measure and times[best] > (1.0 - DENSE_MARGIN) * times[0]:
             best = 0  # a block plan must beat dense clearly: timing noise must not pick a slower plan
         chosen = options[best]
+        consumer = next((c for c, (a, _) in producers.items() if a == name), None)
+        if (consumer is not None and chosen.plan.mode == "tiles" and consumer not in in_perms
+                and calls.get(consumer) == 1):
+            # emit the channels ordered by ROI position: the consumer's blocks then read short channel ranges
+            order = _spatial_order(chosen.output_support())
+            chosen = FrozenTargetConv2d(layer, hw, chosen.plan, in_perm=in_perm, relu=relu, pool=pool,
+                                        input_support=support, output_order=order)
+            in_perms[consumer] = order
         chosen.timings = {p.label: t for p, t in zip(plans, times)} if measure else {}
         built[name] = chosen
         fused += names
@@ -241,7 +260,8 @@ def freeze(
     if by_hooks and routes and not _same_outputs(reference, frozen, torch.randn_like(example_input[:2])):
         # a consumer the hooks could not see: plan again without moving permutations through the model
         return freeze(model, example_input, input_size=None, measure=measure, repeats=repeats,
-                      candidates=candidates, grids=grids, permute=False, fuse=fuse)
+                      candidates=candidates, grids=grids, permute=False, fuse=fuse,
+                      input_sparsity=input_sparsity)
     return frozen
 
 
@@ -266,6 +286,51 @@ def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, c
             seen.add(key)
             distinct.append(p)
     return distinct
+
+
+#: Modules that keep zeros zero and channels apart (in eval mode): a target layer's ROI zeros pass them.
+_ZERO_PRESERVING = (nn.Identity, nn.ReLU, nn.Dropout, nn.Dropout2d)
+
+
+def _producers(model: nn.Module) -> dict[str, tuple[str, list[str]]]:
+    """``{target layer: (the target layer before it, modules in between)}`` in each ``nn.Sequential`` where
+    everything in between is a fusable follower of the producer or keeps zeros (:data:`_ZERO_PRESERVING`)."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for seq_name, seq in model.named_modules():
+        if type(seq) is not nn.Sequential:
+            continue
+        kids = list(seq.named_children())
+        prefix = f"{seq_name}." if seq_name else ""
+        for j, (child, module) in enumerate(kids):
+            if not isinstance(module, TargetConv2d):
+                continue
+            k = j - 1
+            while k >= 0 and (isinstance(kids[k][1], _ZERO_PRESERVING) or _pool_size(kids[k][1]) > 1):
+                k -= 1
+            if k >= 0 and isinstance(kids[k][1], TargetConv2d):
+                found[prefix + child] = (prefix + kids[k][0], [prefix + n for n, _ in kids[k + 1:j]])
+    return found
+
+
+def _input_support(model: nn.Module, producer: tuple[str, list[str]] | None, built: dict[str, FrozenTargetConv2d],
+                   fused: list[str], calls: dict[str, int]) -> Tensor | None:
+    """The boxes outside which each input channel is zero, when a frozen layer feeds this one directly."""
+    if producer is None or producer[0] not in built or calls.get(producer[0]) != 1:
+        return None
+    source, between = producer
+    for name in between:  # a max-pool in between must be the producer's fused one (it moves the boxes)
+        if name not in fused and (calls.get(name) != 1 or _pool_size(model.get_submodule(name)) > 1):
+            return None
+    return built[source].output_support()
+
+
+def _spatial_order(boxes: Tensor) -> list[int]:
+    """Channels sorted by the centre of their box (row, then column); empty boxes last."""
+    boxes = boxes.to(torch.float64)
+    empty = (boxes[:, 1] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 2])
+    cy, cx = (boxes[:, 0] + boxes[:, 1]) / 2, (boxes[:, 2] + boxes[:, 3]) / 2
+    key = empty.to(torch.float64) * 1e12 + cy * 1e6 + cx
+    return torch.argsort(key, stable=True).tolist()
 
 
 def _fusable(model: nn.Module) -> dict[str, list[tuple[str, int]]]:

@@ -10,7 +10,8 @@ and the input get the convolution's gradients over the ROIs only, and ``m``,
 ``s`` get theirs through the window ``F`` inside the ROI.
 
 Two small autograd functions keep the backward pass cheap:
-:class:`_BlockConvs` runs all block convolutions on ``channels_last`` crops,
+:class:`_BlockConvs` runs all block convolutions on ``channels_last`` crops
+(output channels padded with zero rows to a multiple of 8, as in the frozen engine),
 recomputes the crops in backward instead of storing them (the crops together
 are many times the input) and accumulates the input gradient into a single
 buffer; :class:`_Assemble` writes each block's channels straight to their
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from tkn import functional as TF
 from tkn.engine.frozen import _span
-from tkn.engine.plan import Block, CostModel, plan_blocks
+from tkn.engine.plan import PAD_CHANNELS, Block, CostModel, plan_blocks
 
 __all__ = ["fast_target_conv2d", "TRAIN_COST"]
 
@@ -43,6 +44,20 @@ def _crop(x: Tensor, span: tuple[int, ...]) -> Tensor:
     ya, yb, xa, xb, pt, pb, pl, pr = span
     c = x[:, :, ya:yb, xa:xb]
     return F.pad(c, (pl, pr, pt, pb)) if (pt or pb or pl or pr) else c.contiguous(memory_format=torch.channels_last)
+
+
+def _padded_rows(t: Tensor, dim: int = 0) -> Tensor:
+    """``t`` with zeros appended along ``dim`` up to a multiple of :data:`~tkn.engine.plan.PAD_CHANNELS`
+    (oneDNN runs other output-channel counts 1.5-2.5x slower per channel); ``t`` itself when already one."""
+    extra = -t.shape[dim] % PAD_CHANNELS
+    if not extra:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    zeros = t.new_zeros(shape)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        zeros = zeros.contiguous(memory_format=torch.channels_last)
+    return torch.cat([t, zeros], dim)
 
 
 class _BlockConvs(torch.autograd.Function):
@@ -63,7 +78,8 @@ class _BlockConvs(torch.autograd.Function):
         ctx.save_for_backward(x, wp)
         xc = x.contiguous(memory_format=torch.channels_last)
         return tuple(
-            F.conv2d(_crop(xc, span), wp[c0:c1], None if bp is None else bp[c0:c1], stride=stride, dilation=dilation)
+            F.conv2d(_crop(xc, span), _padded_rows(wp[c0:c1]), None if bp is None else _padded_rows(bp[c0:c1]),
+                     stride=stride, dilation=dilation)[:, :c1 - c0]
             for span, (c0, c1) in zip(spans, ranges)
         )
 
@@ -82,15 +98,17 @@ class _BlockConvs(torch.autograd.Function):
                 continue
             ya, yb, xa, xb, pt, pb, pl, pr = span
             crop = _crop(xc, span)
+            w = _padded_rows(wp[c0:c1])
+            g = _padded_rows(g.contiguous(memory_format=torch.channels_last), dim=1)
             gi, gwb, gbb = torch.ops.aten.convolution_backward(
-                g, crop, wp[c0:c1], [c1 - c0] if ctx.has_bias else None, list(ctx.stride), [0, 0],
+                g, crop, w, [w.shape[0]] if ctx.has_bias else None, list(ctx.stride), [0, 0],
                 list(ctx.dilation), False, [0, 0], 1, [need_x, need_w, need_b and ctx.has_bias])
             if need_x:
                 gx[:, :, ya:yb, xa:xb] += gi[:, :, pt:pt + yb - ya, pl:pl + xb - xa]
             if need_w:
-                gw[c0:c1] = gwb
+                gw[c0:c1] = gwb[:c1 - c0]
             if need_b and ctx.has_bias:
-                gb[c0:c1] = gbb
+                gb[c0:c1] = gbb[:c1 - c0]
         return gx, gw, gb, None, None, None, None
 
 
