@@ -60,6 +60,16 @@ def test_bench_command_json(capsys):
         assert m["efficiency"] == pytest.approx(m["speedup_vs_dense"] / m["flop_ratio"])
     assert report["layers"] == [] and report["train"] is None
     assert report["conditions_start"]["torch"] == torch.__version__
+    assert report["freeze_options"] == {"input_sparsity": True, "fuse": True}
+
+
+def test_bench_ablation_flags_reach_freeze(capsys):
+    code = main(["bench", "--input", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--layers",
+                 "--no-input-sparsity", "--no-fuse"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "freeze without input_sparsity, fuse" in text
+    assert "relu" not in text.split("per layer")[1]  # no fused epilogue in any layer row
 
 
 def _tiny_tkn() -> nn.Sequential:

@@ -43,6 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--train", action="store_true", help="also time one training step (largest batch)")
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-input-sparsity", dest="input_sparsity", action="store_false",
+                        help="freeze without reading only the producer's non-zero channels (ablation)")
+    parser.add_argument("--no-fuse", dest="fuse", action="store_false",
+                        help="freeze without fusing ReLU / max-pool into the target layers (ablation)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
     return parser
@@ -79,16 +83,19 @@ def run(args: argparse.Namespace) -> int:
         "model": args.checkpoint or args.model, "input": list(dims), "rois": rois, "repeats": args.repeats,
         "conditions_start": B.conditions(), "models": [], "layers": [], "train": None, "memory_mib": {},
     }
+    options = {"input_sparsity": args.input_sparsity, "fuse": args.fuse}
+    result["freeze_options"] = options
     for batch in args.batch:
-        result["models"].append(B.bench_model(model, dims, batch, args.repeats, seed=args.seed))
+        result["models"].append(B.bench_model(model, dims, batch, args.repeats, seed=args.seed, freeze_options=options))
         if args.layers:
-            result["layers"] += B.bench_layers(model, dims, batch, args.repeats, seed=args.seed)
+            result["layers"] += B.bench_layers(model, dims, batch, args.repeats, seed=args.seed,
+                                               freeze_options=options)
     big = max(args.batch)
     if args.train:
         result["train"] = B.bench_train_step(model, dims, big, args.repeats, seed=args.seed)
     if args.memory:
         spec = {"model": args.model, "checkpoint": args.checkpoint, "input": list(dims), "batch": big,
-                "seed": args.seed, "threads": torch.get_num_threads()}
+                "seed": args.seed, "threads": torch.get_num_threads(), "freeze_options": options}
         variants = ["dense", "target", "frozen"] + (["train_dense", "train_fast"] if args.train else [])
         result["memory_mib"] = {v: B.peak_memory({**spec, "variant": v}) for v in variants}
         result["memory_batch"] = big
@@ -107,7 +114,9 @@ def _ms(t: dict[str, float]) -> str:
 def format_report(r: dict[str, Any]) -> str:
     """Text tables of a ``tkn bench`` result."""
     c = r["conditions_start"]
-    out = [f"model {r['model']}  input {'x'.join(map(str, r['input']))}  {r['rois']}  min of {r['repeats']} interleaved runs",
+    off = [k for k, v in r.get("freeze_options", {}).items() if not v]
+    out = [f"model {r['model']}  input {'x'.join(map(str, r['input']))}  {r['rois']}  min of {r['repeats']} interleaved runs"
+           + (f"  freeze without {', '.join(off)}" if off else ""),
            f"torch {c['torch']}, {c['threads']} threads, {c['cpu']} ({c['cores']} cores), "
            f"load average {c['load_average'] and [round(v, 2) for v in c['load_average']]} -> "
            f"{r['conditions_end']['load_average'] and [round(v, 2) for v in r['conditions_end']['load_average']]}",
@@ -123,12 +132,13 @@ def format_report(r: dict[str, Any]) -> str:
     if r["layers"]:
         out += ["", "per layer (each alone on its own input)",
                 f"{'layer':<12} {'batch':>5}  {'FLOP ratio':>10}  {'conv ms':>8}  {'target ms':>9}  {'frozen ms':>9}  "
-                f"{'speed-up':>8}  {'efficiency':>10}  plan"]
+                f"{'speed-up':>8}  {'efficiency':>10}  {'work':>5}  plan"]
         for row in r["layers"]:
             t = row["times_s"]
             out.append(f"{row['layer']:<12} {row['batch']:>5}  {row['flop_ratio']:>10.2f}  {_ms(t['dense']):>8}  "
                        f"{_ms(t['target']):>9}  {_ms(t['frozen']):>9}  {row['speedup_vs_dense']:>8.2f}  "
-                       f"{row['efficiency']:>10.2f}  {row['plan']} ({row['blocks']} blocks)")
+                       f"{row['efficiency']:>10.2f}  {row['work']:>5.2f}  {row['plan']} ({row['blocks']} blocks"
+                       f"{', ' + row['epilogue'] if row['epilogue'] else ''})")
     if r["train"]:
         t = r["train"]
         out += ["", f"one training step (batch {t['batch']}): dense CNN {_ms(t['times_s']['dense'])} ms, "

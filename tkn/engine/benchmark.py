@@ -138,8 +138,11 @@ def _flop_ratio(model: nn.Module, input_size: Sequence[int]) -> tuple[float, dic
 
 
 def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats: int,
-                seed: int = 0) -> dict[str, Any]:
-    """Whole-model inference: dense CNN, target model (dense), frozen model at one batch size."""
+                seed: int = 0, freeze_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Whole-model inference: dense CNN, target model (dense), frozen model at one batch size.
+
+    ``freeze_options`` go to :func:`tkn.engine.freeze` (e.g. ``{"input_sparsity": False}`` for an ablation).
+    """
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, *input_size, generator=g)
     target = copy.deepcopy(model).eval()
@@ -147,7 +150,7 @@ def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats
         layer.execution = "dense"
     dense = dense_baseline(target).eval()
     t0 = time.perf_counter()
-    frozen = freeze(target, x)
+    frozen = freeze(target, x, **dict(freeze_options or {}))
     freeze_s = time.perf_counter() - t0
     with torch.no_grad():
         ref = target(x)
@@ -171,14 +174,19 @@ def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats
 
 
 def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeats: int,
-                 seed: int = 0) -> list[dict[str, Any]]:
-    """Each target layer alone on its own input activations: ``nn.Conv2d`` vs dense target vs frozen."""
+                 seed: int = 0, freeze_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each target layer alone on its own input activations: ``nn.Conv2d`` vs dense target vs frozen.
+
+    The frozen layer gets the activations in the channel order it was built for (``in_perm``) and
+    includes its fused epilogue, if any (the other two do not: compare with that in mind). ``work`` is
+    the multiply–accumulates the frozen layer executes over those of the ROIs.
+    """
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, *input_size, generator=g)
     target = copy.deepcopy(model).eval()
     for _, layer in target_layers(target):
         layer.execution = "dense"
-    frozen = freeze(target, x)
+    frozen = freeze(target, x, **dict(freeze_options or {}))
     inputs: dict[str, Tensor] = {}
     hooks = [layer.register_forward_pre_hook(lambda mod, a, n=name: inputs.setdefault(n, a[0].detach()))
              for name, layer in target_layers(target)]
@@ -195,14 +203,17 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         conv = _conv_from_target(layer).eval()
         fl = frozen.get_submodule(name)
         assert isinstance(fl, FrozenTargetConv2d)
+        xf = xi if fl.in_perm is None else xi[:, fl.in_perm]
         with torch.no_grad():
-            t = interleaved({"dense": lambda: conv(xi), "target": lambda: layer(xi), "frozen": lambda: fl(xi)},
+            t = interleaved({"dense": lambda: conv(xi), "target": lambda: layer(xi), "frozen": lambda: fl(xf)},
                             repeats)
         speedup = t["dense"]["min"] / t["frozen"]["min"]
         ratio = ratios.get(name, float("nan"))
         rows.append({
             "layer": name, "batch": batch, "flop_ratio": ratio, "times_s": t, "speedup_vs_dense": speedup,
             "efficiency": speedup / ratio, "plan": fl.plan.label, "blocks": len(fl.blocks),
+            "work": fl.executed_macs() / max(fl.macs(), 1),
+            "epilogue": ("relu " if fl.relu else "") + (f"pool{fl.pool}" if fl.pool > 1 else ""),
         })
     return rows
 
@@ -253,7 +264,7 @@ def _memory_child(spec: dict[str, Any]) -> None:
     if variant in ("dense", "train_dense"):
         model = dense_baseline(model)
     if variant == "frozen":
-        model = freeze(model, x, measure=False)
+        model = freeze(model, x, measure=False, **spec.get("freeze_options", {}))
     model.train(train)
 
     def run() -> None:

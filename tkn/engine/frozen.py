@@ -128,6 +128,8 @@ class FrozenTargetConv2d(nn.Module):
             permute_output = True
         self.plan = align_plan(plan, pool, self.conv_hw)
         self.permute_output = bool(permute_output)
+        #: order of the incoming channels this layer was built for (``None``: the original order)
+        self.in_perm = None if in_perm is None else list(in_perm)
         #: seconds measured per candidate plan at freeze time (empty when not measured)
         self.timings: dict[str, float] = {}
         self.blocks: list[Block] = list(self.plan.blocks)
@@ -333,6 +335,18 @@ class FrozenTargetConv2d(nn.Module):
         roi = self.roi.to(torch.int64)
         area = int(((roi[:, 1] - roi[:, 0]).clamp(min=0) * (roi[:, 3] - roi[:, 2]).clamp(min=0)).sum())
         return area * self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+
+    def executed_macs(self) -> int:
+        """Multiply–accumulates of one sample as this plan runs them: block boxes, channels padded to
+        :data:`PAD_CHANNELS`, the input channel ranges read (compare :meth:`macs`, the ROIs' own)."""
+        k = self.kernel_size[0] * self.kernel_size[1]
+        if self.plan.mode == "dense":
+            return self.dense_macs()
+        total = 0
+        for b, used in zip(self.blocks, self._inputs):
+            padded = -(-b.count // PAD_CHANNELS) * PAD_CHANNELS
+            total += padded * b.area * (used[1] - used[0] if used else self.in_channels) * k
+        return total
 
     def dense_macs(self, height: int | None = None, width: int | None = None) -> int:
         """Multiply–accumulates of the full convolution of one sample."""
