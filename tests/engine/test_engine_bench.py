@@ -72,6 +72,14 @@ def test_bench_ablation_flags_reach_freeze(capsys):
     assert "relu" not in text.split("per layer")[1]  # no fused epilogue in any layer row
 
 
+def test_bench_ablations_share_the_rounds(capsys):
+    code = main(["bench", "--input", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--ablations",
+                 "--json"])
+    assert code == 0
+    times = json.loads(capsys.readouterr().out)["models"][0]["times_s"]
+    assert set(times) == {"dense", "target", "frozen", *B.ABLATIONS}
+
+
 def _tiny_tkn() -> nn.Sequential:
     torch.manual_seed(0)
     net = nn.Sequential(TargetConv2d(1, 16, 3), nn.ReLU(), nn.MaxPool2d(2), TargetConv2d(16, 16, 3), nn.ReLU(),

@@ -47,6 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="freeze without reading only the producer's non-zero channels (ablation)")
     parser.add_argument("--no-fuse", dest="fuse", action="store_false",
                         help="freeze without fusing ReLU / max-pool into the target layers (ablation)")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also time frozen models without input sparsity / without fusion, in the same rounds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
     return parser
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     options = {"input_sparsity": args.input_sparsity, "fuse": args.fuse}
     result["freeze_options"] = options
     for batch in args.batch:
-        result["models"].append(B.bench_model(model, dims, batch, args.repeats, seed=args.seed, freeze_options=options))
+        result["models"].append(B.bench_model(model, dims, batch, args.repeats, seed=args.seed, freeze_options=options,
+                                              ablations=B.ABLATIONS if args.ablations else None))
         if args.layers:
             result["layers"] += B.bench_layers(model, dims, batch, args.repeats, seed=args.seed,
                                                freeze_options=options)
@@ -129,6 +132,13 @@ def format_report(r: dict[str, Any]) -> str:
         out.append(f"{m['batch']:>5}  {m['flop_ratio']:>10.2f}  {_ms(t['dense']):>9}  {_ms(t['target']):>9}  "
                    f"{_ms(t['frozen']):>9}  {m['speedup_vs_dense']:>8.2f}  {m['efficiency']:>10.2f}  "
                    f"{m['throughput_per_s']['frozen']:>12.1f}  {m['frozen_max_rel_error']:>11.1e}")
+    ablated = [(m, name) for m in r["models"] for name in m["times_s"] if name.startswith("frozen_")]
+    if ablated:
+        out += ["", "ablations (same interleaved rounds as the table above)",
+                f"{'batch':>5}  {'variant':<34}  {'ms':>8}  {'speed-up':>8}  {'efficiency':>10}"]
+        for m, name in ablated:
+            t, d = m["times_s"][name]["min"], m["times_s"]["dense"]["min"]
+            out.append(f"{m['batch']:>5}  {name:<34}  {1e3 * t:>8.1f}  {d / t:>8.2f}  {d / t / m['flop_ratio']:>10.2f}")
     if r["layers"]:
         out += ["", "per layer (each alone on its own input)",
                 f"{'layer':<12} {'batch':>5}  {'FLOP ratio':>10}  {'conv ms':>8}  {'target ms':>9}  {'frozen ms':>9}  "

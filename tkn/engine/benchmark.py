@@ -137,11 +137,20 @@ def _flop_ratio(model: nn.Module, input_size: Sequence[int]) -> tuple[float, dic
     return report.dense_macs / report.macs, per_layer
 
 
+#: Extra frozen variants timed by ``tkn bench --ablations`` in the same interleaved rounds.
+ABLATIONS: dict[str, dict[str, bool]] = {
+    "frozen_no_input_sparsity": {"input_sparsity": False},
+    "frozen_no_fuse_no_input_sparsity": {"input_sparsity": False, "fuse": False},
+}
+
+
 def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats: int,
-                seed: int = 0, freeze_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                seed: int = 0, freeze_options: dict[str, Any] | None = None,
+                ablations: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Whole-model inference: dense CNN, target model (dense), frozen model at one batch size.
 
-    ``freeze_options`` go to :func:`tkn.engine.freeze` (e.g. ``{"input_sparsity": False}`` for an ablation).
+    ``freeze_options`` go to :func:`tkn.engine.freeze` (e.g. ``{"input_sparsity": False}``);
+    ``ablations`` (name → freeze options) adds further frozen variants to the same interleaved rounds.
     """
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, *input_size, generator=g)
@@ -152,11 +161,13 @@ def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats
     t0 = time.perf_counter()
     frozen = freeze(target, x, **dict(freeze_options or {}))
     freeze_s = time.perf_counter() - t0
+    extra = {name: freeze(target, x, **options) for name, options in (ablations or {}).items()}
     with torch.no_grad():
         ref = target(x)
         err = float(((frozen(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item())
-        times = interleaved({"dense": lambda: dense(x), "target": lambda: target(x), "frozen": lambda: frozen(x)},
-                            repeats)
+        fns = {"dense": lambda: dense(x), "target": lambda: target(x), "frozen": lambda: frozen(x)}
+        fns.update({name: (lambda m=m: m(x)) for name, m in extra.items()})
+        times = interleaved(fns, repeats)
     ratio, _ = _flop_ratio(target, input_size)
     speedup = times["dense"]["min"] / times["frozen"]["min"]
     return {
@@ -213,7 +224,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
             "layer": name, "batch": batch, "flop_ratio": ratio, "times_s": t, "speedup_vs_dense": speedup,
             "efficiency": speedup / ratio, "plan": fl.plan.label, "blocks": len(fl.blocks),
             "work": fl.executed_macs() / max(fl.macs(), 1),
-            "epilogue": ("relu " if fl.relu else "") + (f"pool{fl.pool}" if fl.pool > 1 else ""),
+            "epilogue": " ".join((["relu"] if fl.relu else []) + ([f"pool{fl.pool}"] if fl.pool > 1 else [])),
         })
     return rows
 
