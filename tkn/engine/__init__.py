@@ -1,22 +1,26 @@
 """Inference engine and fast training path: run target layers over their ROIs only.
 
-``freeze(model, example_input)`` plans every target layer once (see
-:mod:`tkn.engine.plan`), measures the candidate plans against dense execution
-on the example's own activations, permutes channels through the network where
-the consumer of a layer is visible (:mod:`tkn.engine.permute`), and returns a
-model whose target layers are :class:`FrozenTargetConv2d`. The frozen model
-computes the same function as ``model.eval()``.
+``freeze(model, example_input)`` plans every target layer once (block plans
+and tile plans, see :mod:`tkn.engine.plan`), measures the candidate plans
+against dense execution on the example's own activations, fuses a following
+ReLU / max-pool into the layer, lets a layer fed directly by another read only
+the input channels that are non-zero near each block, permutes channels
+through the network where the consumer of a layer is visible
+(:mod:`tkn.engine.permute`), and returns a model whose target layers are
+:class:`FrozenTargetConv2d`. The frozen model computes the same function as
+``model.eval()``.
 
 :func:`fast_target_conv2d` is the training-time counterpart
 (``TargetConv2d(..., execution="fast")``): it re-groups channels by ROI at
 every call and lets autograd differentiate the blocked computation.
 """
 from tkn.engine.frozen import FrozenTargetConv2d
-from tkn.engine.freeze import DEFAULT_CANDIDATES, freeze, plan_summary
-from tkn.engine.plan import Block, CostModel, LayerPlan, dense_plan, plan_blocks
+from tkn.engine.freeze import DEFAULT_CANDIDATES, TILE_GRIDS, freeze, plan_summary
+from tkn.engine.plan import Block, CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles
 from tkn.engine.training import fast_target_conv2d
 
 __all__ = [
-    "FrozenTargetConv2d", "freeze", "plan_summary", "DEFAULT_CANDIDATES", "Block", "CostModel", "LayerPlan", "dense_plan", "plan_blocks",
+    "FrozenTargetConv2d", "freeze", "plan_summary", "DEFAULT_CANDIDATES", "TILE_GRIDS",
+    "Block", "CostModel", "LayerPlan", "dense_plan", "plan_blocks", "plan_tiles", "plan_cost", "align_plan",
     "fast_target_conv2d",
 ]

@@ -296,20 +296,26 @@ def _producers(model: nn.Module) -> dict[str, tuple[str, list[str]]]:
     """``{target layer: (the target layer before it, modules in between)}`` in each ``nn.Sequential`` where
     everything in between is a fusable follower of the producer or keeps zeros (:data:`_ZERO_PRESERVING`)."""
     found: dict[str, tuple[str, list[str]]] = {}
+    for prefix, kids, j in _sequential_targets(model):
+        k = j - 1
+        while k >= 0 and (isinstance(kids[k][1], _ZERO_PRESERVING) or _pool_size(kids[k][1]) > 1):
+            k -= 1
+        if k >= 0 and isinstance(kids[k][1], TargetConv2d):
+            found[prefix + kids[j][0]] = (prefix + kids[k][0], [prefix + n for n, _ in kids[k + 1:j]])
+    return found
+
+
+def _sequential_targets(model: nn.Module):
+    """``(name prefix, named children, index)`` of every target layer that is a child of an ``nn.Sequential``
+    (exactly that class: its forward is known to chain its children)."""
     for seq_name, seq in model.named_modules():
         if type(seq) is not nn.Sequential:
             continue
         kids = list(seq.named_children())
         prefix = f"{seq_name}." if seq_name else ""
-        for j, (child, module) in enumerate(kids):
-            if not isinstance(module, TargetConv2d):
-                continue
-            k = j - 1
-            while k >= 0 and (isinstance(kids[k][1], _ZERO_PRESERVING) or _pool_size(kids[k][1]) > 1):
-                k -= 1
-            if k >= 0 and isinstance(kids[k][1], TargetConv2d):
-                found[prefix + child] = (prefix + kids[k][0], [prefix + n for n, _ in kids[k + 1:j]])
-    return found
+        for i, (_, module) in enumerate(kids):
+            if isinstance(module, TargetConv2d):
+                yield prefix, kids, i
 
 
 def _input_support(model: nn.Module, producer: tuple[str, list[str]] | None, built: dict[str, FrozenTargetConv2d],
@@ -338,22 +344,15 @@ def _fusable(model: nn.Module) -> dict[str, list[tuple[str, int]]]:
     nn.MaxPool2d`` in an ``nn.Sequential`` (exactly that class: its forward is known to chain its children);
     either follower may be missing, not both."""
     found: dict[str, list[tuple[str, int]]] = {}
-    for seq_name, seq in model.named_modules():
-        if type(seq) is not nn.Sequential:
-            continue
-        kids = list(seq.named_children())
-        prefix = f"{seq_name}." if seq_name else ""
-        for i, (child, module) in enumerate(kids):
-            if not isinstance(module, TargetConv2d):
-                continue
-            chain, j = [], i + 1
-            if j < len(kids) and type(kids[j][1]) is nn.ReLU:
-                chain.append((prefix + kids[j][0], 0))
-                j += 1
-            if j < len(kids) and _pool_size(kids[j][1]) > 1:
-                chain.append((prefix + kids[j][0], _pool_size(kids[j][1])))
-            if chain:
-                found[prefix + child] = chain
+    for prefix, kids, i in _sequential_targets(model):
+        chain, j = [], i + 1
+        if j < len(kids) and type(kids[j][1]) is nn.ReLU:
+            chain.append((prefix + kids[j][0], 0))
+            j += 1
+        if j < len(kids) and _pool_size(kids[j][1]) > 1:
+            chain.append((prefix + kids[j][0], _pool_size(kids[j][1])))
+        if chain:
+            found[prefix + kids[i][0]] = chain
     return found
 
 
@@ -412,6 +411,8 @@ def plan_summary(model: nn.Module) -> list[dict]:
             rows.append({
                 "layer": name, "mode": m.plan.mode, "plan": m.plan.label, "blocks": len(m.blocks),
                 "active_channels": m.plan.n_active, "channels": m.out_channels,
+                "relu": m.relu, "pool": m.pool, "input_ranges": sum(1 for r in getattr(m, "_inputs", []) if r),
+                "executed_macs": m.executed_macs(), "roi_macs": m.macs(),
                 "timings_s": dict(getattr(m, "timings", {})),
             })
     return rows
