@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tkn import functional as TF
-from tkn.engine.plan import Block, CostModel, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles
+from tkn.engine.plan import (Block, CostModel, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
+                             plan_union_tiles)
 from helpers_engine import FINE
 
 GEOM = {"in_channels": 4, "kernel_size": (3, 3), "kernel_extent": (3, 3)}
@@ -143,3 +144,31 @@ def test_plan_cost_charges_quantised_blocks():
 def test_bad_tile_grid_is_rejected():
     with pytest.raises(ValueError, match="grid must be two positive"):
         plan_tiles(_random_rois(0), output_hw=(17, 17), grid=(0, 2), **GEOM)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("grid", [(1, 1), (3, 2), (5, 5)])
+@pytest.mark.parametrize("align", [1, 2])
+def test_union_tiles_are_one_block_per_tile_covering_each_roi_once(seed, grid, align):
+    rois = _random_rois(seed)
+    plan = plan_union_tiles(rois, output_hw=(17, 17), grid=grid, align=align)
+    assert plan.mode == "tiles" and len({b.tile for b in plan.blocks}) == len(plan.blocks) <= grid[0] * grid[1]
+    limit = 17 // align * align
+    inside = TF.roi_mask(rois, 17, 17).bool()
+    inside[:, limit:] = False
+    inside[:, :, limit:] = False
+    hits = _coverage(plan, 40, (17, 17))
+    assert (hits[inside] == 1).all() and (hits <= 1).all()
+    for b in plan.blocks:  # exactly the channels meeting the block's tile, over their clipped bounding box
+        assert b.y0 % align == 0 == b.x0 % align
+        channels = plan.channels(b)
+        assert channels == sorted(channels)
+
+
+def test_union_tiles_hand_example_and_bad_grid():
+    rois = torch.tensor([[0, 8, 0, 8], [0, 4, 6, 8], [9, 9, 0, 3]])  # the last one is empty
+    plan = plan_union_tiles(rois, output_hw=(8, 8), grid=(1, 2))
+    assert [(plan.channels(b), b.y0, b.y1, b.x0, b.x1) for b in plan.blocks] == [([0], 0, 8, 0, 4),
+                                                                                 ([0, 1], 0, 8, 4, 8)]
+    with pytest.raises(ValueError, match="grid must be two positive"):
+        plan_union_tiles(rois, output_hw=(8, 8), grid=(1,))

@@ -38,7 +38,9 @@ from torch import Tensor, nn
 
 from tkn.engine.frozen import FrozenTargetConv2d
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
-from tkn.engine.plan import CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles
+from tkn.engine.plan import (CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
+                             plan_union_tiles)
+from tkn.engine.training import train_grid
 from tkn.layers import TargetConv2d
 
 __all__ = ["freeze", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
@@ -217,9 +219,10 @@ def freeze(
                         cost=candidates[0] if candidates else CostModel())
         modelled = [plan_cost(p, **geometry) for p in plans]
         if measure:
-            # every block plan (few of them; at small batches their few calls win) and the best-modelled tiles
-            blocks = [i for i in range(1, len(plans)) if plans[i].mode == "blocks"]
-            tiles = [i for i in range(1, len(plans)) if plans[i].mode == "tiles"]
+            # every block and union-tile plan (few of them; at small batches few calls win) and the best-modelled
+            # tile plans
+            blocks = [i for i in range(1, len(plans)) if plans[i].mode == "blocks" or "union" in plans[i].label]
+            tiles = [i for i in range(1, len(plans)) if i not in blocks]
             keep = blocks + sorted(tiles, key=modelled.__getitem__)[:SCREENED_CANDIDATES]
             plans, modelled = [plans[0]] + [plans[i] for i in keep], [modelled[0]] + [modelled[i] for i in keep]
         route = routes.get(name)
@@ -279,6 +282,10 @@ def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, c
         if out_hw[0] // gy < max(2, align) or out_hw[1] // gx < max(2, align) or not candidates:
             continue
         plans.append(plan_tiles(roi, output_hw=out_hw, grid=(gy, gx), cost=candidates[0], align=align, **geometry))
+    if grids:  # one block per tile of about 4 output pixels (plus the same with tiles twice as wide)
+        for gy, gx in {train_grid(*out_hw), (train_grid(*out_hw)[0], max(1, train_grid(*out_hw)[1] // 2))}:
+            if out_hw[0] // gy >= align and out_hw[1] // gx >= align:
+                plans.append(plan_union_tiles(roi, output_hw=out_hw, grid=(gy, gx), align=align))
     distinct, seen = [], set()
     for p in plans:
         key = p.mode, tuple(p.perm), tuple(p.blocks), tuple(p.index)

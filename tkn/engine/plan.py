@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Block", "LayerPlan", "CostModel", "plan_blocks", "plan_tiles", "plan_cost", "align_plan", "dense_plan",
-           "PAD_CHANNELS"]
+__all__ = ["Block", "LayerPlan", "CostModel", "plan_blocks", "plan_tiles", "plan_union_tiles", "plan_cost",
+           "align_plan", "dense_plan", "PAD_CHANNELS"]
 
 #: The executors pad every block to a multiple of this many output channels (zero weight rows): oneDNN's
 #: AVX2 convolution runs output channels in groups of 8 and takes a path 1.5-2.5x slower per channel for
@@ -395,3 +395,45 @@ def plan_tiles(
     label = f"tiles({grid[0]}x{grid[1]}, q={cost.channel_quantum}, copy={cost.copy_cost:g}, call={cost.call_cost:g})"
     active = len({c for c in index})
     return LayerPlan("tiles", list(range(channels)), blocks, active, label, index)
+
+
+def plan_union_tiles(rois: Tensor, *, output_hw: tuple[int, int], grid: tuple[int, int], align: int = 1) -> LayerPlan:
+    """One block per tile: every channel whose ROI meets the tile, over the bounding box of those ROIs there.
+
+    No grouping search (vectorised, a few milliseconds even for hundreds of channels, so it can be redone
+    at every training step); the blocks are large (dozens of channels), which the CPU kernels like, at
+    the price of computing channels over the parts of the tile box their ROI does not cover (on TKN6's
+    256→256 layer, 28×28: 1.57× the ROI work on a 7×7 grid, against 1.41–1.5× for :func:`plan_tiles`,
+    and measured as fast or faster).
+
+    Args and result as :func:`plan_tiles` (``"tiles"`` mode).
+
+    Example:
+        >>> r = torch.tensor([[0, 8, 0, 8], [0, 4, 6, 8]])
+        >>> p = plan_union_tiles(r, output_hw=(8, 8), grid=(1, 2))
+        >>> [(p.channels(b), b.y0, b.y1, b.x0, b.x1) for b in p.blocks]
+        [([0], 0, 8, 0, 4), ([0, 1], 0, 8, 4, 8)]
+    """
+    if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != 4:
+        raise ValueError(f"rois must be a (C, 4) tensor, got {getattr(rois, 'shape', type(rois).__name__)}")
+    if len(grid) != 2 or min(grid) < 1:
+        raise ValueError(f"grid must be two positive tile counts (rows, columns), got {grid!r}")
+    r = rois.detach().to("cpu", torch.int64)
+    ho, wo = output_hw
+    index: list[int] = []
+    blocks: list[Block] = []
+    ys, xs = _cuts(ho, grid[0], align), _cuts(wo, grid[1], align)
+    tiles = [(ya, yb, xa, xb) for ya, yb in zip(ys, ys[1:]) for xa, xb in zip(xs, xs[1:])]
+    for t, (ya, yb, xa, xb) in enumerate(tiles):
+        y0, y1 = r[:, 0].clamp(ya, yb), r[:, 1].clamp(ya, yb)
+        x0, x1 = r[:, 2].clamp(xa, xb), r[:, 3].clamp(xa, xb)
+        hit = torch.nonzero((y1 > y0) & (x1 > x0)).flatten()
+        if hit.numel() == 0:
+            continue
+        by0, by1 = _align_box(int(y0[hit].min()), int(y1[hit].max()), align, yb)
+        bx0, bx1 = _align_box(int(x0[hit].min()), int(x1[hit].max()), align, xb)
+        start = len(index)
+        index += hit.tolist()
+        blocks.append(Block(start, len(index), by0, by1, bx0, bx1, t))
+    label = f"union-tiles({grid[0]}x{grid[1]})"
+    return LayerPlan("tiles", list(range(r.shape[0])), blocks, len(set(index)), label, index)
