@@ -283,7 +283,8 @@ def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, c
             continue
         plans.append(plan_tiles(roi, output_hw=out_hw, grid=(gy, gx), cost=candidates[0], align=align, **geometry))
     if grids:  # one block per tile of about 4 output pixels (plus the same with tiles twice as wide)
-        for gy, gx in {train_grid(*out_hw), (train_grid(*out_hw)[0], max(1, train_grid(*out_hw)[1] // 2))}:
+        gy, gx = train_grid(*out_hw, tile=4)
+        for gy, gx in {(gy, gx), (gy, max(1, gx // 2))}:
             if out_hw[0] // gy >= align and out_hw[1] // gx >= align:
                 plans.append(plan_union_tiles(roi, output_hw=out_hw, grid=(gy, gx), align=align))
     distinct, seen = [], set()
