@@ -7,7 +7,6 @@ import torch
 from tkn import functional as TF
 from tkn.engine.training import fast_target_conv2d
 from tkn.layers import TargetConv2d
-from helpers_engine import FINE
 
 
 def _grads(fn, x, w, b, m, s, g):
@@ -46,7 +45,7 @@ def test_values_and_gradients_equal_dense(kernel, hw, kwargs, window, monkeypatc
     y_dense = TF.target_conv2d(x, w, m, s, b, window=window, **kwargs)
     g = torch.randn(y_dense.shape, dtype=torch.float64, generator=gen)
     dense = _grads(lambda *a: TF.target_conv2d(*a, window=window, **kwargs), x, w, b, m, s, g)
-    fast = _grads(lambda *a: fast_target_conv2d(*a, window=window, cost=FINE, dense_fraction=10.0, **kwargs),
+    fast = _grads(lambda *a: fast_target_conv2d(*a, window=window, dense_fraction=10.0, **kwargs),
                   x, w, b, m, s, g)
     for name, d, f in zip(["y", "x", "weight", "bias", "m", "s"], dense, fast):
         torch.testing.assert_close(f, d, rtol=1e-9, atol=1e-10, msg=lambda msg, n=name: f"{n}: {msg}")
@@ -80,7 +79,7 @@ def test_input_without_grad_and_fallbacks():
     w = torch.randn(6, 2, 3, 3, requires_grad=True)
     m, s = torch.rand(6, 2), torch.full((6, 2), 0.2)
     x = torch.randn(2, 2, 10, 10)
-    y = fast_target_conv2d(x, w, m, s, cost=FINE, dense_fraction=10.0)
+    y = fast_target_conv2d(x, w, m, s, dense_fraction=10.0)
     y.sum().backward()
     assert w.grad is not None
     ref = TF.target_conv2d(x, w, m, s)

@@ -33,13 +33,9 @@ from torch import Tensor
 
 from tkn import functional as TF
 from tkn.engine.frozen import _span
-from tkn.engine.plan import PAD_CHANNELS, Block, CostModel, plan_union_tiles
+from tkn.engine.plan import PAD_CHANNELS, Block, plan_union_tiles
 
-__all__ = ["fast_target_conv2d", "TRAIN_COST", "TRAIN_TILE", "train_grid"]
-
-#: Kept for API compatibility: the training path now plans with :func:`~tkn.engine.plan.plan_union_tiles`.
-TRAIN_COST = CostModel(channel_quantum=8, copy_cost=60.0, call_cost=4e6)
-
+__all__ = ["fast_target_conv2d", "TRAIN_TILE", "train_grid"]
 
 #: Side of the per-step plan's tiles, in output pixels. On TKN6 (batch 64) a training step took 3.36 s with
 #: 5-pixel tiles and 3.67–3.82 s with 4-pixel tiles (CNN6: 5.6–6.0 s), in alternating runs.
@@ -163,7 +159,6 @@ def fast_target_conv2d(
     groups: int = 1,
     padding_mode: str = "zeros",
     window: str = "cauchy",
-    cost: CostModel = TRAIN_COST,
     dense_fraction: float = DENSE_FRACTION,
 ) -> Tensor:
     """The target convolution computed over ROI blocks only; same values and gradients as the dense reference.
@@ -174,8 +169,6 @@ def fast_target_conv2d(
         m, s: raw window parameters ``(C_out, 2)`` (clipped here, as in the dense path).
         bias: optional ``(C_out,)``, added before the window.
         stride, padding, dilation, groups, padding_mode, window: as :func:`tkn.functional.target_conv2d`.
-        cost: unused (kept for compatibility: the per-step plan is :func:`~tkn.engine.plan.plan_union_tiles`
-            on :func:`train_grid`).
         dense_fraction: run densely when the blocks would cost more than this
             fraction of the dense multiply–accumulates.
 
