@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn import functional as TF
-from tkn.engine.plan import PAD_CHANNELS, Block, LayerPlan, align_plan, dense_plan
+from tkn.engine.plan import Block, LayerPlan, align_plan, dense_plan, padded_channels
 from tkn.layers import TargetConv2d
 
 __all__ = ["FrozenTargetConv2d", "GEMM_MAX_K"]
@@ -163,7 +163,7 @@ class FrozenTargetConv2d(nn.Module):
         self._inputs: list[tuple[int, int] | None] = []
         for i, b in enumerate(self.blocks):
             idx = torch.tensor(self.plan.channels(b), dtype=torch.long, device=weight.device)
-            padded = -(-b.count // PAD_CHANNELS) * PAD_CHANNELS
+            padded = padded_channels(b.count)
             w = weight.new_zeros((padded, *weight.shape[1:]))
             w[:b.count] = weight[idx]
             used = None if input_support is None or self._gemm else self._used_inputs(b, input_support)
@@ -189,7 +189,7 @@ class FrozenTargetConv2d(nn.Module):
     def _used_inputs(self, b: Block, support: Tensor) -> tuple[int, int] | None:
         """The range ``[lo, hi)`` of input channels spanning those whose ``support`` box meets the block's
         input window (channels inside the range but not meeting it are read exactly: they only add work),
-        grown to a multiple of :data:`PAD_CHANNELS`; ``None`` when it would skip less than an eighth.
+        grown to a multiple of :data:`~tkn.engine.plan.PAD_CHANNELS`; ``None`` when it would skip less than an eighth.
 
         A range, not a list: a slice of the ``channels_last`` input is copied at memory speed, while
         gathering scattered channels (``index_select`` on the innermost dimension) measured 5-20x slower
@@ -202,13 +202,11 @@ class FrozenTargetConv2d(nn.Module):
         s = support.to(torch.int64).cpu()
         meets = (s[:, 0] < yb) & (s[:, 1] > ya) & (s[:, 2] < xb) & (s[:, 3] > xa) & (s[:, 1] > s[:, 0]) & (
             s[:, 3] > s[:, 2])
-        used = torch.nonzero(meets).flatten().tolist()
-        if not used:
-            used = [0]
-        lo, hi = used[0], used[-1] + 1
-        hi = min(self.in_channels, lo + -(-(hi - lo) // PAD_CHANNELS) * PAD_CHANNELS)
-        lo = max(0, hi - -(-(used[-1] + 1 - lo) // PAD_CHANNELS) * PAD_CHANNELS)
-        if hi - lo > self.in_channels * 7 // 8:
+        used = torch.nonzero(meets).flatten().tolist() or [0]
+        length = min(self.in_channels, padded_channels(used[-1] + 1 - used[0]))
+        hi = min(self.in_channels, used[0] + length)
+        lo = hi - length
+        if length > self.in_channels * 7 // 8:
             return None
         return lo, hi
 
@@ -338,13 +336,13 @@ class FrozenTargetConv2d(nn.Module):
 
     def executed_macs(self) -> int:
         """Multiply–accumulates of one sample as this plan runs them: block boxes, channels padded to
-        :data:`PAD_CHANNELS`, the input channel ranges read (compare :meth:`macs`, the ROIs' own)."""
+        :data:`~tkn.engine.plan.PAD_CHANNELS`, the input channel ranges read (compare :meth:`macs`, the ROIs' own)."""
         k = self.kernel_size[0] * self.kernel_size[1]
         if self.plan.mode == "dense":
             return self.dense_macs()
         total = 0
         for b, used in zip(self.blocks, self._inputs):
-            padded = -(-b.count // PAD_CHANNELS) * PAD_CHANNELS
+            padded = padded_channels(b.count)
             total += padded * b.area * (used[1] - used[0] if used else self.in_channels) * k
         return total
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Block", "LayerPlan", "CostModel", "plan_blocks", "plan_tiles", "plan_union_tiles", "plan_cost",
-           "align_plan", "dense_plan", "PAD_CHANNELS"]
+           "align_plan", "dense_plan", "PAD_CHANNELS", "padded_channels"]
 
 #: The executors pad every block to a multiple of this many output channels (zero weight rows): oneDNN's
 #: AVX2 convolution runs output channels in groups of 8 and takes a path 1.5-2.5x slower per channel for
@@ -199,9 +199,7 @@ def plan_blocks(
         >>> [(b.count, b.y0, b.y1) for b in p.blocks]
         [(2, 0, 4), (1, 10, 14)]
     """
-    if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != 4:
-        raise ValueError(f"rois must be a (C, 4) tensor, got {getattr(rois, 'shape', type(rois).__name__)}")
-    r = rois.detach().to("cpu", torch.int64).numpy()
+    r = _host_rois(rois).numpy()
     channels = r.shape[0]
     nonempty = (r[:, 1] > r[:, 0]) & (r[:, 3] > r[:, 2])
     active = np.flatnonzero(nonempty)
@@ -331,6 +329,26 @@ def _cuts(size: int, parts: int, align: int) -> list[int]:
     return sorted({min(limit, round(limit * i / parts / align) * align) for i in range(parts + 1)})
 
 
+def _tiles(output_hw: tuple[int, int], grid: tuple[int, int], align: int) -> list[tuple[int, int, int, int]]:
+    """The ``grid`` of tiles ``(y0, y1, x0, x1)`` over the map, borders at multiples of ``align``, row-major."""
+    if len(grid) != 2 or min(grid) < 1:
+        raise ValueError(f"grid must be two positive tile counts (rows, columns), got {grid!r}")
+    ys, xs = _cuts(output_hw[0], grid[0], align), _cuts(output_hw[1], grid[1], align)
+    return [(ya, yb, xa, xb) for ya, yb in zip(ys, ys[1:]) for xa, xb in zip(xs, xs[1:])]
+
+
+def _host_rois(rois: Tensor) -> Tensor:
+    """``rois`` checked to be ``(C, 4)`` and copied to the host as int64 (planning is integer CPU work)."""
+    if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != 4:
+        raise ValueError(f"rois must be a (C, 4) tensor, got {getattr(rois, 'shape', type(rois).__name__)}")
+    return rois.detach().to("cpu", torch.int64)
+
+
+def padded_channels(count: int) -> int:
+    """``count`` rounded up to a multiple of :data:`PAD_CHANNELS` (the channels a block actually computes)."""
+    return -(-count // PAD_CHANNELS) * PAD_CHANNELS
+
+
 def plan_tiles(
     rois: Tensor,
     *,
@@ -370,18 +388,11 @@ def plan_tiles(
         >>> [(p.channels(b), b.x0, b.x1) for b in p.blocks]
         [([0], 0, 4), ([0, 1], 4, 8)]
     """
-    if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != 4:
-        raise ValueError(f"rois must be a (C, 4) tensor, got {getattr(rois, 'shape', type(rois).__name__)}")
-    if len(grid) != 2 or min(grid) < 1:
-        raise ValueError(f"grid must be two positive tile counts (rows, columns), got {grid!r}")
-    r = rois.detach().to("cpu", torch.int64)
+    r = _host_rois(rois)
     channels = r.shape[0]
-    ho, wo = output_hw
     index: list[int] = []
     blocks: list[Block] = []
-    ys, xs = _cuts(ho, grid[0], align), _cuts(wo, grid[1], align)
-    tiles = [(ya, yb, xa, xb) for ya, yb in zip(ys, ys[1:]) for xa, xb in zip(xs, xs[1:])]
-    for t, (ya, yb, xa, xb) in enumerate(tiles):
+    for t, (ya, yb, xa, xb) in enumerate(_tiles(output_hw, grid, align)):
         clipped = torch.stack([r[:, 0].clamp(ya, yb), r[:, 1].clamp(ya, yb),
                                r[:, 2].clamp(xa, xb), r[:, 3].clamp(xa, xb)], 1)
         tile = plan_blocks(clipped, in_channels=in_channels, kernel_size=kernel_size,
@@ -414,17 +425,10 @@ def plan_union_tiles(rois: Tensor, *, output_hw: tuple[int, int], grid: tuple[in
         >>> [(p.channels(b), b.y0, b.y1, b.x0, b.x1) for b in p.blocks]
         [([0], 0, 8, 0, 4), ([0, 1], 0, 8, 4, 8)]
     """
-    if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != 4:
-        raise ValueError(f"rois must be a (C, 4) tensor, got {getattr(rois, 'shape', type(rois).__name__)}")
-    if len(grid) != 2 or min(grid) < 1:
-        raise ValueError(f"grid must be two positive tile counts (rows, columns), got {grid!r}")
-    r = rois.detach().to("cpu", torch.int64)
-    ho, wo = output_hw
+    r = _host_rois(rois)
     index: list[int] = []
     blocks: list[Block] = []
-    ys, xs = _cuts(ho, grid[0], align), _cuts(wo, grid[1], align)
-    tiles = [(ya, yb, xa, xb) for ya, yb in zip(ys, ys[1:]) for xa, xb in zip(xs, xs[1:])]
-    for t, (ya, yb, xa, xb) in enumerate(tiles):
+    for t, (ya, yb, xa, xb) in enumerate(_tiles(output_hw, grid, align)):
         y0, y1 = r[:, 0].clamp(ya, yb), r[:, 1].clamp(ya, yb)
         x0, x1 = r[:, 2].clamp(xa, xb), r[:, 3].clamp(xa, xb)
         hit = torch.nonzero((y1 > y0) & (x1 > x0)).flatten()

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from tkn import functional as TF
 from tkn.engine.frozen import _span
-from tkn.engine.plan import PAD_CHANNELS, Block, plan_union_tiles
+from tkn.engine.plan import Block, padded_channels, plan_union_tiles
 
 __all__ = ["fast_target_conv2d", "TRAIN_TILE", "train_grid"]
 
@@ -58,7 +58,7 @@ def _crop(x: Tensor, span: tuple[int, ...]) -> Tensor:
 def _padded_rows(t: Tensor, dim: int = 0) -> Tensor:
     """``t`` with zeros appended along ``dim`` up to a multiple of :data:`~tkn.engine.plan.PAD_CHANNELS`
     (oneDNN runs other output-channel counts 1.5-2.5x slower per channel); ``t`` itself when already one."""
-    extra = -t.shape[dim] % PAD_CHANNELS
+    extra = padded_channels(t.shape[dim]) - t.shape[dim]
     if not extra:
         return t
     shape = list(t.shape)
