@@ -137,6 +137,18 @@ def _flop_ratio(model: nn.Module, input_size: Sequence[int]) -> tuple[float, dic
     return report.dense_macs / report.macs, per_layer
 
 
+def _prepared(model: nn.Module, input_size: Sequence[int], batch: int, seed: int, execution: str
+              ) -> tuple[torch.Generator, Tensor, nn.Module]:
+    """The seeded generator, a uniform input batch drawn from it, and a copy of ``model`` whose target layers run
+    with ``execution`` (in train mode for ``"fast"``, eval mode otherwise)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *input_size, generator=g)
+    target = copy.deepcopy(model).train(execution == "fast")
+    for _, layer in target_layers(target):
+        layer.execution = execution
+    return g, x, target
+
+
 #: Extra frozen variants timed by ``tkn bench --ablations`` in the same interleaved rounds.
 ABLATIONS: dict[str, dict[str, bool]] = {
     "frozen_no_input_sparsity": {"input_sparsity": False},
@@ -152,11 +164,7 @@ def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats
     ``freeze_options`` go to :func:`tkn.engine.freeze` (e.g. ``{"input_sparsity": False}``);
     ``ablations`` (name → freeze options) adds further frozen variants to the same interleaved rounds.
     """
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, *input_size, generator=g)
-    target = copy.deepcopy(model).eval()
-    for _, layer in target_layers(target):
-        layer.execution = "dense"
+    _, x, target = _prepared(model, input_size, batch, seed, "dense")
     dense = dense_baseline(target).eval()
     t0 = time.perf_counter()
     frozen = freeze(target, x, **dict(freeze_options or {}))
@@ -192,11 +200,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
     includes its fused epilogue, if any (the other two do not: compare with that in mind). ``work`` is
     the multiply–accumulates the frozen layer executes over those of the ROIs.
     """
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, *input_size, generator=g)
-    target = copy.deepcopy(model).eval()
-    for _, layer in target_layers(target):
-        layer.execution = "dense"
+    _, x, target = _prepared(model, input_size, batch, seed, "dense")
     frozen = freeze(target, x, **dict(freeze_options or {}))
     inputs: dict[str, Tensor] = {}
     hooks = [layer.register_forward_pre_hook(lambda mod, a, n=name: inputs.setdefault(n, a[0].detach()))
@@ -232,11 +236,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
 def bench_train_step(model: nn.Module, input_size: Sequence[int], batch: int, repeats: int, num_classes: int = 10,
                      seed: int = 0) -> dict[str, Any]:
     """One SGD step (forward, cross-entropy, backward, step): dense CNN vs target model with ``execution="fast"``."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, *input_size, generator=g)
-    target = copy.deepcopy(model).train()
-    for _, layer in target_layers(target):
-        layer.execution = "fast"
+    g, x, target = _prepared(model, input_size, batch, seed, "fast")
     dense = dense_baseline(target).train()
     with torch.no_grad():
         classes = dense(x[:1]).shape[-1]
