@@ -60,12 +60,17 @@ def conv2d_ref(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: 
 
 
 def target_conv2d_ref(x, w, m, s, kind, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1,
-                      s_max=4.0) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """y[c] = conv(x, W)[c] * (f_y ⊗ f_x)_c * 1[ROI_c]; returns (y, rois)."""
+                      s_max=4.0, min_roi=None) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """y[c] = conv(x, W)[c] * (f_y ⊗ f_x)_c * 1[ROI_c]; returns (y, rois).
+
+    The scales are clipped at ``min_roi`` output pixels per axis, or at the kernel's extent when it is ``None``.
+    """
     y = conv2d_ref(x, w, stride, padding, dilation, groups)
     _, cout, ho, wo = y.shape
     kh, kw = w.shape[-2:]
     ext = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    if min_roi is not None:
+        ext = (min_roi, min_roi)
     rois = []
     for c in range(cout):
         my, sy = clip_ref(float(m[c, 0]), float(s[c, 0]), ext[0], ho, s_max)

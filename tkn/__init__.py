@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from tkn.functional import window
 from tkn.layers import AttentiveRegularization1d, AttentiveRegularization2d, TargetConv2d
 from tkn.convert import clip_parameters_, freeze, scale_penalty, target_layers, targetize
+from tkn.budget import MacBudget
 
 __all__ = [
     "__version__",
@@ -21,4 +22,5 @@ __all__ = [
     "target_layers",
     "clip_parameters_",
     "freeze",
+    "MacBudget",
 ]

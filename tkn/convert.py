@@ -24,11 +24,11 @@ def target_layers(model: nn.Module) -> list[tuple[str, TargetConv2d]]:
     return out
 
 
-def _from_conv(conv: nn.Conv2d, window: str, l2: float) -> TargetConv2d:
+def _from_conv(conv: nn.Conv2d, window: str, l2: float, min_roi: int | None) -> TargetConv2d:
     layer = TargetConv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size,
         stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-        bias=conv.bias is not None, window=window, l2=l2, padding_mode=conv.padding_mode,
+        bias=conv.bias is not None, window=window, l2=l2, min_roi=min_roi, padding_mode=conv.padding_mode,
         device=conv.weight.device, dtype=conv.weight.dtype,
     )
     with torch.no_grad():
@@ -45,6 +45,7 @@ def targetize(
     window: str = "cauchy",
     l2: float = 0.0,
     include: Callable[[str, nn.Module], bool] | None = None,
+    min_roi: int | None = None,
 ) -> nn.Module:
     """A copy of ``model`` whose ``nn.Conv2d`` layers are :class:`TargetConv2d` with the same weights.
 
@@ -54,6 +55,8 @@ def targetize(
         l2: each new layer's scale-penalty weight.
         include: optional ``include(qualified_name, conv) -> bool``; only
             convolutions for which it returns true are replaced.
+        min_roi: the new layers' minimum ROI width in output pixels (``None``:
+            each kernel's extent; see :class:`TargetConv2d`).
 
     Only modules of type exactly ``nn.Conv2d`` are replaced: subclasses may
     override ``forward`` with something a target layer would not reproduce.
@@ -72,10 +75,11 @@ def targetize(
     if include is not None and not callable(include):
         raise TypeError(f"include must be a callable (name, module) -> bool, got {type(include).__name__}")
     check_l2(l2)
+    TF.check_min_roi(min_roi)
     new = copy.deepcopy(model)
     if type(new) is nn.Conv2d:
         if include is None or include("", new):
-            return _from_conv(new, window, l2)
+            return _from_conv(new, window, l2, min_roi)
         return new
     replaced: dict[int, TargetConv2d] = {}
     for name, module in list(new.named_modules(remove_duplicate=False)):
@@ -87,7 +91,7 @@ def targetize(
             if id(child) not in replaced:
                 if include is not None and not include(qualified, child):
                     continue
-                replaced[id(child)] = _from_conv(child, window, l2)
+                replaced[id(child)] = _from_conv(child, window, l2, min_roi)
             setattr(module, child_name, replaced[id(child)])
     return new
 

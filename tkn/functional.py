@@ -9,10 +9,12 @@ Conventions (fixed by ``DESIGN.md``; every other module builds on these):
   ``F = f_y ⊗ f_x``.
 * **Clipping.** Layers never use their raw parameters: ``m`` is clipped to
   ``[0, 1]`` and ``s`` to ``[k / (sqrt(2) * L), SCALE_MAX]`` per axis, where
-  ``k`` is the kernel's extent along that axis (``dilation * (size - 1) + 1``)
-  and ``L`` the output length, so that an ROI is never narrower than the
-  kernel. If the lower bound exceeds ``SCALE_MAX`` (a tiny map) the lower
-  bound wins.
+  ``L`` is the output length and ``k`` the minimum ROI width in output pixels:
+  by default the kernel's extent along that axis (``dilation * (size - 1) + 1``,
+  so that an ROI is never narrower than the kernel, as the paper's text says),
+  or the layer's ``min_roi`` when set (the paper's original code clipped at
+  ``s >= 3 / (2L)``, ROIs of 2–3 pixels). If the lower bound exceeds
+  ``SCALE_MAX`` (a tiny map) the lower bound wins.
 * **ROI.** Per axis, ``lo = floor((m - s / sqrt(2)) * L)``,
   ``hi = ceil((m + s / sqrt(2)) * L)``, clipped to ``[0, L]``, half-open.
   ROIs are computed in float64 from the clipped parameters, so they do not
@@ -46,6 +48,8 @@ __all__ = [
     "conv_output_size",
     "resolve_padding",
     "pad_input",
+    "check_min_roi",
+    "roi_floor",
     "target_conv2d",
 ]
 
@@ -78,6 +82,20 @@ def _check_length(name: str, value) -> int:
 def _check_finite(name: str, t: Tensor) -> None:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got non-finite values (NaN or inf) in {tuple(t.shape)} tensor")
+
+
+def check_min_roi(min_roi) -> int | None:
+    """Validate a minimum ROI width: ``None`` (the kernel's extent) or an int ``>= 1`` (output pixels per axis)."""
+    if min_roi is None:
+        return None
+    if isinstance(min_roi, bool) or not isinstance(min_roi, int) or min_roi < 1:
+        raise ValueError(f"min_roi must be None (the kernel's extent) or a positive int (output pixels), got {min_roi!r}")
+    return min_roi
+
+
+def roi_floor(kernel_extent: Sequence[int], min_roi: int | None) -> tuple[int, ...]:
+    """Minimum ROI width per axis, in output pixels: ``min_roi`` on every axis, or the kernel's extent."""
+    return tuple(kernel_extent) if min_roi is None else (min_roi,) * len(kernel_extent)
 
 
 def pixel_centres(length: int, *, device=None, dtype=None) -> Tensor:
@@ -128,8 +146,9 @@ def min_scale(kernel_extent: int, length: int) -> float:
 def clip_params(m: Tensor, s: Tensor, sizes: Sequence[int], kernel_extents: Sequence[int] | None = None):
     """Clip ``(C, D)`` centres and scales as the layers use them (see module docstring).
 
-    ``sizes`` and ``kernel_extents`` give ``L`` and ``k`` per axis (length ``D``);
-    extents default to 1 (a plain AR layer: ROIs at least one pixel wide).
+    ``sizes`` and ``kernel_extents`` give ``L`` and the minimum ROI width ``k``
+    per axis (length ``D``; a target layer passes :func:`roi_floor`); widths
+    default to 1 (a plain AR layer: ROIs at least one pixel wide).
     Gradients flow through the clamp where the value is inside the bounds.
     """
     if kernel_extents is None:
@@ -145,7 +164,8 @@ def clip_params(m: Tensor, s: Tensor, sizes: Sequence[int], kernel_extents: Sequ
 def rois(m: Tensor, s: Tensor, sizes: Sequence[int], kernel_extents: Sequence[int] | None = None) -> Tensor:
     """Integer ROIs ``(C, 2 * D)`` as ``lo, hi`` per axis, half-open, clipped to ``[0, L]``.
 
-    Computed in float64 from the clipped parameters. For 2-D the columns are
+    Computed in float64 from the clipped parameters (``kernel_extents``: the
+    minimum ROI widths, as in :func:`clip_params`). For 2-D the columns are
     ``y0, y1, x0, x1``.
     """
     with torch.no_grad():
@@ -275,6 +295,7 @@ def target_conv2d(
     padding_mode: str = "zeros",
     window: str = "cauchy",
     execution: str = "dense",
+    min_roi: int | None = None,
 ) -> Tensor:
     """Convolution + Attentive Regularization + ROI: ``y[c] = (conv(x, W)[c] * F_c) * 1[ROI_c]``.
 
@@ -285,6 +306,9 @@ def target_conv2d(
         bias: optional ``(C_out,)``, added before the window.
         execution: ``"dense"`` (full convolution, then window and mask) or
             ``"sliced"`` (convolve only the ROIs). Both compute the same values.
+        min_roi: minimum ROI width in output pixels per axis (``None``: the
+            kernel's dilated extent). Narrower ROIs still read the kernel's
+            whole halo from the input.
 
     Shape:
         - Output: ``(N, C_out, H_out, W_out)`` as ``nn.Conv2d`` with the same arguments.
@@ -302,9 +326,9 @@ def target_conv2d(
             f"input of spatial size {tuple(x.shape[-2:])} is too small for kernel {(ky, kx)} with "
             f"dilation {dilation} and padding {pad}: the output would be {ho}x{wo}"
         )
-    extents = (dilation[0] * (ky - 1) + 1, dilation[1] * (kx - 1) + 1)
-    mc, sc = clip_params(m, s, (ho, wo), extents)
-    roi = rois(m, s, (ho, wo), extents)
+    floors = roi_floor((dilation[0] * (ky - 1) + 1, dilation[1] * (kx - 1) + 1), check_min_roi(min_roi))
+    mc, sc = clip_params(m, s, (ho, wo), floors)
+    roi = rois(m, s, (ho, wo), floors)
     win = attention2d(mc, sc, ho, wo, window).to(x.dtype)
     if execution == "sliced":
         return _sliced_conv(xp, weight, bias, roi, win, stride, dilation, groups, (ho, wo))

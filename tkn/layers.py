@@ -170,6 +170,10 @@ class TargetConv2d(nn.Module):
         window: ``"cauchy"`` (default) or ``"gaussian"``.
         l2: weight of the L2 penalty on this layer's scales (see
             :func:`tkn.scale_penalty`); the paper's β build-up is folded in.
+        min_roi: minimum ROI width in output pixels per axis. ``None`` (default):
+            the kernel's dilated extent, the paper's text. An int ``>= 1`` allows
+            narrower ROIs, as the paper's original code did (its smallest FLOP
+            counts need them); a narrower ROI still reads the kernel's whole halo.
         execution: ``"dense"`` (full convolution, then window and mask: the
             reference), ``"sliced"`` (one convolution per distinct ROI: simple,
             for checking) or ``"fast"`` (ROI blocks re-planned every call, the
@@ -204,6 +208,7 @@ class TargetConv2d(nn.Module):
         bias: bool = False,
         window: str = "cauchy",
         l2: float = 0.0,
+        min_roi: int | None = None,
         *,
         padding_mode: str = "zeros",
         execution: str = "dense",
@@ -228,6 +233,7 @@ class TargetConv2d(nn.Module):
         self.padding_mode = padding_mode
         self.window = TF.check_window(window)
         self.l2 = check_l2(l2)
+        self.min_roi = TF.check_min_roi(min_roi)
         if execution not in ("dense", "sliced", "fast"):
             raise ValueError(f"execution must be 'dense', 'sliced' or 'fast', got {execution!r}")
         self.execution = execution
@@ -257,6 +263,11 @@ class TargetConv2d(nn.Module):
         """Explicit ``(left, right, top, bottom)`` padding."""
         return TF.resolve_padding(self.padding, self.kernel_size, self.stride, self.dilation)
 
+    @property
+    def roi_floor(self) -> tuple[int, int]:
+        """Minimum ROI width per axis in output pixels: ``min_roi``, or the kernel's extent when it is ``None``."""
+        return TF.roi_floor(self.kernel_extent, self.min_roi)
+
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Output map size for an input of ``height x width``."""
         left, right, top, bottom = self.pad
@@ -267,7 +278,7 @@ class TargetConv2d(nn.Module):
 
     def clipped(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """The clipped ``(m, s)`` used on an output map of ``height x width``."""
-        return TF.clip_params(self.m, self.s, (height, width), self.kernel_extent)
+        return TF.clip_params(self.m, self.s, (height, width), self.roi_floor)
 
     def attention(self, height: int, width: int) -> Tensor:
         """``F``: tensor ``(out_channels, height, width)`` from the clipped parameters (output coordinates)."""
@@ -276,7 +287,7 @@ class TargetConv2d(nn.Module):
 
     def rois(self, height: int, width: int) -> Tensor:
         """Integer ROIs ``(out_channels, 4)``: ``y0, y1, x0, x1``, half-open, output coordinates."""
-        return TF.rois(self.m, self.s, (height, width), self.kernel_extent)
+        return TF.rois(self.m, self.s, (height, width), self.roi_floor)
 
     def macs(self, height: int, width: int) -> int:
         """Multiply–accumulates of one forward pass on one sample: only the ROIs are counted."""
@@ -296,11 +307,12 @@ class TargetConv2d(nn.Module):
             return fast_target_conv2d(
                 x, self.weight, self.m, self.s, self.bias, stride=self.stride, padding=self.padding,
                 dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode, window=self.window,
+                min_roi=self.min_roi,
             )
         return TF.target_conv2d(
             x, self.weight, self.m, self.s, self.bias,
             stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-            padding_mode=self.padding_mode, window=self.window, execution=self.execution,
+            padding_mode=self.padding_mode, window=self.window, execution=self.execution, min_roi=self.min_roi,
         )
 
     def extra_repr(self) -> str:
@@ -315,6 +327,8 @@ class TargetConv2d(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         s += f", window={self.window!r}, l2={self.l2:g}"
+        if self.min_roi is not None:
+            s += f", min_roi={self.min_roi}"
         if self.execution != "dense":
             s += f", execution={self.execution!r}"
         return s

@@ -105,7 +105,7 @@ def test_spec_records_resolved_kwargs():
         "name": "tkn6",
         "kwargs": {
             "num_classes": 10, "in_channels": 1, "input_size": [28, 32], "window": "gaussian",
-            "l2": 1e-3, "beta": 4.0, "dropout": None,
+            "l2": 1e-3, "beta": 4.0, "dropout": None, "min_roi": None,
         },
     }
     assert model(torch.rand(1, 1, 28, 32)).shape == (1, 10)

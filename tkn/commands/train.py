@@ -22,14 +22,14 @@ from typing import Any
 
 from tkn.checkpoint import load_checkpoint
 from tkn.commands import OneLineErrorParser
-from tkn.training.config import DEVICES, OPTIMIZERS, WINDOWS, list_recipes, resolve_config
+from tkn.training.config import DEVICES, EXECUTIONS, OPTIMIZERS, WINDOWS, list_recipes, resolve_config
 
 __all__ = ["add_parser", "get_args_parser", "config_from_args", "run", "main"]
 
 # flag dest -> config key (flags whose value maps directly onto the config)
 _FLAG_KEYS = (
     "model", "data", "data_root", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
-    "weight_decay", "milestones", "gamma", "window", "l2", "beta", "seed", "max_train_samples",
+    "weight_decay", "milestones", "gamma", "window", "l2", "beta", "min_roi", "target_speedup", "execution", "seed", "max_train_samples",
     "max_test_samples", "workers", "device", "amp", "out", "progress", "download", "augment",
 )
 
@@ -49,6 +49,10 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     m.add_argument("--window", choices=WINDOWS, help="attention window of target layers")
     m.add_argument("--l2", type=float, help="scale penalty of the first block's target layers")
     m.add_argument("--beta", type=float, help="penalty build-up factor per block")
+    m.add_argument("--min-roi", type=int, metavar="PIXELS",
+                   help="narrowest ROI of the target layers, in output pixels (default: each kernel's width)")
+    m.add_argument("--target-speedup", type=float, metavar="R",
+                   help="train to this whole-network speed-up, dense MACs / ROI MACs (tkn.MacBudget)")
     m.add_argument("--max-train-samples", type=int, metavar="N", help="train on a seeded random subset of N samples")
     m.add_argument("--max-test-samples", type=int, metavar="N", help="evaluate on a seeded random subset of N samples")
     o = parser.add_argument_group("optimisation")
@@ -63,6 +67,8 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     o.add_argument("--gamma", type=float, help="lr factor at each milestone (default 0.1)")
     o.add_argument("--seed", type=int)
     r = parser.add_argument_group("execution and output")
+    r.add_argument("--execution", choices=EXECUTIONS,
+                   help="target layers compute only their ROI blocks (fast, default) or the full map (dense)")
     r.add_argument("--workers", type=int, help="DataLoader worker processes (default 0: bitwise-reproducible)")
     r.add_argument("--device", choices=DEVICES, help="auto: CUDA when available")
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA only)")

@@ -160,6 +160,7 @@ def fast_target_conv2d(
     padding_mode: str = "zeros",
     window: str = "cauchy",
     dense_fraction: float = DENSE_FRACTION,
+    min_roi: int | None = None,
 ) -> Tensor:
     """The target convolution computed over ROI blocks only; same values and gradients as the dense reference.
 
@@ -171,6 +172,7 @@ def fast_target_conv2d(
         stride, padding, dilation, groups, padding_mode, window: as :func:`tkn.functional.target_conv2d`.
         dense_fraction: run densely when the blocks would cost more than this
             fraction of the dense multiply–accumulates.
+        min_roi: minimum ROI width (see :class:`~tkn.layers.TargetConv2d`).
 
     Shape:
         - Output: ``(N, C_out, H_out, W_out)`` (``channels_last`` memory when blocks are used).
@@ -186,7 +188,8 @@ def fast_target_conv2d(
     stride, dilation = TF._pair("stride", stride), TF._pair("dilation", dilation)
     if groups != 1 or padding_mode != "zeros" or x.dim() != 4:
         return TF.target_conv2d(x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation,
-                                groups=groups, padding_mode=padding_mode, window=window, execution="dense")
+                                groups=groups, padding_mode=padding_mode, window=window, execution="dense",
+                                min_roi=min_roi)
     ky, kx = weight.shape[-2:]
     pad = TF.resolve_padding(padding, (ky, kx), stride, dilation)
     n, _, h, w = x.shape
@@ -195,13 +198,14 @@ def fast_target_conv2d(
     if ho < 1 or wo < 1:
         raise ValueError(f"input of spatial size {(h, w)} is too small for kernel {(ky, kx)} and padding {pad}")
     extents = (dilation[0] * (ky - 1) + 1, dilation[1] * (kx - 1) + 1)
-    roi = TF.rois(m, s, (ho, wo), extents)
+    floors = TF.roi_floor(extents, TF.check_min_roi(min_roi))
+    roi = TF.rois(m, s, (ho, wo), floors)
     c_out = weight.shape[0]
     plan = plan_union_tiles(roi, output_hw=(ho, wo), grid=train_grid(ho, wo))
     if not plan.blocks or plan.macs_per_position() > dense_fraction * c_out * ho * wo:
         return TF.target_conv2d(x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation,
-                                window=window, execution="dense")
-    mc, sc = TF.clip_params(m, s, (ho, wo), extents)
+                                window=window, execution="dense", min_roi=min_roi)
+    mc, sc = TF.clip_params(m, s, (ho, wo), floors)
     index = torch.tensor(plan.index, dtype=torch.long, device=weight.device)
     # separable window times separable ROI mask, per axis: each block takes its rows of these (C, H), (C, W)
     r = roi.to(device=weight.device)

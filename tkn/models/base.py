@@ -48,6 +48,7 @@ def resolve_args(
     l2: float = 1e-4,
     beta: float = 2.0,
     dropout: float | None = None,
+    min_roi: int | None = None,
 ) -> dict[str, Any]:
     """Validate the arguments shared by all builders and return them normalised.
 
@@ -68,6 +69,7 @@ def resolve_args(
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be None (the paper's value) or a number in [0, 1), got {dropout!r}")
         dropout = float(dropout)
+    min_roi = TF.check_min_roi(min_roi)
     return dict(
         num_classes=num_classes,
         in_channels=in_channels,
@@ -76,6 +78,7 @@ def resolve_args(
         l2=l2,
         beta=float(beta),
         dropout=dropout,
+        min_roi=min_roi,
     )
 
 
@@ -92,10 +95,12 @@ def conv(
     targeted: bool = False,
     window: str = "cauchy",
     l2: float = 0.0,
+    min_roi: int | None = None,
 ) -> nn.Module:
     """A same-padded, bias-free convolution: ``nn.Conv2d`` or, if ``targeted``, a :class:`TargetConv2d`."""
     if targeted:
-        return TargetConv2d(in_channels, out_channels, kernel_size, padding="same", bias=False, window=window, l2=l2)
+        return TargetConv2d(in_channels, out_channels, kernel_size, padding="same", bias=False, window=window, l2=l2,
+                            min_roi=min_roi)
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding="same", bias=False)
 
 

@@ -50,6 +50,7 @@ class CNN6(PaperModel):
         targeted: build TKN6 (all three convolutions are :class:`~tkn.layers.TargetConv2d`).
         window, l2, beta: target layers' window, and scale penalty ``l2 * beta**block``
             for Convolution (1), (2), (3) (``block`` = 0, 1, 2). Ignored by CNN6.
+        min_roi: target layers' minimum ROI width (``None``: the kernel's, 5 pixels).
         dropout: before the last FC layer (default 0.5).
 
     Shape:
@@ -69,6 +70,7 @@ class CNN6(PaperModel):
         l2: float = 1e-4,
         beta: float = 2.0,
         dropout: float | None = None,
+        min_roi: int | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels, input_size)
         h, w = self.input_size
@@ -78,7 +80,8 @@ class CNN6(PaperModel):
         layers: list[nn.Module] = []
         cin = in_channels
         for block, cout in enumerate(CHANNELS):
-            layers.append(conv(cin, cout, KERNEL, targeted=targeted, window=window, l2=block_l2(l2, beta, block)))
+            layers.append(conv(cin, cout, KERNEL, targeted=targeted, window=window, l2=block_l2(l2, beta, block),
+                               min_roi=min_roi))
             layers.append(nn.ReLU(inplace=True))
             if block < 2:
                 layers.append(nn.MaxPool2d(2))

@@ -39,7 +39,8 @@ class DenseLayer(nn.Module):
         growth_rate: channels the 3x3 convolution adds.
         bottleneck: width of the 1x1 bottleneck, or ``None`` for none.
         dropout: after each convolution.
-        targeted, window, l2: whether the 3x3 convolution is a target layer, its window and penalty.
+        targeted, window, l2, min_roi: whether the 3x3 convolution is a target layer, its window, penalty
+            and minimum ROI width.
 
     Shape:
         ``(N, C, H, W)`` -> ``(N, C + growth_rate, H, W)``
@@ -55,6 +56,7 @@ class DenseLayer(nn.Module):
         targeted: bool,
         window: str,
         l2: float,
+        min_roi: int | None = None,
     ) -> None:
         super().__init__()
         cin = in_channels
@@ -63,7 +65,8 @@ class DenseLayer(nn.Module):
             cin = bottleneck
         else:
             self.conv1x1 = None
-        self.conv3x3 = bn_relu_conv(cin, growth_rate, 3, dropout=dropout, targeted=targeted, window=window, l2=l2)
+        self.conv3x3 = bn_relu_conv(cin, growth_rate, 3, dropout=dropout, targeted=targeted, window=window, l2=l2,
+                                    min_roi=min_roi)
 
     def forward(self, x: Tensor) -> Tensor:
         y = x if self.conv1x1 is None else self.conv1x1(x)
@@ -120,6 +123,7 @@ class DenseNet(PaperModel):
         window: str = "cauchy",
         l2: float = 1e-4,
         beta: float = 2.0,
+        min_roi: int | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels, input_size)
         self.targeted = targeted
@@ -137,6 +141,7 @@ class DenseNet(PaperModel):
                         channels, growth_rate,
                         bottleneck=None if bottleneck is None else bottleneck * growth_rate,
                         dropout=dropout, targeted=targeted, window=window, l2=block_l2(l2, beta, block),
+                        min_roi=min_roi,
                     ),
                 )
                 channels += growth_rate

@@ -49,7 +49,7 @@ def register(
     Args:
         name: the name :func:`create_model` will accept.
         builder: called with the validated keyword arguments ``num_classes,
-            in_channels, input_size, window, l2, beta, dropout``.
+            in_channels, input_size, window, l2, beta, dropout, min_roi``.
         baseline: for a targeted model, the registered name of its dense baseline.
         description: one line shown by listings.
 
@@ -103,6 +103,7 @@ def create_model(
     l2: float = 1e-4,
     beta: float = 2.0,
     dropout: float | None = None,
+    min_roi: int | None = None,
 ) -> nn.Module:
     """Build a registered model by name.
 
@@ -117,6 +118,8 @@ def create_model(
             gets ``l2 * beta**b`` (the paper's β build-up).
         beta: the build-up factor β.
         dropout: ``None`` for the paper's value of each model, or a rate in ``[0, 1)``.
+        min_roi: minimum ROI width of the target layers in output pixels (``None``:
+            each kernel's extent, the paper's text; see :class:`~tkn.layers.TargetConv2d`).
 
     Baselines accept ``window``, ``l2`` and ``beta`` and ignore them.
 
@@ -136,7 +139,7 @@ def create_model(
     entry = get_entry(name)
     kwargs = resolve_args(
         num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-        window=window, l2=l2, beta=beta, dropout=dropout,
+        window=window, l2=l2, beta=beta, dropout=dropout, min_roi=min_roi,
     )
     size = kwargs["input_size"]
     model = entry.builder(**{**kwargs, "input_size": (size, size) if isinstance(size, int) else tuple(size)})

@@ -136,6 +136,7 @@ class STN(PaperModel):
         l2: float = 1e-4,
         beta: float = 2.0,
         dropout: float | None = None,
+        min_roi: int | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels, input_size)
         h, w = self.input_size
@@ -149,7 +150,8 @@ class STN(PaperModel):
         stages = []
         cin = in_channels
         for block, (cout, k) in enumerate(zip(CHANNELS, KERNELS)):
-            stages.append(_conv_stage(cin, cout, k, targeted=targeted, window=window, l2=block_l2(l2, beta, block)))
+            stages.append(_conv_stage(cin, cout, k, targeted=targeted, window=window, l2=block_l2(l2, beta, block),
+                                      min_roi=min_roi))
             cin = cout
         self.features = nn.Sequential(*stages)
         self.feature_shape = (cin, h // 8, w // 8)

@@ -6,7 +6,6 @@ can assemble their own loop from the same parts.
 """
 from __future__ import annotations
 
-import warnings
 
 import torch
 from torch import nn
@@ -62,6 +61,7 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
         window=cfg.window,
         l2=cfg.l2,
         beta=cfg.beta,
+        min_roi=cfg.min_roi,
         **cfg.model_kwargs,
     )
 
@@ -109,17 +109,14 @@ def loss_name(cfg: TrainConfig, task: str) -> str:
     return "cross_entropy" if task == "classification" else "mse"
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int | None:
-    """ROI-aware multiply-accumulates of one sample (``tkn.flops.count``), or ``None`` without ``tkn.flops``."""
-    try:
-        from tkn import flops
-    except ImportError:
-        warnings.warn("tkn.flops is not available; MACs are not reported", stacklevel=2)
-        return None
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int]):
+    """``tkn.flops.count`` of one sample in eval mode: ROI-aware ``.macs`` and ``.dense_macs``."""
+    from tkn import flops
+
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return int(flops.count(model, tuple(input_shape)).macs)
+            return flops.count(model, tuple(input_shape))
     finally:
         model.train(was_training)

@@ -43,6 +43,7 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adam")
 WINDOWS = ("cauchy", "gaussian")
 DEVICES = ("auto", "cpu", "cuda")
+EXECUTIONS = ("fast", "dense")
 LOSSES = ("auto", "cross_entropy", "mse")
 
 # Fields that may differ between a checkpoint's config and a ``--resume`` call:
@@ -76,6 +77,14 @@ class TrainConfig:
             milestone epoch (``MultiStepLR``; empty for a constant rate).
         window, l2, beta: target-layer window and scale penalty (``l2 * beta**(block-1)``
             per block), passed to :func:`tkn.models.create_model`.
+        min_roi: target layers' minimum ROI width in output pixels (``None``: each
+            kernel's extent, the paper's text).
+        target_speedup: train to this whole-network speed-up ``dense MACs / ROI MACs``
+            with :class:`tkn.MacBudget` (``None``: no budget; the paper's recipes use
+            ``l2``/``beta`` instead). Both may be combined.
+        execution: how target layers train: ``"fast"`` (only ROI blocks are computed,
+            :mod:`tkn.engine.training`; layers it does not cover fall back to dense
+            by themselves) or ``"dense"`` (the reference). Same values and gradients.
         model_kwargs: any further keyword arguments of the model builder.
         loss: ``"auto"`` (cross entropy for classification, mean squared error
             for regression), ``"cross_entropy"`` or ``"mse"``.
@@ -108,6 +117,9 @@ class TrainConfig:
     window: str = "cauchy"
     l2: float = 1e-4
     beta: float = 2.0
+    min_roi: int | None = None
+    target_speedup: float | None = None
+    execution: str = "fast"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str = "auto"
     seed: int = 0
@@ -165,6 +177,11 @@ class TrainConfig:
         _choice(self, "window", WINDOWS)
         _float(self, "l2", minimum=0.0)
         _float(self, "beta", positive=True)
+        if self.min_roi is not None:
+            _int(self, "min_roi", minimum=1)
+        if self.target_speedup is not None:
+            _float(self, "target_speedup", minimum=1.0)
+        _choice(self, "execution", EXECUTIONS)
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
         _choice(self, "loss", LOSSES)

@@ -1,9 +1,12 @@
 """The training loop: :func:`train` runs a whole :class:`TrainConfig`; :func:`train_one_epoch` one epoch.
 
-Per step: forward, task loss + :func:`tkn.scale_penalty`, backward, optimiser
-step, :func:`tkn.clip_parameters_`. Per epoch (on rank 0): evaluation on the
-test split, the model's ROI-aware MACs, one row in ``metrics.csv``, an atomic
-``last.pt`` and, when the test metric improved, ``best.pt``.
+Per step: forward, task loss + :func:`tkn.scale_penalty` (+ the budget's
+penalty when the config has a ``target_speedup``), backward, optimiser step,
+:func:`tkn.clip_parameters_` (and :meth:`tkn.MacBudget.step`). Target layers
+run with the config's ``execution`` (the fast ROI-block path by default). Per
+epoch (on rank 0): evaluation on the test split, the model's ROI-aware MACs and
+exact speed-up, one row in ``metrics.csv``, an atomic ``last.pt`` (holding the
+budget's state too) and, when the test metric improved, ``best.pt``.
 
 Reproducibility: everything random in an epoch derives from ``(seed, epoch)``
 or from the global generators, whose state is saved in every checkpoint at
@@ -28,9 +31,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tkn.checkpoint import save_checkpoint
-from tkn.checkpoint import load_checkpoint
-from tkn.convert import clip_parameters_, scale_penalty
+from tkn.budget import MacBudget
+from tkn.checkpoint import load_checkpoint, save_checkpoint
+from tkn.convert import clip_parameters_, scale_penalty, target_layers
 from tkn.training import components, distributed, loaders
 from tkn.training.config import RESUMABLE_CHANGES, TrainConfig
 from tkn.training.metrics import Meter, best_metric, compute_loss, evaluate, metric_names
@@ -96,6 +99,7 @@ def train_one_epoch(
     amp: bool = False,
     ctx: distributed.DistContext | None = None,
     progress=None,
+    budget: MacBudget | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``: returns the mean ``loss`` and task metrics of the training batches.
 
@@ -105,6 +109,8 @@ def train_one_epoch(
             scale penalty and window parameters (default: ``model``).
         scaler: gradient scaler for float16 autocast on CUDA.
         progress: optional wrapper of ``loader`` (e.g. a tqdm factory).
+        budget: a :class:`tkn.MacBudget` over ``penalty_model``: its penalty joins
+            the loss and it steps after every optimiser step.
     """
     penalty_model = penalty_model if penalty_model is not None else model
     model.train()
@@ -117,6 +123,8 @@ def train_one_epoch(
             output = model(inputs)
         batch_loss = compute_loss(output, targets, loss)
         total = batch_loss + scale_penalty(penalty_model)
+        if budget is not None:
+            total = total + budget.penalty()
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(total).backward()
@@ -126,6 +134,8 @@ def train_one_epoch(
             total.backward()
             optimizer.step()
         clip_parameters_(penalty_model)
+        if budget is not None:
+            budget.step()
         value = batch_loss.item()
         if not math.isfinite(value):
             raise RuntimeError(f"training diverged: the loss became {value} (try a lower --lr)")
@@ -250,6 +260,8 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     data = loaders.build_data(cfg)
     loss = components.loss_name(cfg, data.task)
     model = components.build_model(cfg, data.num_classes, data.input_shape).to(ctx.device)
+    for _, layer in target_layers(model):
+        layer.execution = cfg.execution
     net: nn.Module = model
     if ctx.distributed:
         if ctx.device.type == "cuda":
@@ -262,6 +274,9 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     train_data = loaders.train_loader(data.train, cfg, ctx)
     test_data = loaders.eval_loader(data.test, cfg, ctx)
     params = sum(p.numel() for p in model.parameters())
+    budget = None
+    if cfg.target_speedup is not None:
+        budget = MacBudget(model, data.input_shape, cfg.target_speedup, cfg.epochs * len(train_data))
 
     start, history, best = 0, [], None
     if payload is not None:
@@ -272,6 +287,8 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
             scaler.load_state_dict(payload["scaler_state"])
         restore_rng(payload["rng"])
         start, history, best = int(payload["epoch"]), list(payload.get("history", [])), payload.get("best")
+        if budget is not None:
+            budget.load_state_dict(payload["budget_state"])
 
     writer = RunWriter(out, data.task, enabled=ctx.is_main)
     writer.write_config(cfg.to_dict())
@@ -287,13 +304,14 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
         wrap = (lambda it: progress(it, desc=f"epoch {epoch + 1}/{cfg.epochs} train")) if progress else None
         train_m = train_one_epoch(
             net, train_data, optimizer, task=data.task, loss=loss, device=ctx.device,
-            penalty_model=model, scaler=scaler, amp=amp, ctx=ctx, progress=wrap,
+            penalty_model=model, scaler=scaler, amp=amp, ctx=ctx, progress=wrap, budget=budget,
         )
         scheduler.step()
         rng = capture_rng()
         wrap = (lambda it: progress(it, desc=f"epoch {epoch + 1}/{cfg.epochs} test")) if progress else None
         test_m = evaluate(model, test_data, data.task, device=ctx.device, loss=loss, ctx=ctx, amp=amp, progress=wrap)
-        macs = components.count_macs(model, data.input_shape) if ctx.is_main else None
+        counted = components.count_macs(model, data.input_shape) if ctx.is_main else None
+        macs, speedup = (None, None) if counted is None else (counted.macs, counted.dense_macs / counted.macs)
         penalty = float(scale_penalty(model).detach())
         restore_rng(rng)
         row: dict[str, Any] = {"epoch": epoch + 1}
@@ -301,7 +319,9 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
             row[f"{split}_loss"] = values["loss"]
             for name in metric_names(data.task):
                 row[f"{split}_{name}"] = values[name]
-        row.update(macs=macs, penalty=penalty, lr=lr, epoch_time_s=time.perf_counter() - t0)
+        row.update(macs=macs, speedup=speedup, penalty=penalty,
+                   budget_multiplier=None if budget is None else budget.multiplier,
+                   lr=lr, epoch_time_s=time.perf_counter() - t0)
         history.append(row)
         improved = best is None or row[key] < best[key]
         if improved:
@@ -321,6 +341,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
                 "scheduler_state": scheduler.state_dict(),
                 "scaler_state": scaler.state_dict() if scaler.is_enabled() else {},
                 "rng": rng,
+                "budget_state": None if budget is None else budget.state_dict(),
             }
             writer.write_metrics(history)
             writer.add_scalars(row)
@@ -340,7 +361,7 @@ def _epoch_line(row: dict[str, Any], epochs: int, task: str, improved: bool) -> 
         metric = f"train error {row['train_error']:.2f}%  test error {row['test_error']:.2f}%"
     else:
         metric = f"train mse {row['train_mse']:.4f}  test mse {row['test_mse']:.4f}  test mae {row['test_mae']:.4f}"
-    macs = "" if row["macs"] is None else f"  MACs {row['macs'] / 1e6:.2f}M"
+    macs = "" if row["macs"] is None else f"  MACs {row['macs'] / 1e6:.2f}M ({row['speedup']:.2f}x)"
     star = "  *best" if improved else ""
     return (
         f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  {metric}{macs}  "
