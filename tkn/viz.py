@@ -285,9 +285,10 @@ def sweep_figure(rows: Sequence[dict], *, title: str | None = None, ylabel: str 
     """Paper Fig. 5: test error against relative speed-up factor, one curve per β.
 
     Args:
-        rows: dicts with ``kind`` (``"tkn"`` or ``"baseline"``), ``test_error``
+        rows: dicts with ``kind`` (``"tkn"``, ``"budget"`` or ``"baseline"``), ``test_error``
             (plotted as given, e.g. in %), ``speedup`` (baseline MACs / model
-            MACs), and for TKN rows ``l2`` and ``beta``, as written by ``tkn sweep``.
+            MACs), for TKN rows ``l2`` and ``beta`` and for budget rows
+            ``target_speedup``, as written by ``tkn sweep``. Budget rows make one curve.
             Rows whose error or speed-up is missing (``None``) are skipped.
         title: figure title.
         ylabel: label of the error axis.
@@ -299,7 +300,7 @@ def sweep_figure(rows: Sequence[dict], *, title: str | None = None, ylabel: str 
             raise ValueError(f"sweep rows {missing} lack the {key!r} column")
     rows = [r for r in rows if r["test_error"] is not None and r["speedup"] is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
-    tkn_rows = [r for r in rows if r["kind"] != "baseline"]
+    tkn_rows = [r for r in rows if r["kind"] == "tkn"]
     for beta in sorted({r["beta"] for r in tkn_rows}):
         pts = sorted((r for r in tkn_rows if r["beta"] == beta), key=lambda r: r["speedup"])
         xs = [r["speedup"] for r in pts]
@@ -308,6 +309,13 @@ def sweep_figure(rows: Sequence[dict], *, title: str | None = None, ylabel: str 
         for r, xv, yv in zip(pts, xs, ys):
             ax.annotate(f"L2={r['l2']:g}", (xv, yv), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=line.get_color())
+    budget_rows = sorted((r for r in rows if r["kind"] == "budget"), key=lambda r: r["speedup"])
+    if budget_rows:
+        (line,) = ax.plot([r["speedup"] for r in budget_rows], [r["test_error"] for r in budget_rows], "s-",
+                          label="TKN trained to a speed-up budget")
+        for r in budget_rows:
+            ax.annotate(f"R={r['target_speedup']:g}", (r["speedup"], r["test_error"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color=line.get_color())
     for r in (r for r in rows if r["kind"] == "baseline"):
         ax.axhline(r["test_error"], color="gray", linestyle="--", linewidth=0.8)
         ax.plot([r["speedup"]], [r["test_error"]], "k*", markersize=12,

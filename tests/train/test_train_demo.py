@@ -8,11 +8,12 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_quick(tmp_path, capsys):
-    from tkn import flops
+    from tkn import flops, target_layers
     from tkn.checkpoint import model_from_checkpoint
     from tkn.cli import main
 
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--json", "--l2", "3e-3", "--beta", "4"]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--json", "--target-speedup", "2.5",
+                 "--min-roi", "3"]) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert "REDUCED schedule" in captured.err
@@ -20,19 +21,22 @@ def test_demo_quick(tmp_path, capsys):
     md = (tmp_path / "report.md").read_text()
     assert "Reduced schedule" in md and "| test error (%)" in md
     assert (tmp_path / "attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("dn10", "tdn10"):
+    assert (report["dense"], report["targeted"]) == ("cnn6", "tkn6")
+    assert report["attention_figure"] == str(tmp_path / "attention.png")
+    for name in ("cnn6", "tkn6"):
         row = report["models"][name]
-        model, payload = model_from_checkpoint(tmp_path / name / "best.pt")
-        count = flops.count(model, (1, 56, 56))
+        model, payload = model_from_checkpoint(tmp_path / name / "last.pt")
+        count = flops.count(model, (1, 28, 28))
         assert (row["params"], row["macs"]) == (count.params, count.macs)
-        assert row["test_error"] == payload["best"]["test_error"]
+        assert row["test_error"] == payload["metrics"]["test_error"]
         assert row["latency_s"] > 0 and row["throughput"] > 0
-    assert report["models"]["tdn10"]["speedup_macs"] == pytest.approx(
-        report["models"]["dn10"]["macs"] / report["models"]["tdn10"]["macs"])
-    assert report["schedule"]["epochs"] == 1 and report["data"] == "tlmnist-5k"
-    # --l2/--beta reach TDN10's layers (l2 x beta^block) and its label; DN10 keeps its recipe
-    tdn10, _ = model_from_checkpoint(tmp_path / "tdn10" / "best.pt")
-    from tkn import target_layers
-
-    assert sorted({round(layer.l2, 12) for _, layer in target_layers(tdn10)}) == [3e-3, 1.2e-2, 4.8e-2]
-    assert report["tdn10_label"] == "TDN10 (Cauchy, L2 0.003, β 4)" and report["tdn10_label"][:-1] in md
+    dense, tkn6 = report["models"]["cnn6"], report["models"]["tkn6"]
+    assert tkn6["speedup_macs"] == pytest.approx(dense["macs"] / tkn6["macs"])
+    assert tkn6["speedup_batch1"] == pytest.approx(dense["latency_s"] / tkn6["latency_s"])
+    assert tkn6["speedup_throughput"] == pytest.approx(tkn6["throughput"] / dense["throughput"])
+    # the budget is met on this two-step schedule too, and --min-roi reaches the layers
+    assert 2.5 <= tkn6["speedup_macs"] <= 2.5 * 1.2
+    model, _ = model_from_checkpoint(tmp_path / "tkn6" / "last.pt")
+    assert {layer.min_roi for _, layer in target_layers(model)} == {3}
+    assert report["schedule"]["epochs"] == 1 and report["data"] == "mnist-5k"
+    assert report["targeted_label"] == "TKN6 (Cauchy, budget 2.5x, min ROI 3 px)" and report["targeted_label"][:-1] in md

@@ -1,14 +1,16 @@
-"""``tkn sweep``: the L2/β trade-off of the paper's Fig. 5, trained and plotted.
+"""``tkn sweep``: the error / speed-up trade-off of the paper's Fig. 5, trained and plotted.
 
-For every pair of ``--l2`` and ``--beta`` values one TKN is trained with the
-training library (:func:`tkn.training.train`, the same code as ``tkn train``),
-plus the dense baseline of the model (``tdn10 -> dn10``, ``tkn6 -> cnn6``).
+For every pair of ``--l2`` and ``--beta`` values, and for every
+``--target-speedup`` budget (:class:`tkn.MacBudget`, the paper's L2 then set
+to 0), one TKN is trained with the training library
+(:func:`tkn.training.train`, the same code as ``tkn train``), plus the dense
+baseline of the model (``tdn10 -> dn10``, ``tkn6 -> cnn6``).
 Each run's best checkpoint (the paper reports the best epoch) gives its test
 error and its ROI-aware MACs; the relative speed-up factor is, as in Fig. 5,
 ``baseline MACs / model MACs`` (the baseline's MACs are counted on the dense
 model, whether or not it is trained). Writes into ``--out``:
 
-* one run folder per setting (``l2-0.001_beta-2/``, ``baseline/``), as ``tkn train``;
+* one run folder per setting (``l2-0.001_beta-2/``, ``speedup-4/``, ``baseline/``), as ``tkn train``;
 * ``sweep.csv`` and ``sweep.json``: one row per setting (columns in :data:`COLUMNS`);
 * ``sweep.png``: test error against speed-up, one curve per β, baseline marked.
 
@@ -26,6 +28,7 @@ Examples::
 
     tkn sweep --out runs/sweep
     tkn sweep --config paper/tkn6-mnist --l2 1e-4 2e-4 4e-4 --beta 1 2 4 --out runs/fig5
+    tkn sweep --model tkn6 --data mnist-5k --target-speedup 2 4 8 16 --set min_roi=2 --out runs/fig5-budget
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ __all__ = ["COLUMNS", "DEFAULTS", "add_parser", "run", "run_sweep", "setting_nam
 
 #: Columns of ``sweep.csv`` / keys of each ``sweep.json`` row.
 COLUMNS = (
-    "kind", "model", "data", "l2", "beta", "epochs", "best_epoch", "metric", "test_error", "final_test_error",
+    "kind", "model", "data", "l2", "beta", "target_speedup", "epochs", "best_epoch", "metric", "test_error", "final_test_error",
     "macs", "baseline_macs", "speedup", "params", "out",
 )
 
@@ -71,13 +74,14 @@ def baseline_macs(model: str, num_classes: int, input_shape: Sequence[int]) -> t
     return name, int(flops.count(dense.eval(), tuple(input_shape)).macs)
 
 
-def _row(result, kind: str, l2: float | None, beta: float | None, metric: str, base_macs: int) -> dict[str, Any]:
+def _row(result, kind: str, l2: float | None, beta: float | None, metric: str, base_macs: int,
+         target: float | None = None) -> dict[str, Any]:
     best = result.best or {}
     final = result.final or {}
     macs = best.get("macs")
     return {
         "kind": kind, "model": result.config.model, "data": result.config.data, "l2": l2, "beta": beta,
-        "epochs": result.epochs_completed, "best_epoch": best.get("epoch"), "metric": metric,
+        "target_speedup": target, "epochs": result.epochs_completed, "best_epoch": best.get("epoch"), "metric": metric,
         "test_error": best.get(metric), "final_test_error": final.get(metric),
         "macs": macs, "baseline_macs": base_macs,
         "speedup": base_macs / macs if macs else None,
@@ -94,6 +98,7 @@ def run_sweep(
     recipe: str | None = None,
     sets: Sequence[str] = (),
     baseline: bool = True,
+    speedups: Sequence[float] = (),
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
@@ -102,7 +107,8 @@ def run_sweep(
 
     Args:
         base: config overrides shared by all runs (``epochs``, ``max_train_samples``...).
-        l2s, betas: the grid; every pair is trained.
+        l2s, betas: the grid; every pair is trained (either may be empty when ``speedups`` is not).
+        speedups: budgets: one run per value with ``target_speedup`` set and ``l2 = 0``.
         out: sweep folder; each run goes to ``out/<setting_name>`` (``out/baseline``).
         recipe: YAML config or packaged recipe (as ``tkn train --config``).
         sets: ``key=value`` overrides (as ``tkn train --set``).
@@ -121,10 +127,14 @@ def run_sweep(
     from tkn.training import resolve_config, train
     from tkn.training.loaders import build_data
 
-    l2s, betas = [float(v) for v in l2s], [float(v) for v in betas]
-    for name, values in (("l2", l2s), ("beta", betas)):
-        if not values or any(not math.isfinite(v) for v in values):
-            raise ValueError(f"--{name} needs at least one finite value, got {values}")
+    l2s, betas, speedups = [float(v) for v in l2s], [float(v) for v in betas], [float(v) for v in speedups]
+    if bool(l2s) != bool(betas) or not (l2s or speedups):
+        raise ValueError("give an --l2 and --beta grid (both), --target-speedup values, or all three")
+    for name, values in (("l2", l2s), ("beta", betas), ("target-speedup", speedups)):
+        if any(not math.isfinite(v) for v in values):
+            raise ValueError(f"--{name} values must be finite, got {values}")
+    if any(v < 1 for v in speedups):
+        raise ValueError(f"--target-speedup values must be >= 1, got {speedups}")
     if any(v < 0 for v in l2s) or any(v <= 0 for v in betas):
         raise ValueError(f"--l2 values must be >= 0 and --beta values > 0, got l2={l2s} beta={betas}")
     out = Path(out)
@@ -136,6 +146,7 @@ def run_sweep(
     base_name, base_macs = baseline_macs(probe.model, data.num_classes, data.input_shape)
 
     jobs = [("tkn", l2, beta, {"l2": l2, "beta": beta}, setting_name(l2, beta)) for beta in betas for l2 in l2s]
+    jobs += [("budget", 0.0, None, {"l2": 0.0, "target_speedup": r}, f"speedup-{r:g}") for r in speedups]
     if baseline:
         jobs.append(("baseline", None, None, {"model": base_name}, "baseline"))
     rows = []
@@ -144,7 +155,7 @@ def run_sweep(
         again = resume and (out / folder / "last.pt").exists()
         log(f"[{i}/{len(jobs)}] {cfg.model} {folder}: {cfg.epochs} epochs -> {cfg.out}")
         result = train(cfg, resume=again, overwrite=overwrite and not again, log=lambda line: log(f"    {line}"))
-        rows.append(_row(result, kind, l2, beta, metric, base_macs))
+        rows.append(_row(result, kind, l2, beta, metric, base_macs, extra.get("target_speedup")))
     return rows
 
 
@@ -164,7 +175,12 @@ def write_rows(rows: Sequence[dict[str, Any]], out: str | Path) -> tuple[Path, P
 def _table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [f"{'setting':<24} {'test error':>10} {'MACs':>10} {'speed-up':>9}"]
     for r in rows:
-        name = "baseline " + r["model"] if r["kind"] == "baseline" else setting_name(r["l2"], r["beta"])
+        if r["kind"] == "baseline":
+            name = "baseline " + r["model"]
+        elif r["kind"] == "budget":
+            name = f"target speed-up {r['target_speedup']:g}"
+        else:
+            name = setting_name(r["l2"], r["beta"])
         err = "-" if r["test_error"] is None else f"{r['test_error']:.2f}"
         macs = "-" if r["macs"] is None else f"{r['macs'] / 1e6:.2f}M"
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
@@ -184,6 +200,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", help="data set (default tlmnist-5k, or the config's)")
     p.add_argument("--l2", type=float, nargs="+", metavar="V", help="L2 values (default 3e-3 1e-2)")
     p.add_argument("--beta", type=float, nargs="+", metavar="V", help="beta values (default 1 2)")
+    p.add_argument("--target-speedup", type=float, nargs="+", metavar="R", default=[],
+                   help="train one TKN per speed-up budget (tkn.MacBudget, L2 0) instead of, or beside, the grid")
     p.add_argument("--out", default="runs/sweep", metavar="DIR", help="sweep folder (default runs/sweep)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
     p.add_argument("--max-train-samples", type=int, metavar="N", help="train on a seeded subset of N samples")
@@ -210,12 +228,15 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     base["progress"] = args.progress
-    l2s = args.l2 or (DEFAULTS["l2"] if args.config is None else None)
-    betas = args.beta or (DEFAULTS["beta"] if args.config is None else None)
-    if l2s is None or betas is None:
-        raise ValueError("with --config, give the grid explicitly: --l2 V [V ...] --beta V [V ...]")
+    grid_default = args.config is None and not args.target_speedup
+    l2s = args.l2 or (DEFAULTS["l2"] if grid_default else [])
+    betas = args.beta or (DEFAULTS["beta"] if grid_default else [])
+    if not (l2s and betas) and not args.target_speedup:
+        raise ValueError("with --config, give the grid explicitly (--l2 V [V ...] --beta V [V ...]) "
+                         "or budgets (--target-speedup R [R ...])")
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     rows = run_sweep(base, l2s, betas, args.out, recipe=args.config, sets=args.sets, baseline=not args.no_baseline,
+                     speedups=args.target_speedup,
                      resume=args.resume, overwrite=args.overwrite, log=log)
     csv_path, json_path = write_rows(rows, args.out)
     figure = None
