@@ -1,4 +1,4 @@
-"""Independent float64 references written directly from DESIGN.md's formulas.
+"""Independent float64 references written directly from the formulas of docs/semantics.md.
 
 Plain Python/NumPy loops, deliberately sharing no code with ``tkn``: the tests
 compare the library against these.

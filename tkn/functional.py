@@ -1,6 +1,6 @@
 """Pure functions behind Attentive Regularization and target layers.
 
-Conventions (fixed by ``DESIGN.md``; every other module builds on these):
+Conventions (stated in docs/semantics.md; every other module builds on these):
 
 * **Window.** For a map of length ``L`` the pixel centres are
   ``x_i = (i + 0.5) / L``. With centre ``m`` and scale ``s`` (relative units)

@@ -12,7 +12,7 @@ from tkn.rescale import attention_at, grid_positions, rois_at, score_map
 
 
 def direct_windows(layer: tkn.TargetConv2d, h: int, w: int) -> torch.Tensor:
-    """F_att at h x w from the DESIGN.md formulas: clip by hand, then tkn.window per axis, outer product."""
+    """F_att at h x w from the docs/semantics.md formulas: clip by hand, then tkn.window per axis, outer product."""
     ky, kx = layer.kernel_extent
     m = layer.m.detach().to(torch.float64).clamp(0, 1)
     s = layer.s.detach().to(torch.float64)
@@ -25,7 +25,7 @@ def direct_windows(layer: tkn.TargetConv2d, h: int, w: int) -> torch.Tensor:
 
 
 def direct_rois(layer: tkn.TargetConv2d, h: int, w: int) -> list[list[int]]:
-    """ROIs at h x w by the DESIGN.md rule, in plain Python floats."""
+    """ROIs at h x w by the docs/semantics.md rule, in plain Python floats."""
     ky, kx = layer.kernel_extent
     out = []
     for (my, mx), (sy, sx) in zip(layer.m.tolist(), layer.s.tolist()):

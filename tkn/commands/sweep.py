@@ -22,7 +22,7 @@ larger than the paper's (1e-4..2e-4) because such a run takes ~190 optimiser
 steps where the paper's take ~9,000, and with momentum 0.9 the penalty
 shrinks ``s`` by about ``2·lr·L2/(1-0.9) = 2·L2`` of its value per step at
 lr 0.1. It is a small-scale picture of the trade-off, not a reproduction;
-wall time is in the README.
+wall time is in docs/figures.md.
 
 Examples::
 
