@@ -11,6 +11,19 @@ from tkn.layers import AttentiveRegularization1d, AttentiveRegularization2d, Tar
 from tkn.convert import clip_parameters_, freeze, scale_penalty, target_layers, targetize
 from tkn.budget import MacBudget
 
+#: Subpackages loaded on first attribute access (``tkn.models.create_model``, ``tkn.flops.count``, ...).
+_SUBMODULES = ("budget", "checkpoint", "convert", "data", "engine", "export", "flops", "functional", "layers",
+               "models", "rescale", "summary", "training", "viz")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"tkn.{name}")
+    raise AttributeError(f"module 'tkn' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
     "window",

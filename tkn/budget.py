@@ -29,11 +29,13 @@ How it gets there
   ``m`` into ``[0, 1]`` and ``s`` into the clipping range each layer's forward
   pass uses (values outside it compute the same output, but would stop
   receiving gradients), and, when the exact speed-up leaves the band
-  ``[r(t), band · r(t)]``, every scale is multiplied by one common factor (found
-  by bisection on the exact integer ROIs), channel by channel at the boundary,
-  so that the speed-up lands just above ``r(t)``. The projection guarantees the
-  target on any schedule length and any optimiser; the price decides which
-  windows pay for it.
+  ``[r(t), band · r(t)]``, the scales are multiplied by a factor (found by
+  bisection on the exact integer ROIs; layer ``l`` gets ``α ** w_l`` with ``w_l``
+  its share of the target layers' dense MACs relative to the largest share, so
+  that the layers that cost most give up most and a cheap first layer keeps
+  its view), channel by channel at the boundary, so that the speed-up lands
+  just above ``r(t)``. The projection guarantees the target on any schedule
+  length and any optimiser; the price decides which windows pay for it.
 
 After ``total_steps`` steps the exact speed-up is in ``[R, band · R]`` (up to
 one channel's worth of MACs), unless ``R`` is so close to :func:`max_speedup`
@@ -207,7 +209,12 @@ class MacBudget:
         self.ramp, self.dual_lr, self.band = float(ramp), float(dual_lr), float(band)
         self.steps = 0
         self.multiplier = 0.0
-        self._layers = list({id(c.layer): c.layer for c in self.calls}.values())
+        dense_by_layer: dict[int, int] = {}
+        for c in self.calls:
+            dense_by_layer[id(c.layer)] = dense_by_layer.get(id(c.layer), 0) + c.dense_macs
+        top = max(dense_by_layer.values())
+        #: exponent of the projection's factor per layer: its dense MACs relative to the costliest layer's
+        self._weight = {key: value / top for key, value in dense_by_layer.items()}
 
     # -- the schedule ---------------------------------------------------------------
     def scheduled_speedup(self, step: int | None = None) -> float:
@@ -282,31 +289,35 @@ class MacBudget:
                              device=s.device)
         return lower, torch.clamp(lower, min=TF.SCALE_MAX)
 
-    def _scaled(self, alpha: float) -> dict[int, Tensor]:
+    def _scaled(self, alpha: float, weight: dict[int, float]) -> dict[int, Tensor]:
         out = {}
         for c in self.calls:
             lo, hi = self._scale_bounds(c)
-            out[id(c.layer)] = torch.maximum(torch.minimum(c.layer.s * alpha, hi), lo)
+            out[id(c.layer)] = torch.maximum(torch.minimum(c.layer.s * alpha ** weight[id(c.layer)], hi), lo)
         return out
 
     def _project(self, budget: float) -> None:
-        """Scale every ``s`` by one factor so that the exact MACs just fit ``budget`` (channel by channel at the edge)."""
-        fits = lambda a: self._exact(self._scaled(a)) <= budget  # noqa: E731
+        """Scale the scales so that the exact MACs just fit ``budget`` (channel by channel at the edge)."""
+        weight = self._weight
+        if self._exact(self._scaled(math.exp(-60.0), weight)) > budget:
+            weight = dict.fromkeys(weight, 1.0)  # the weighted factor cannot get there: shrink every layer alike
+        scaled = lambda a: self._scaled(a, weight)  # noqa: E731
+        fits = lambda a: self._exact(scaled(a)) <= budget  # noqa: E731
         # a bracket in log-space: the factor exp(lo) fits the budget, exp(hi) does not
         if fits(1.0):
             lo, hi = 0.0, 1.0
             while fits(math.exp(hi)):
-                if hi >= 20:
+                if hi >= 60:
                     return  # every window can cover its whole map within the budget
                 lo, hi = hi, hi + 1.0
         else:
             lo, hi = -1.0, 0.0
-            while lo > -20 and not fits(math.exp(lo)):
+            while lo > -60 and not fits(math.exp(lo)):
                 lo, hi = lo - 1.0, lo
         for _ in range(40):
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if fits(math.exp(mid)) else (lo, mid)
-        small, large = self._scaled(math.exp(lo)), self._scaled(math.exp(hi))
+        small, large = scaled(math.exp(lo)), scaled(math.exp(hi))
         # between the two factors some channels change width: take the larger scales where the budget allows,
         # giving the smaller ones first to the channels whose switch saves the most
         per_small, per_large = self._exact_per_channel(small), self._exact_per_channel(large)
