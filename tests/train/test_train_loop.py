@@ -225,3 +225,24 @@ def test_regression_epoch_reports_mse_and_mae_of_its_batches():
     losses = [train_one_epoch(model, data, opt, task="regression", loss="mse", device=torch.device("cpu"))["loss"]
               for _ in range(5)]
     assert losses[-1] < losses[0]
+
+
+def test_fast_execution_follows_the_dense_loss_curve(tmp_path, monkeypatch):
+    """``execution="fast"`` (the default) trains the same function as the dense reference: same losses."""
+    from tkn.engine import training as fast_path
+    from tkn.training import TrainConfig, train
+
+    blocked = []
+    original = fast_path._BlockConvs.apply
+    monkeypatch.setattr(fast_path._BlockConvs, "apply", lambda *a: blocked.append(1) or original(*a))
+    histories = {}
+    for execution in ("fast", "dense"):
+        cfg = TrainConfig(model="tkn6", data="mnist-5k", epochs=3, batch_size=16, lr=0.02, milestones=[],
+                          max_train_samples=32, max_test_samples=16, l2=0.0, target_speedup=4.0, min_roi=2,
+                          execution=execution, out=str(tmp_path / execution), progress=False)
+        result = train(cfg)
+        histories[execution] = [(r["train_loss"], r["test_loss"], r["speedup"]) for r in result.history]
+    fast, dense = histories["fast"], histories["dense"]
+    assert fast[-1][2] >= 4.0 and blocked, "the windows must have shrunk and the fast path run ROI blocks"
+    for (lf, tf, sf), (ld, td, sd) in zip(fast, dense):
+        assert lf == pytest.approx(ld, rel=1e-4) and tf == pytest.approx(td, rel=1e-4) and sf == sd

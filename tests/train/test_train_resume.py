@@ -55,3 +55,41 @@ def test_sigkill_then_resume_is_bitwise_identical(tiny_run, tmp_path):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
     # metrics.csv was rebuilt from the checkpoint: one row per epoch, same numbers
     assert _test_errors(out) == _test_errors(reference)
+
+
+BUDGET_ARGS = ["--target-speedup", "2", "--min-roi", "1", "--model", "tkn6", "--l2", "0"]
+
+
+@pytest.mark.slow
+def test_budget_state_survives_sigkill_and_resume_bitwise(tmp_path):
+    """A run trained to a speed budget (TKN6, fast path): kill -9, --resume, and the weights, the optimiser,
+    the budget's multiplier and steps all equal the uninterrupted run's; the budget holds after the last epoch."""
+    from tkn.cli import main
+
+    reference = tmp_path / "reference"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", *TINY_ARGS, *BUDGET_ARGS, "--out", str(reference)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    out = tmp_path / "killed"
+    proc = tkn_process(["train", *TINY_ARGS, *BUDGET_ARGS, "--out", str(out)])
+    _wait_for(out / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    interrupted = torch.load(out / "last.pt", weights_only=True)
+    assert interrupted["epoch"] < 3, "the run finished before it was killed: nothing was tested"
+    assert interrupted["budget_state"]["steps"] == 3 * interrupted["epoch"]
+    resumed = tkn_process(["train", *TINY_ARGS, *BUDGET_ARGS, "--out", str(out), "--resume"])
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    want = torch.load(reference / "last.pt", weights_only=True)
+    got = torch.load(out / "last.pt", weights_only=True)
+    assert got["budget_state"] == want["budget_state"] and want["budget_state"]["steps"] == 9
+    for key, value in want["model_state"].items():
+        assert torch.equal(value, got["model_state"][key]), key
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert 2.0 <= float(rows[-1]["speedup"]) <= 2.0 * 1.1
+    assert rows[-1]["budget_multiplier"] != ""
