@@ -137,6 +137,8 @@ class FrozenTargetConv2d(nn.Module):
         self.permute_output = bool(permute_output)
         #: order of the incoming channels this layer was built for (``None``: the original order)
         self.in_perm = None if in_perm is None else list(in_perm)
+        #: the boxes outside which the input channels are known to be zero (``None``: not known)
+        self.input_support = None if input_support is None else input_support.detach().to(torch.int64).cpu()
         #: seconds measured per candidate plan at freeze time (empty when not measured)
         self.timings: dict[str, float] = {}
         self.blocks: list[Block] = list(self.plan.blocks)
