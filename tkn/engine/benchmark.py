@@ -161,6 +161,7 @@ def _prepared(model: nn.Module, input_size: Sequence[int], batch: int, seed: int
 ABLATIONS: dict[str, dict[str, bool]] = {
     "frozen_no_input_sparsity": {"input_sparsity": False},
     "frozen_no_fuse_no_input_sparsity": {"input_sparsity": False, "fuse": False},
+    "frozen_no_graph": {"graph": False},
 }
 
 

@@ -6,11 +6,18 @@ Steps:
    size, and the activations used to time plans).
 2. Trace the model (:mod:`tkn.engine.permute`) to find, for each layer, a
    consumer that can absorb a channel permutation.
-3. Find the epilogues to fuse: in an ``nn.Sequential``, a target layer
+3. Find the epilogues to fuse and the layers whose input is a frozen layer's
+   output, zero outside known boxes: on the :mod:`torch.fx` graph
+   (:mod:`tkn.engine.graph`: an eval-mode ``nn.BatchNorm2d`` folded into a
+   per-channel ``scale``/``shift``, a ReLU in any form, a ``k``×``k`` max-pool
+   of stride ``k``; zeros followed through ReLU, dropout, concatenations and
+   additions). The fused nodes leave the graph: fused modules become
+   ``nn.Identity``, and where a function or method call was fused the result
+   is a :class:`torch.fx.GraphModule` of the rewritten graph. A model that
+   cannot be traced is analysed per ``nn.Sequential`` instead: a target layer
    followed by ``nn.ReLU`` and/or ``nn.MaxPool2d(k)`` (stride ``k``, no
    padding, each module called once) has them applied per block
-   (:class:`~tkn.engine.frozen.FrozenTargetConv2d` ``relu``/``pool``); the
-   fused modules become ``nn.Identity``.
+   (:class:`~tkn.engine.frozen.FrozenTargetConv2d` ``relu``/``pool``).
 4. For each layer, in execution order: build candidate plans — dense, block
    plans from :func:`~tkn.engine.plan.plan_blocks` and tile plans from
    :func:`~tkn.engine.plan.plan_tiles` under a few cost-model settings and
@@ -134,6 +141,7 @@ def freeze(
     permute: bool = True,
     fuse: bool = True,
     input_sparsity: bool = True,
+    graph: bool = True,
 ) -> nn.Module:
     """An inference copy of ``model`` whose target layers run only their fixed ROIs.
 
@@ -160,6 +168,10 @@ def freeze(
             ROIs: the consumer's blocks then read only the input channels whose ROI meets
             their input window (``input_support`` of
             :class:`~tkn.engine.frozen.FrozenTargetConv2d`). Exact; it skips products with zeros.
+        graph: find epilogues and input sparsity on the model's :mod:`torch.fx` graph
+            (:mod:`tkn.engine.graph`: batch norms folded, functional ReLUs and max-pools, through
+            concatenations and additions); ``False``, or a model that cannot be traced, uses the
+            ``nn.Sequential`` analysis described above.
 
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
@@ -190,10 +202,10 @@ def freeze(
         wrapper = nn.Sequential(frozen)
         return freeze(wrapper, example_input, measure=measure, repeats=repeats, candidates=candidates,
                       grids=grids, permute=permute, fuse=fuse,
-                      input_sparsity=input_sparsity)[0]
+                      input_sparsity=input_sparsity, graph=graph)[0]
 
     reference = copy.deepcopy(frozen) if permute else None
-    analysis = analyse(frozen, example_input, fuse=fuse) if fuse or input_sparsity else None
+    analysis = analyse(frozen, example_input, fuse=fuse) if graph and (fuse or input_sparsity) else None
     if analysis is None:  # not traceable: epilogues and producers inside nn.Sequential only
         fusable = _fusable(frozen) if fuse else {}
         producers = _producers(frozen) if input_sparsity else {}
@@ -291,7 +303,7 @@ def freeze(
         # a consumer the hooks could not see: plan again without moving permutations through the model
         return freeze(model, example_input, input_size=None, measure=measure, repeats=repeats,
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
-                      input_sparsity=input_sparsity)
+                      input_sparsity=input_sparsity, graph=graph)
     return frozen
 
 
