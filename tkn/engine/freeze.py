@@ -176,7 +176,10 @@ def freeze(
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
         example are :class:`~tkn.engine.frozen.FrozenTargetConv2d`. Its outputs
-        equal ``model.eval()``'s (to float rounding).
+        equal ``model.eval()``'s (to float rounding). It is of ``model``'s class,
+        unless a fused follower was a function or method call (e.g. ``F.relu``):
+        then it is a :class:`torch.fx.GraphModule` of the rewritten graph, with
+        ``model``'s submodules under their names but not its other methods.
 
     Example:
         >>> net = nn.Sequential(TargetConv2d(1, 8, 3), nn.ReLU(), TargetConv2d(8, 4, 3))
