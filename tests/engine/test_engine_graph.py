@@ -1,6 +1,8 @@
 """freeze() on CNNs written the usual way: epilogues and input sparsity found on the torch.fx graph."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -299,3 +301,14 @@ def test_a_layer_called_twice_is_not_fused():
     frozen = freeze(model, x, **OPTIONS)
     assert all(m.shift is None and not m.relu for m in _frozen_layers(frozen).values())
     assert _rel_error(model, frozen, x) <= 1e-5
+
+
+def test_bench_runs_tresnet18_with_its_synthetic_scale_range(capsys):
+    from tkn.cli import main
+
+    code = main(["bench", "--model", "tresnet18", "--input", "3,16,16", "--batch", "2", "--repeats", "1",
+                 "--no-memory", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)["models"][0]
+    assert result["frozen_max_rel_error"] <= 1e-5
+    assert len(result["plans"]) == 16 and sum(p["relu"] for p in result["plans"]) == 8
