@@ -69,9 +69,17 @@ def test_every_model_trains(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7, input_size=SMALL)
     x = torch.rand(2, 1, SMALL, SMALL)
+    sizes = {}
+    hooks = [layer.register_forward_hook(lambda mod, args, out, n=n: sizes.__setitem__(n, min(out.shape[-2:])))
+             for n, layer in target_layers(model)]
     out = model(x)
+    for h in hooks:
+        h.remove()
     assert out.shape == (2, 7)
     assert torch.isfinite(out).all()
+    # A target layer whose output map is narrower than its kernel (TResNet-18's last stage is 2x2 here)
+    # has its scales clipped to the kernel's extent, a constant: no gradient reaches them.
+    clipped = {f"{n}.s" for n, layer in target_layers(model) if sizes[n] < min(layer.kernel_extent)}
     out.square().sum().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
@@ -79,7 +87,7 @@ def test_every_model_trains(name):
         # The STN's localisation head starts with zero weight (identity transform), so the layers
         # before it get exactly zero gradient on the first step; everything else must move.
         upstream_of_zero_head = pname.startswith("localization.") and not pname.startswith("localization.head.5")
-        if not upstream_of_zero_head:
+        if not upstream_of_zero_head and pname not in clipped:
             assert p.grad.abs().sum() > 0, pname
 
 

@@ -3,8 +3,11 @@
 ``freeze(model, example_input)`` plans every target layer once (block plans
 and tile plans, see :mod:`tkn.engine.plan`), measures the candidate plans
 against dense execution on the example's own activations, fuses a following
-ReLU / max-pool into the layer, lets a layer fed directly by another read only
-the input channels that are non-zero near each block, permutes channels
+batch norm / ReLU / max-pool into the layer, lets a layer fed by another (through
+ReLUs, concatenations, additions) read only the input channels that are
+non-zero near each block (both found on the :mod:`torch.fx` graph,
+:mod:`tkn.engine.graph`, or per ``nn.Sequential`` for models that cannot be
+traced), permutes channels
 through the network where the consumer of a layer is visible
 (:mod:`tkn.engine.permute`), and returns a model whose target layers are
 :class:`FrozenTargetConv2d`. The frozen model computes the same function as

@@ -6,11 +6,18 @@ Steps:
    size, and the activations used to time plans).
 2. Trace the model (:mod:`tkn.engine.permute`) to find, for each layer, a
    consumer that can absorb a channel permutation.
-3. Find the epilogues to fuse: in an ``nn.Sequential``, a target layer
+3. Find the epilogues to fuse and the layers whose input is a frozen layer's
+   output, zero outside known boxes: on the :mod:`torch.fx` graph
+   (:mod:`tkn.engine.graph`: an eval-mode ``nn.BatchNorm2d`` folded into a
+   per-channel ``scale``/``shift``, a ReLU in any form, a ``k``×``k`` max-pool
+   of stride ``k``; zeros followed through ReLU, dropout, concatenations and
+   additions). The fused nodes leave the graph: fused modules become
+   ``nn.Identity``, and where a function or method call was fused the result
+   is a :class:`torch.fx.GraphModule` of the rewritten graph. A model that
+   cannot be traced is analysed per ``nn.Sequential`` instead: a target layer
    followed by ``nn.ReLU`` and/or ``nn.MaxPool2d(k)`` (stride ``k``, no
    padding, each module called once) has them applied per block
-   (:class:`~tkn.engine.frozen.FrozenTargetConv2d` ``relu``/``pool``); the
-   fused modules become ``nn.Identity``.
+   (:class:`~tkn.engine.frozen.FrozenTargetConv2d` ``relu``/``pool``).
 4. For each layer, in execution order: build candidate plans — dense, block
    plans from :func:`~tkn.engine.plan.plan_blocks` and tile plans from
    :func:`~tkn.engine.plan.plan_tiles` under a few cost-model settings and
@@ -34,9 +41,10 @@ import time
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from tkn.engine.frozen import FrozenTargetConv2d
+from tkn.engine.graph import analyse, fold_batch_norm, rewrite
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
 from tkn.engine.plan import (CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
@@ -133,6 +141,7 @@ def freeze(
     permute: bool = True,
     fuse: bool = True,
     input_sparsity: bool = True,
+    graph: bool = True,
 ) -> nn.Module:
     """An inference copy of ``model`` whose target layers run only their fixed ROIs.
 
@@ -159,11 +168,18 @@ def freeze(
             ROIs: the consumer's blocks then read only the input channels whose ROI meets
             their input window (``input_support`` of
             :class:`~tkn.engine.frozen.FrozenTargetConv2d`). Exact; it skips products with zeros.
+        graph: find epilogues and input sparsity on the model's :mod:`torch.fx` graph
+            (:mod:`tkn.engine.graph`: batch norms folded, functional ReLUs and max-pools, through
+            concatenations and additions); ``False``, or a model that cannot be traced, uses the
+            ``nn.Sequential`` analysis described above.
 
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
         example are :class:`~tkn.engine.frozen.FrozenTargetConv2d`. Its outputs
-        equal ``model.eval()``'s (to float rounding).
+        equal ``model.eval()``'s (to float rounding). It is of ``model``'s class,
+        unless a fused follower was a function or method call (e.g. ``F.relu``):
+        then it is a :class:`torch.fx.GraphModule` of the rewritten graph, with
+        ``model``'s submodules under their names but not its other methods.
 
     Example:
         >>> net = nn.Sequential(TargetConv2d(1, 8, 3), nn.ReLU(), TargetConv2d(8, 4, 3))
@@ -189,13 +205,18 @@ def freeze(
         wrapper = nn.Sequential(frozen)
         return freeze(wrapper, example_input, measure=measure, repeats=repeats, candidates=candidates,
                       grids=grids, permute=permute, fuse=fuse,
-                      input_sparsity=input_sparsity)[0]
+                      input_sparsity=input_sparsity, graph=graph)[0]
 
     reference = copy.deepcopy(frozen) if permute else None
-    fusable = _fusable(frozen) if fuse else {}
-    producers = _producers(frozen) if input_sparsity else {}
-    watched = {follower for chain in fusable.values() for follower, _ in chain}
-    watched |= {n for _, between in producers.values() for n in between}
+    analysis = analyse(frozen, example_input, fuse=fuse) if graph and (fuse or input_sparsity) else None
+    if analysis is None:  # not traceable: epilogues and producers inside nn.Sequential only
+        fusable = _fusable(frozen) if fuse else {}
+        producers = _producers(frozen) if input_sparsity else {}
+        watched = {follower for chain in fusable.values() for follower, _ in chain}
+        watched |= {n for _, between in producers.values() for n in between}
+    else:
+        fusable, producers = {}, {}
+        watched = {m for epi in analysis.epilogues.values() for m in epi.modules}
     order, inputs, calls = _record_inputs(frozen, example_input, sorted(watched))
     single = [n for n in order if calls[n] == 1]
     routes = find_routes(frozen, single) if permute else {}
@@ -204,14 +225,23 @@ def freeze(
         routes = find_routes_by_hooks(frozen, example_input[:1], single)
     in_perms: dict[str, list[int]] = {}
     built: dict[str, FrozenTargetConv2d] = {}
+    supports: dict[str, Tensor] = {}
     fused: list[str] = []
+    functional = False  # a fused node is a function or method call: the result is a rewritten GraphModule
     for name in order:
         layer: TargetConv2d = frozen.get_submodule(name)
         x = inputs[name]
         hw = tuple(x.shape[-2:])
         out_hw = layer.output_size(*hw)
         relu, pool, names = False, 1, []
-        if calls[name] == 1 and name in fusable:
+        scale = shift = None
+        epi = analysis.epilogues.get(name) if analysis is not None and calls[name] == 1 else None
+        if epi is not None and all(calls.get(m) == 1 for m in epi.modules):
+            relu, pool, names = epi.relu, epi.pool, epi.modules
+            if epi.batch_norm is not None:
+                scale, shift = fold_batch_norm(frozen.get_submodule(epi.batch_norm))
+            functional |= rewrite(analysis, [name])
+        elif calls[name] == 1 and name in fusable:
             relu, pool, names = _epilogue(fusable[name], calls, out_hw)
         plans = [dense_plan(layer.out_channels)] + _candidate_plans(layer, out_hw, x.shape[0], candidates, grids, pool)
         geometry = dict(in_channels=layer.in_channels, kernel_size=layer.kernel_size,
@@ -227,9 +257,15 @@ def freeze(
             plans, modelled = [plans[0]] + [plans[i] for i in keep], [modelled[0]] + [modelled[i] for i in keep]
         route = routes.get(name)
         in_perm = in_perms.get(name)
-        support = _input_support(frozen, producers.get(name), built, fused, calls) if calls[name] == 1 else None
+        if calls[name] != 1:
+            support = None
+        elif analysis is not None:
+            support = analysis.input_support(name, supports) if input_sparsity else None
+        else:
+            support = _input_support(frozen, producers.get(name), built, fused, calls)
         options = [FrozenTargetConv2d(layer, hw, p, in_perm=in_perm, relu=relu, pool=pool, input_support=support,
-                                      permute_output=route is not None and p.mode == "blocks") for p in plans]
+                                      permute_output=route is not None and p.mode == "blocks", scale=scale,
+                                      shift=shift) for p in plans]
         if measure and len(options) > 1:
             times = _time_candidates(options, x if in_perm is None else x[:, in_perm], repeats)
         else:
@@ -238,16 +274,20 @@ def freeze(
         if measure and times[best] > (1.0 - DENSE_MARGIN) * times[0]:
             best = 0  # a block plan must beat dense clearly: timing noise must not pick a slower plan
         chosen = options[best]
-        consumer = next((c for c, (a, _) in producers.items() if a == name), None)
+        if analysis is not None:
+            consumer = analysis.direct_consumer(name) if input_sparsity and calls[name] == 1 else None
+        else:
+            consumer = next((c for c, (a, _) in producers.items() if a == name), None)
         if (consumer is not None and chosen.plan.mode == "tiles" and consumer not in in_perms
                 and calls.get(consumer) == 1):
             # emit the channels ordered by ROI position: the consumer's blocks then read short channel ranges
             order = _spatial_order(chosen.output_support())
             chosen = FrozenTargetConv2d(layer, hw, chosen.plan, in_perm=in_perm, relu=relu, pool=pool,
-                                        input_support=support, output_order=order)
+                                        input_support=support, output_order=order, scale=scale, shift=shift)
             in_perms[consumer] = order
         chosen.timings = {p.label: t for p, t in zip(plans, times)} if measure else {}
         built[name] = chosen
+        supports[name] = chosen.output_support()
         fused += names
         if route is not None:
             if not chosen._identity:
@@ -260,11 +300,13 @@ def freeze(
         parent_name, _, child = name.rpartition(".")
         parent = frozen.get_submodule(parent_name) if parent_name else frozen
         setattr(parent, child, module)
+    if functional:
+        frozen = fx.GraphModule(frozen, analysis.graph).eval()
     if by_hooks and routes and not _same_outputs(reference, frozen, torch.randn_like(example_input[:2])):
         # a consumer the hooks could not see: plan again without moving permutations through the model
         return freeze(model, example_input, input_size=None, measure=measure, repeats=repeats,
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
-                      input_sparsity=input_sparsity)
+                      input_sparsity=input_sparsity, graph=graph)
     return frozen
 
 

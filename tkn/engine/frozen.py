@@ -61,6 +61,11 @@ class FrozenTargetConv2d(nn.Module):
             ``in_perm[j]``); ``None`` for the original order.
         permute_output: return channels in ``plan.perm`` order instead of the original.
         relu: apply a ReLU to the output (fused epilogue).
+        scale, shift: optional per-channel ``(C_out,)`` tensors (original channel order) of an affine
+            map applied after the window·mask and before ``relu``/``pool``: a folded eval-mode batch
+            norm (``scale = γ/√(var+ε)``, ``shift = β − mean·scale``). The scale is folded into the
+            window maps; outside the ROIs the output is then the per-channel constant ``shift``
+            (``relu(shift)`` with ``relu``), to which block and tile plans initialise their output.
         pool: apply ``max_pool2d(kernel_size=pool, stride=pool)`` after that (fused; 1 = none).
         input_support: optional ``(C_in, 4)`` boxes ``y0, y1, x0, x1`` (input coordinates, in the
             order the input channels arrive) outside which each input channel is known to be zero,
@@ -76,7 +81,7 @@ class FrozenTargetConv2d(nn.Module):
         - Input: ``(N, C_in, H, W)`` with ``(H, W) == input_hw``, any memory format.
         - Output: ``(N, C_out, H_out // pool, W_out // pool)``; ``channels_last`` for block and tile plans.
 
-    The output equals ``maxpool(relu(layer.eval()(x)))`` (each part only when asked for; with the
+    The output equals ``maxpool(relu(layer.eval()(x) * scale + shift))`` (each part only when asked for; with the
     channel orders above).
     """
 
@@ -92,6 +97,8 @@ class FrozenTargetConv2d(nn.Module):
         pool: int = 1,
         input_support: Tensor | None = None,
         output_order: list[int] | None = None,
+        scale: Tensor | None = None,
+        shift: Tensor | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(layer, TargetConv2d):
@@ -130,6 +137,8 @@ class FrozenTargetConv2d(nn.Module):
         self.permute_output = bool(permute_output)
         #: order of the incoming channels this layer was built for (``None``: the original order)
         self.in_perm = None if in_perm is None else list(in_perm)
+        #: the boxes outside which the input channels are known to be zero (``None``: not known)
+        self.input_support = None if input_support is None else input_support.detach().to(torch.int64).cpu()
         #: seconds measured per candidate plan at freeze time (empty when not measured)
         self.timings: dict[str, float] = {}
         self.blocks: list[Block] = list(self.plan.blocks)
@@ -143,7 +152,10 @@ class FrozenTargetConv2d(nn.Module):
             if in_perm is not None:
                 weight = weight[:, torch.tensor(in_perm, dtype=torch.long, device=weight.device)]
             bias = None if layer.bias is None else layer.bias.detach()
+            wm, shift = self._affine_params(wm, scale, shift)
         self.register_buffer("roi", roi[perm].clone())
+        #: the affine shift per channel in the output's order (``None``: none)
+        self.register_buffer("shift", None if shift is None else shift[perm].contiguous())
         self.register_buffer("inverse_perm", torch.argsort(perm))
         self._identity = self.plan.perm == list(range(self.out_channels))
         if self.plan.mode == "dense":
@@ -183,8 +195,25 @@ class FrozenTargetConv2d(nn.Module):
             win = wm.new_zeros((b.y1 - b.y0, b.x1 - b.x0, padded))
             win[..., :b.count] = wm[idx, b.y0:b.y1, b.x0:b.x1].permute(1, 2, 0)
             self.register_buffer(f"window_{i}", win)
+            if shift is not None:
+                sh = shift.new_zeros(padded)
+                sh[:b.count] = shift[idx]
+                self.register_buffer(f"shift_{i}", sh)
             if self._tiles:  # where the block's channels go in the output
                 self.register_buffer(f"index_{i}", self.inverse_perm[idx])
+
+    def _affine_params(self, wm: Tensor, scale: Tensor | None, shift: Tensor | None
+                       ) -> tuple[Tensor, Tensor | None]:
+        """The window·mask maps with ``scale`` folded in, and ``shift`` (both checked, on ``wm``'s dtype)."""
+        for name, t in (("scale", scale), ("shift", shift)):
+            if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != (self.out_channels,)):
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"{name} must be a tensor of shape ({self.out_channels},), got {got}")
+        if scale is not None:
+            wm = wm * scale.detach().to(wm)[:, None, None]
+        if shift is not None:
+            shift = shift.detach().to(wm)
+        return wm, shift
 
     def _used_inputs(self, b: Block, support: Tensor) -> tuple[int, int] | None:
         """The range ``[lo, hi)`` of input channels spanning those whose ``support`` box meets the block's
@@ -211,6 +240,10 @@ class FrozenTargetConv2d(nn.Module):
         return lo, hi
 
     # -- execution -------------------------------------------------------------------
+    def _affine(self, y: Tensor, shift: Tensor | None) -> Tensor:
+        """Add the folded shift (the scale is in the window maps); ``shift`` broadcasts over ``y``'s last dims."""
+        return y if shift is None else y.add_(shift)
+
     def _epilogue(self, y: Tensor) -> Tensor:
         if self.relu:
             y = y.relu_()
@@ -227,7 +260,8 @@ class FrozenTargetConv2d(nn.Module):
         else:
             xp = TF.pad_input(x, self.pad, self.padding_mode)
             y = F.conv2d(xp, self.weight, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
-        return self._epilogue(y.mul_(self.window_map))
+        y = y.mul_(self.window_map)
+        return self._epilogue(self._affine(y, None if self.shift is None else self.shift[:, None, None]))
 
     def _block_output(self, i: int, b: Block, x: Tensor, top: int, left: int, hw: tuple[int, int]) -> Tensor:
         """Block ``i``'s convolution over its box, as ``(N, h, w, padded channels)`` (a view of contiguous memory).
@@ -287,11 +321,17 @@ class FrozenTargetConv2d(nn.Module):
             # each block copies its own crop: sharing one crop per tile measured slower (blocks of a tile
             # rarely have the same box, so they copied twice)
             x = x.contiguous(memory_format=torch.channels_last)
-        out = x.new_zeros((n, ho, wo, self.out_channels))
+        if self.shift is None:
+            out = x.new_zeros((n, ho, wo, self.out_channels))
+        else:  # outside the blocks every channel is its constant shift (after the fused ReLU)
+            fill = self.shift.relu() if self.relu else self.shift
+            out = fill.to(x.dtype).expand(n, ho, wo, self.out_channels).contiguous()
         for i, b in enumerate(self.blocks):
             y = self._block_output(i, b, x, top, left, hw).mul_(getattr(self, f"window_{i}"))
             if p > 1:
                 y = self._pool_nhwc(y)
+            # after the pool: adding a per-channel constant commutes with the maximum
+            y = self._affine(y, getattr(self, f"shift_{i}", None))
             if self.relu:
                 y = y.relu_()  # after the pool: relu and max commute, and the pooled map is p*p times smaller
             rows, cols = slice(b.y0 // p, b.y1 // p), slice(b.x0 // p, b.x1 // p)
@@ -317,7 +357,8 @@ class FrozenTargetConv2d(nn.Module):
 
     def output_support(self) -> Tensor:
         """``(C_out, 4)`` boxes (output coordinates, in the order the channels are returned) outside which
-        each output channel is zero: its ROI, through the fused pool."""
+        each output channel is zero: its ROI, through the fused pool (the whole map for channels whose
+        constant outside the ROI, the fused shift, is not zero)."""
         roi = self.roi if (self.permute_output or self._identity) else self.roi[self.inverse_perm]
         roi = roi.to(torch.int64).cpu()
         empty = (roi[:, 1] <= roi[:, 0]) | (roi[:, 3] <= roi[:, 2])
@@ -326,6 +367,11 @@ class FrozenTargetConv2d(nn.Module):
         box[:, :2] = box[:, :2].clamp(max=self.output_hw[0])
         box[:, 2:] = box[:, 2:].clamp(max=self.output_hw[1])
         box[empty] = 0
+        if self.shift is not None:  # channels that are a non-zero constant outside their ROI: the whole map
+            outside = (self.shift.relu() if self.relu else self.shift).cpu()
+            if not (self.permute_output or self._identity):
+                outside = outside[self.inverse_perm.cpu()]
+            box[outside != 0] = torch.tensor([0, self.output_hw[0], 0, self.output_hw[1]])
         return box
 
     def macs(self, height: int | None = None, width: int | None = None) -> int:
@@ -356,6 +402,8 @@ class FrozenTargetConv2d(nn.Module):
         s = f"{self.in_channels}, {self.out_channels}, input_hw={self.input_hw}, plan={p.mode}"
         if p.mode != "dense":
             s += f", blocks={len(self.blocks)}, active={p.n_active}"
+        if self.shift is not None:
+            s += ", affine"
         if self.relu:
             s += ", relu"
         if self.pool > 1:

@@ -1,12 +1,14 @@
-"""The paper's networks by name: CNN6/TKN6, DN10/TDN10, DN40/TDN40, STN/TSTN.
+"""The paper's networks by name: CNN6/TKN6, DN10/TDN10, DN40/TDN40, STN/TSTN; and ResNet-18/TResNet-18.
 
 >>> from tkn.models import create_model, list_models
 >>> list_models()
-['cnn6', 'dn10', 'dn40', 'stn', 'tdn10', 'tdn40', 'tkn6', 'tstn']
+['cnn6', 'dn10', 'dn40', 'resnet18', 'stn', 'tdn10', 'tdn40', 'tkn6', 'tresnet18', 'tstn']
 >>> model = create_model("tdn10")          # 1x28x28 inputs, 10 classes
 
 Baselines and their targeted variants (``baseline_of``):
-``tkn6 -> cnn6``, ``tdn10 -> dn10``, ``tdn40 -> dn40``, ``tstn -> stn``.
+``tkn6 -> cnn6``, ``tdn10 -> dn10``, ``tdn40 -> dn40``, ``tstn -> stn``, ``tresnet18 -> resnet18``
+(a ResNet-18 for small images written with functional ReLUs and residual additions, see
+:mod:`tkn.models.resnet`; not one of the paper's networks).
 The layouts and how they were derived from the paper's counts are written in
 the docstrings of :class:`~tkn.models.cnn6.CNN6`, :func:`~tkn.models.densenet.dn10`,
 :func:`~tkn.models.densenet.dn40` and :class:`~tkn.models.stn.STN`.
@@ -19,6 +21,7 @@ from tkn import rescale  # resolution transfer (paper section 5) as tkn.models.r
 from tkn.models.base import PaperModel, block_l2
 from tkn.models.cnn6 import CNN6
 from tkn.models.densenet import DenseNet, dn10, dn40
+from tkn.models.resnet import ResNet, resnet18
 from tkn.models.registry import ModelEntry, baseline_of, create_model, get_entry, list_models, register
 from tkn.models.stn import STN
 
@@ -34,6 +37,8 @@ __all__ = [
     "CNN6",
     "DenseNet",
     "STN",
+    "ResNet",
+    "resnet18",
     "dn10",
     "dn40",
     "rescale",
@@ -49,6 +54,8 @@ _PAPER = [
     ("tdn40", dn40, "dn40", "DN40 with its 3x3 block convolutions targeted"),
     ("stn", STN, None, "spatial transformer network (GTSRB)"),
     ("tstn", STN, "stn", "STN with its main network's convolutions targeted"),
+    ("resnet18", resnet18, None, "ResNet-18 for small images (3x3 stem, no max-pool)"),
+    ("tresnet18", resnet18, "resnet18", "ResNet-18 with the 3x3 convolutions of its stages targeted"),
 ]
 for _name, _builder, _baseline, _description in _PAPER:
     register(_name, partial(_builder, targeted=_baseline is not None), baseline=_baseline, description=_description)
