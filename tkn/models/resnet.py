@@ -41,10 +41,11 @@ BLOCKS_18 = (2, 2, 2, 2)
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, *, targeted: bool = False,
-            window: str = "cauchy", l2: float = 0.0) -> nn.Module:
+            window: str = "cauchy", l2: float = 0.0, min_roi: int | None = None) -> nn.Module:
     """A 3x3 convolution, padding 1, no bias: ``nn.Conv2d`` or, if ``targeted``, a :class:`TargetConv2d`."""
     if targeted:
-        return TargetConv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False, window=window, l2=l2)
+        return TargetConv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False, window=window, l2=l2,
+                            min_roi=min_roi)
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
@@ -55,16 +56,17 @@ class BasicBlock(nn.Module):
         in_channels: channels entering the block.
         out_channels: channels of both 3x3 convolutions (and of the output).
         stride: of the first convolution and of the shortcut.
-        targeted, window, l2: whether the 3x3 convolutions are target layers, their window and penalty.
+        targeted, window, l2, min_roi: whether the 3x3 convolutions are target layers, their window,
+            penalty and minimum ROI width.
 
     Shape:
         ``(N, in_channels, H, W)`` -> ``(N, out_channels, ceil(H / stride), ceil(W / stride))``
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *, targeted: bool = False,
-                 window: str = "cauchy", l2: float = 0.0) -> None:
+                 window: str = "cauchy", l2: float = 0.0, min_roi: int | None = None) -> None:
         super().__init__()
-        kw = dict(targeted=targeted, window=window, l2=l2)
+        kw = dict(targeted=targeted, window=window, l2=l2, min_roi=min_roi)
         self.conv1 = conv3x3(in_channels, out_channels, stride, **kw)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = conv3x3(out_channels, out_channels, 1, **kw)
@@ -93,8 +95,7 @@ class ResNet(PaperModel):
         targeted: the 3x3 convolutions of the stages are target layers, stage ``b`` with ``l2 * beta**b``.
         window, l2, beta: the target layers' window, scale penalty and its build-up. Ignored by the baseline.
         dropout: ``None`` (none, the network's own setting) or a rate applied before the classifier.
-        min_roi: accepted for the uniform builder interface and not used: these target layers have
-            no minimum-ROI setting; their ROIs are at least the kernel's extent.
+        min_roi: the target layers' minimum ROI width (``None``: the kernel's, 3 pixels).
 
     Shape:
         - Input: ``(N, in_channels, H, W)``
@@ -114,7 +115,7 @@ class ResNet(PaperModel):
         l2: float = 1e-4,
         beta: float = 2.0,
         dropout: float | None = None,
-        min_roi: object = None,
+        min_roi: int | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels, input_size)
         if len(blocks) != len(WIDTHS) or not all(isinstance(b, int) and b >= 1 for b in blocks):
@@ -129,7 +130,7 @@ class ResNet(PaperModel):
             for i in range(count):
                 stride = 2 if stage > 0 and i == 0 else 1
                 layers.append(BasicBlock(cin, width, stride, targeted=targeted, window=window,
-                                         l2=block_l2(l2, beta, stage)))
+                                         l2=block_l2(l2, beta, stage), min_roi=min_roi))
                 cin = width
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
