@@ -11,6 +11,7 @@ EXPECTED = {
     # name: (num_classes, input_shape, task, needs_root)
     "mnist-5k": (10, (1, 28, 28), "classification", False),
     "tlmnist-5k": (10, (1, 56, 56), "classification", False),
+    "tlmnist28-5k": (10, (1, 28, 28), "classification", False),
     "mnist": (10, (1, 28, 28), "classification", True),
     "tlmnist": (10, (1, 56, 56), "classification", True),
     "svhn": (10, (3, 32, 32), "classification", True),

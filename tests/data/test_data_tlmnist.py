@@ -117,3 +117,18 @@ def test_bad_arguments():
         tl.distractor_indices(10, 1.5, "train")
     with pytest.raises(ValueError, match=r"split: expected 'train' or 'test', got 'val'"):
         tl.distractor_indices(10, 0, "val")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_tlmnist28_is_tlmnist_at_half_resolution(split):
+    full = data.load("tlmnist-5k", split, seed=2).images[:, 0].numpy().astype(np.int64)
+    half = data.load("tlmnist28-5k", split, seed=2)
+    assert tuple(half.images.shape[1:]) == (1, 28, 28) and half.images.dtype.is_floating_point is False
+    # pixel (i, j) is the mean of the 2x2 block (2i..2i+1, 2j..2j+1) rounded half to even, by a loop on a few images
+    got = half.images[:, 0].numpy()
+    for k in (0, 7, len(got) - 1):
+        for i in range(28):
+            for j in range(28):
+                block = full[k, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+                assert got[k, i, j] == round(int(block.sum()) / 4), (k, i, j)
+    np.testing.assert_array_equal(half.targets.numpy(), data.load("tlmnist-5k", split, seed=2).targets.numpy())

@@ -57,6 +57,10 @@ _INFO = {
         "tlmnist-5k", 10, (1, 56, 56), "classification", False,
         "top-left MNIST built from mnist-5k: label = top-left digit, 3 distractors from the same split", _NO_AUG,
     ),
+    "tlmnist28-5k": DatasetInfo(
+        "tlmnist28-5k", 10, (1, 28, 28), "classification", False,
+        "tlmnist-5k at half resolution (2x2 means, rounded): 28x28, label = the 14x14 top-left digit", _NO_AUG,
+    ),
     "mnist": DatasetInfo(
         "mnist", 10, (1, 28, 28), "classification", True,
         "full MNIST from the IDX files in root: 60,000 train / 10,000 test", _NO_AUG,
@@ -117,6 +121,13 @@ def _tlmnist5k(split: str, root: Any, download: bool, seed: int) -> tuple[np.nda
     return tlmnist_arrays(digits, split, seed)[0], labels
 
 
+def _tlmnist28_5k(split: str, root: Any, download: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _tlmnist5k(split, root, download, seed)
+    n, h, w = images.shape
+    means = images.reshape(n, h // 2, 2, w // 2, 2).astype(np.float32).mean(axis=(2, 4))
+    return np.rint(means).astype(np.uint8), labels
+
+
 def _mnist(split: str, root: Any, download: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from tkn.data.mnist import mnist_arrays
 
@@ -146,6 +157,7 @@ def _gtsrb(split: str, root: Any, download: bool, seed: int) -> tuple[np.ndarray
 _ARRAY_LOADERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "mnist-5k": _mnist5k,
     "tlmnist-5k": _tlmnist5k,
+    "tlmnist28-5k": _tlmnist28_5k,
     "mnist": _mnist,
     "tlmnist": _tlmnist,
     "svhn": _svhn,
@@ -171,8 +183,8 @@ def load(
         name: one of :func:`list_datasets`.
         split: ``"train"`` or ``"test"`` (``svhn`` also ``"extra"``; ``pain``
             also ``"val"``, the same held-out subjects as ``"test"``).
-        root: folder with the data files (``mnist-5k`` and ``tlmnist-5k`` are
-            embedded and ignore it).
+        root: folder with the data files (``mnist-5k``, ``tlmnist-5k`` and
+            ``tlmnist28-5k`` are embedded and ignore it).
         augment: the data set's training augmentation (``info(name).augmentation``);
             only ``pain`` has one.
         download: ``mnist``/``tlmnist`` only: fetch missing IDX files into ``root``.
