@@ -73,14 +73,29 @@ __all__ = [
 M_RANGE = (0.1, 0.9)
 S_RANGE = (0.1, 0.45)
 
+#: Named ``(m range, s range)`` settings of :func:`synthetic_rois_` (``tkn bench --rois NAME``). ``"paper"``
+#: gives ROIs at the paper's FLOP ratios: on TKN6 at 56×56 nearly every ROI is at the kernel-width floor and
+#: the whole model's FLOP ratio is about 15.
+ROI_PRESETS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "default": (M_RANGE, S_RANGE),
+    "paper": ((0.25, 0.6), (0.08, 0.16)),
+}
+
 
 @torch.no_grad()
-def synthetic_rois_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Set every target layer's ``m``, ``s`` to the documented synthetic distribution (in place); returns ``model``."""
+def synthetic_rois_(model: nn.Module, seed: int = 0, m_range: tuple[float, float] = M_RANGE,
+                    s_range: tuple[float, float] = S_RANGE) -> nn.Module:
+    """Set every target layer's ``m``, ``s`` to the documented synthetic distribution (in place); returns ``model``.
+
+    ``m_range`` and ``s_range`` replace the default ``U(0.1, 0.9)`` and ``U(0.1, 0.45)`` (see :data:`ROI_PRESETS`).
+    """
+    for lo, hi in (m_range, s_range):
+        if not lo <= hi:
+            raise ValueError(f"a range must be (low, high) with low <= high, got {(lo, hi)}")
     for i, (_, layer) in enumerate(target_layers(model)):
         g = torch.Generator().manual_seed(seed + i)
-        m = torch.rand(layer.m.shape, generator=g, dtype=torch.float64) * (M_RANGE[1] - M_RANGE[0]) + M_RANGE[0]
-        s = torch.rand(layer.s.shape, generator=g, dtype=torch.float64) * (S_RANGE[1] - S_RANGE[0]) + S_RANGE[0]
+        m = torch.rand(layer.m.shape, generator=g, dtype=torch.float64) * (m_range[1] - m_range[0]) + m_range[0]
+        s = torch.rand(layer.s.shape, generator=g, dtype=torch.float64) * (s_range[1] - s_range[0]) + s_range[0]
         layer.m.copy_(m.to(layer.m))
         layer.s.copy_(s.to(layer.s))
     return model

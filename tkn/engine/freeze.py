@@ -11,7 +11,14 @@ Steps:
    padding, each module called once) has them applied per block
    (:class:`~tkn.engine.frozen.FrozenTargetConv2d` ``relu``/``pool``); the
    fused modules become ``nn.Identity``.
-4. For each layer, in execution order: build candidate plans — dense, block
+4. For each layer, in execution order, when the native kernel is available
+   (:func:`tkn.engine.native.available`) and can run the layer: build the dense
+   and the native plan. A native plan executing at most ``NATIVE_SURE`` of the
+   dense multiply–accumulates is kept without timing; otherwise, when ``measure``
+   is true, both are timed (interleaved, minimum of ``repeats``) and the native plan
+   is kept if it beats dense by ``DENSE_MARGIN``; without ``measure``, if it
+   executes under ``NATIVE_MODELLED`` of dense's work. This takes seconds.
+5. For the other layers (no native kernel, ``native=False``): build candidate plans — dense, block
    plans from :func:`~tkn.engine.plan.plan_blocks` and tile plans from
    :func:`~tkn.engine.plan.plan_tiles` under a few cost-model settings and
    grids — and keep the block plans and the ``SCREENED_CANDIDATES`` tile
@@ -20,7 +27,7 @@ Steps:
    ``repeats`` more times (interleaved, minimum) and keep the fastest (a
    block plan must beat dense by ``DENSE_MARGIN``); otherwise keep the
    cheapest modelled.
-5. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
+6. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
    whose input order is its producer's plan order; permute the batch norms and
    non-target consumers on its route.
 
@@ -36,7 +43,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from tkn.engine.frozen import FrozenTargetConv2d
+from tkn.engine.frozen import FrozenTargetConv2d, native_plan
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
 from tkn.engine.plan import (CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
@@ -48,6 +55,13 @@ __all__ = ["freeze", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES", 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
 DENSE_MARGIN = 0.05
+
+#: A native plan executing at most this fraction of the dense multiply–accumulates is chosen without timing:
+#: the kernel ran at about half of oneDNN's dense rate on the 256->256 5x5 layer of TKN6, so it wins by 40%+.
+NATIVE_SURE = 0.3
+
+#: Without ``measure``, a native plan executing under this fraction of dense's multiply–accumulates is chosen.
+NATIVE_MODELLED = 0.5
 
 #: Cost-model settings tried for every layer (see :class:`~tkn.engine.plan.CostModel`); the first also
 #: plans the tiles and ranks all candidates.
@@ -133,6 +147,7 @@ def freeze(
     permute: bool = True,
     fuse: bool = True,
     input_sparsity: bool = True,
+    native: bool = True,
 ) -> nn.Module:
     """An inference copy of ``model`` whose target layers run only their fixed ROIs.
 
@@ -143,7 +158,9 @@ def freeze(
             (a zero input of that size is used: the window parameters are
             relative, so a TKN trained at one resolution runs at another).
         measure: time the candidate plans on the example's activations and keep
-            the fastest (dense included); ``False`` trusts the cost model.
+            the fastest (dense included); ``False`` trusts the cost model. With the
+            native kernel only dense and native are compared, and only when the native
+            plan's work is not clearly smaller (see step 4): a few seconds in all.
         repeats: timing repeats per candidate (minimum taken; candidates interleaved).
         candidates: cost-model settings to build block plans with.
         grids: tile grids ``(rows, columns)`` (or ``g`` for ``(g, g)``) to build tile
@@ -159,6 +176,8 @@ def freeze(
             ROIs: the consumer's blocks then read only the input channels whose ROI meets
             their input window (``input_support`` of
             :class:`~tkn.engine.frozen.FrozenTargetConv2d`). Exact; it skips products with zeros.
+        native: use the native kernel's plans where it is available and can run a layer;
+            ``False`` plans with the PyTorch executors only.
 
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
@@ -189,7 +208,7 @@ def freeze(
         wrapper = nn.Sequential(frozen)
         return freeze(wrapper, example_input, measure=measure, repeats=repeats, candidates=candidates,
                       grids=grids, permute=permute, fuse=fuse,
-                      input_sparsity=input_sparsity)[0]
+                      input_sparsity=input_sparsity, native=native)[0]
 
     reference = copy.deepcopy(frozen) if permute else None
     fusable = _fusable(frozen) if fuse else {}
@@ -213,6 +232,13 @@ def freeze(
         relu, pool, names = False, 1, []
         if calls[name] == 1 and name in fusable:
             relu, pool, names = _epilogue(fusable[name], calls, out_hw)
+        in_perm = in_perms.get(name)
+        if native and x.dtype == torch.float32 and not FrozenTargetConv2d.native_unsupported(layer, pool):
+            support = _input_support(frozen, producers.get(name), built, fused, calls) if calls[name] == 1 else None
+            built[name] = _choose_native(layer, hw, x if in_perm is None else x[:, in_perm], in_perm, relu, pool,
+                                         support, measure, repeats)
+            fused += names
+            continue
         plans = [dense_plan(layer.out_channels)] + _candidate_plans(layer, out_hw, x.shape[0], candidates, grids, pool)
         geometry = dict(in_channels=layer.in_channels, kernel_size=layer.kernel_size,
                         kernel_extent=layer.kernel_extent, output_hw=out_hw, stride=layer.stride, batch=x.shape[0],
@@ -226,7 +252,6 @@ def freeze(
             keep = blocks + sorted(tiles, key=modelled.__getitem__)[:SCREENED_CANDIDATES]
             plans, modelled = [plans[0]] + [plans[i] for i in keep], [modelled[0]] + [modelled[i] for i in keep]
         route = routes.get(name)
-        in_perm = in_perms.get(name)
         support = _input_support(frozen, producers.get(name), built, fused, calls) if calls[name] == 1 else None
         options = [FrozenTargetConv2d(layer, hw, p, in_perm=in_perm, relu=relu, pool=pool, input_support=support,
                                       permute_output=route is not None and p.mode == "blocks") for p in plans]
@@ -266,6 +291,25 @@ def freeze(
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
                       input_sparsity=input_sparsity)
     return frozen
+
+
+def _choose_native(layer: TargetConv2d, hw: tuple[int, int], x: Tensor, in_perm: list[int] | None, relu: bool,
+                   pool: int, support: Tensor | None, measure: bool, repeats: int) -> FrozenTargetConv2d:
+    """The native plan or the dense one, whichever step 4 of :func:`freeze` picks."""
+    options = dict(in_perm=in_perm, relu=relu, pool=pool)
+    fast = FrozenTargetConv2d(layer, hw, native_plan(layer.out_channels), input_support=support, **options)
+    work = fast.executed_macs() / max(fast.dense_macs(), 1)
+    if work <= NATIVE_SURE:
+        fast.timings = {}
+        return fast
+    dense = FrozenTargetConv2d(layer, hw, None, **options)
+    if not measure:
+        return fast if work < NATIVE_MODELLED else dense
+    x = x.contiguous(memory_format=torch.channels_last)  # as a native producer hands it over
+    times = _time_candidates([dense, fast], x, repeats)
+    chosen = fast if times[1] <= (1.0 - DENSE_MARGIN) * times[0] else dense
+    chosen.timings = {"dense": times[0], "native": times[1]}
+    return chosen
 
 
 def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, candidates: Sequence[CostModel],

@@ -1,0 +1,251 @@
+// Exact per-channel ROI convolution for frozen target layers (float32, CPU).
+//
+// The output channels are cut into groups of VW channels (one SIMD vector, VW = 16 with AVX-512, else
+// 8); the caller orders them so that the channels of a group have nearby ROIs. For every group and
+// every (pooled) output row the caller gives the column range that the union of the group's ROIs
+// needs on that row; only that range is convolved. A register-blocked micro-kernel keeps NP output
+// positions x VW channels in vector accumulators and reads the channels_last input directly (no
+// im2col): the K loop runs over (ky, kx, input channel), broadcasting one input value per position
+// and loading one packed weight vector per step.
+//
+// Epilogue, per position and lane: (acc + bias) * window_mask, then * scale + shift, then ReLU, then a
+// pool x pool max-pool with stride pool; written once into the channels_last output, whose other
+// positions hold each channel's fill value (its epilogue of 0).
+//
+// Input sparsity: given a box per input channel outside which that channel is zero, each chunk of
+// positions reads only the input channels whose box meets its window (exact: the skipped products
+// are products with zeros).
+//
+// Plain C ABI (loaded with ctypes); parallelised with OpenMP over (item, sample) pairs.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef __AVX512F__
+#define TKN_VW 16
+#else
+#define TKN_VW 8
+#endif
+
+static const int VW = TKN_VW;
+typedef float vf __attribute__((vector_size(TKN_VW * 4)));
+typedef float vfu __attribute__((vector_size(TKN_VW * 4), aligned(4)));
+
+static inline vf loadu(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+static inline void storeu(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// The largest number of positions a micro-kernel call handles.
+static const int NP_MAX = 8;
+
+struct Geometry {
+    int N, H, W, Cin;          // input (channels_last)
+    int kh, kw, sy, sx, dy, dx, pt, pl;
+    int Ho, Wo, pool, Hp, Wp, C;  // conv output, pooled output, output channels
+};
+
+// acc[p] += sum over (ky, kx, ci) of w[ky][kx][ci][:] * x[n, iy(ky), ix(p, kx), ci]
+template <int NP, bool LIST>
+static inline void accumulate(vf* acc, const float* const* rows, const int* ok_rows, int nrows_k,
+                              const float* wg, const Geometry& g, int x0, const float* zeros,
+                              const int* const* lists, const int* counts) {
+    for (int ky = 0; ky < nrows_k; ++ky) {
+        if (!ok_rows[ky]) continue;
+        const float* xrow = rows[ky];
+        const int* list = LIST ? lists[ky] : nullptr;
+        const int cnt = LIST ? counts[ky] : g.Cin;
+        if (cnt == 0) continue;
+        for (int kx = 0; kx < g.kw; ++kx) {
+            const float* xp[NP];
+            const int ix0 = x0 * g.sx - g.pl + kx * g.dx;
+            for (int p = 0; p < NP; ++p) {
+                const int ix = ix0 + p * g.sx;
+                xp[p] = (ix >= 0 && ix < g.W) ? xrow + (int64_t)ix * g.Cin : zeros;
+            }
+            const float* wk = wg + ((int64_t)(ky * g.kw + kx) * g.Cin) * VW;
+            vf a[NP];
+            for (int p = 0; p < NP; ++p) a[p] = acc[p];
+            if (LIST) {
+                for (int j = 0; j < cnt; ++j) {
+                    const int ci = list[j];
+                    const vf w = loadu(wk + (int64_t)ci * VW);
+                    for (int p = 0; p < NP; ++p) a[p] += w * xp[p][ci];
+                }
+            } else {
+                for (int ci = 0; ci < cnt; ++ci) {
+                    const vf w = loadu(wk + (int64_t)ci * VW);
+                    for (int p = 0; p < NP; ++p) a[p] += w * xp[p][ci];
+                }
+            }
+            for (int p = 0; p < NP; ++p) acc[p] = a[p];
+        }
+    }
+}
+
+template <bool LIST>
+static void accumulate_n(int np, vf* acc, const float* const* rows, const int* ok_rows, int nrows_k,
+                         const float* wg, const Geometry& g, int x0, const float* zeros,
+                         const int* const* lists, const int* counts) {
+    switch (np) {
+#define TKN_CASE(K) \
+    case K: accumulate<K, LIST>(acc, rows, ok_rows, nrows_k, wg, g, x0, zeros, lists, counts); break;
+        TKN_CASE(1) TKN_CASE(2) TKN_CASE(3) TKN_CASE(4) TKN_CASE(5) TKN_CASE(6) TKN_CASE(7) TKN_CASE(8)
+#undef TKN_CASE
+        default: break;
+    }
+}
+
+extern "C" {
+
+int tkn_vector_width() { return VW; }
+
+// Fills out (N, Hp, Wp, C) with fill[C] at every position.
+static void fill_output(float* out, const float* fill, int64_t positions, int C, bool zero) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < positions; ++i) {
+        if (zero)
+            std::memset(out + i * C, 0, sizeof(float) * C);
+        else
+            std::memcpy(out + i * C, fill, sizeof(float) * C);
+    }
+}
+
+// x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, kw, Cin, VW). ranges: (G, Hp, 4) int32 rows of
+// (xa, xb, ra, rb): conv columns [xa, xb) (multiples of pool) and conv rows [ra, rb) within the pooled
+// row's pool rows to compute (xb <= xa: nothing). window: (G, Ho, Wo, VW). bias, scale, shift: (G, VW)
+// or null. index: (G, VW) output channel of each lane (-1: padding). fill: (C,) value of each output
+// channel where not computed. support: (Cin, 4) int32 boxes y0, y1, x0, x1 or null. out: (N, Hp, Wp, C).
+// Returns 0, or a negative code for an argument it cannot handle.
+int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, const float* window,
+                 const float* bias, const float* scale, const float* shift, const int32_t* index,
+                 const float* fill, const int32_t* support, float* out, const int32_t* dims, int G, int relu,
+                 int nthreads) {
+    Geometry g;
+    g.N = dims[0]; g.H = dims[1]; g.W = dims[2]; g.Cin = dims[3];
+    g.kh = dims[4]; g.kw = dims[5]; g.sy = dims[6]; g.sx = dims[7]; g.dy = dims[8]; g.dx = dims[9];
+    g.pt = dims[10]; g.pl = dims[11]; g.Ho = dims[12]; g.Wo = dims[13]; g.pool = dims[14];
+    g.Hp = dims[15]; g.Wp = dims[16]; g.C = dims[17];
+    const int P = g.pool;
+    if (P < 1 || P > NP_MAX || g.kh > 64 || g.Cin < 1) return -1;
+    if (nthreads < 1) nthreads = 1;
+
+    bool zero = true;
+    for (int c = 0; c < g.C; ++c) zero = zero && fill[c] == 0.0f;
+    const int64_t positions = (int64_t)g.N * g.Hp * g.Wp;
+    if (positions == 0) return 0;
+    fill_output(out, fill, positions, g.C, zero);
+
+    // per group: lane fill values (for rows of a pool window that are not computed) and whether the
+    // lanes are consecutive output channels (one vector store)
+    std::vector<float> lane_fill((size_t)G * VW, 0.0f);
+    std::vector<int> contiguous(G, 0);
+    for (int gi = 0; gi < G; ++gi) {
+        const int32_t* idx = index + (size_t)gi * VW;
+        bool cont = idx[0] >= 0 && idx[0] + VW <= g.C;
+        for (int l = 0; l < VW; ++l) {
+            if (idx[l] >= 0) lane_fill[(size_t)gi * VW + l] = fill[idx[l]];
+            cont = cont && idx[l] == idx[0] + l;
+        }
+        contiguous[gi] = cont;
+    }
+
+    // work items: (group, pooled row) with a non-empty range
+    std::vector<int> items;
+    for (int gi = 0; gi < G; ++gi)
+        for (int r = 0; r < g.Hp; ++r) {
+            const int32_t* rg = ranges + ((size_t)gi * g.Hp + r) * 4;
+            if (rg[1] > rg[0] && rg[3] > rg[2]) items.push_back(gi * g.Hp + r);
+        }
+    const int64_t n_items = (int64_t)items.size() * g.N;
+    const std::vector<float> zeros(g.Cin, 0.0f);
+    const int chunk_max = (NP_MAX / P) * P;
+
+#pragma omp parallel num_threads(nthreads)
+    {
+        std::vector<int> list_store((size_t)g.kh * g.Cin);
+        const float* rows[64];
+        int ok_rows[64];
+        const int* lists[64];
+        int counts[64];
+        for (int ky = 0; ky < g.kh; ++ky) lists[ky] = list_store.data() + (size_t)ky * g.Cin;
+
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < n_items; ++it) {
+            const int item = items[it / g.N];
+            const int n = (int)(it % g.N);
+            const int gi = item / g.Hp, r = item % g.Hp;
+            const int32_t* rg = ranges + ((size_t)gi * g.Hp + r) * 4;
+            const int xa = rg[0], xb = rg[1], ra = rg[2], rb = rg[3];
+            const float* wg = weight + (size_t)gi * g.kh * g.kw * g.Cin * VW;
+            const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
+            const int32_t* idx = index + (size_t)gi * VW;
+            const vf fillv = loadu(lane_fill.data() + (size_t)gi * VW);
+            vf bv = {}, scv = {}, shv = {};
+            if (bias) bv = loadu(bias + (size_t)gi * VW);
+            if (scale) scv = loadu(scale + (size_t)gi * VW);
+            if (shift) shv = loadu(shift + (size_t)gi * VW);
+            const bool partial_rows = (rb - ra) < P;
+
+            for (int x0 = xa; x0 < xb; x0 += chunk_max) {
+                const int np = std::min(chunk_max, xb - x0);
+                vf mx[NP_MAX];
+                for (int p = 0; p < np; ++p) mx[p] = fillv;
+                bool first = !partial_rows;
+                for (int y = r * P + ra; y < r * P + rb; ++y) {
+                    for (int ky = 0; ky < g.kh; ++ky) {
+                        const int iy = y * g.sy - g.pt + ky * g.dy;
+                        ok_rows[ky] = iy >= 0 && iy < g.H;
+                        rows[ky] = ok_rows[ky] ? xn + (int64_t)iy * g.W * g.Cin : nullptr;
+                    }
+                    vf acc[NP_MAX];
+                    for (int p = 0; p < np; ++p) acc[p] = vf{};
+                    if (support) {
+                        const int cx0 = x0 * g.sx - g.pl;
+                        const int cx1 = (x0 + np - 1) * g.sx - g.pl + (g.kw - 1) * g.dx + 1;
+                        for (int ky = 0; ky < g.kh; ++ky) {
+                            int cnt = 0;
+                            if (ok_rows[ky]) {
+                                const int iy = y * g.sy - g.pt + ky * g.dy;
+                                int* lst = list_store.data() + (size_t)ky * g.Cin;
+                                for (int ci = 0; ci < g.Cin; ++ci) {
+                                    const int32_t* s = support + (size_t)ci * 4;
+                                    if (s[0] <= iy && iy < s[1] && s[2] < cx1 && s[3] > cx0) lst[cnt++] = ci;
+                                }
+                            }
+                            counts[ky] = cnt;
+                        }
+                        accumulate_n<true>(np, acc, rows, ok_rows, g.kh, wg, g, x0, zeros.data(), lists, counts);
+                    } else {
+                        accumulate_n<false>(np, acc, rows, ok_rows, g.kh, wg, g, x0, zeros.data(), lists, counts);
+                    }
+                    const float* wrow = window + (((size_t)gi * g.Ho + y) * g.Wo + x0) * VW;
+                    for (int p = 0; p < np; ++p) {
+                        vf v = acc[p];
+                        if (bias) v += bv;
+                        v *= loadu(wrow + (size_t)p * VW);
+                        if (scale) v = v * scv + shv;
+                        if (relu) v = vmax(v, vf{});
+                        mx[p] = first ? v : vmax(mx[p], v);
+                    }
+                    first = false;
+                }
+                for (int q = 0; q < np / P; ++q) {
+                    vf o = mx[q * P];
+                    for (int k = 1; k < P; ++k) o = vmax(o, mx[q * P + k]);
+                    float* dst = out + (((int64_t)n * g.Hp + r) * g.Wp + x0 / P + q) * g.C;
+                    if (contiguous[gi]) {
+                        storeu(dst + idx[0], o);
+                    } else {
+                        for (int l = 0; l < VW; ++l)
+                            if (idx[l] >= 0) dst[idx[l]] = o[l];
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+}  // extern "C"
