@@ -202,9 +202,10 @@ class FrozenTargetConv2d(nn.Module):
                 raise ValueError(f"input_support must be ({self.in_channels}, 4) boxes, got {tuple(input_support.shape)}")
             hw = self.input_hw
             pad = self.pad
-            if self.padding_mode != "zeros":  # the caller pads explicitly; the kernel then sees no padding
-                left, right, top, bottom = pad
+            if self.padding_mode != "zeros":  # padded explicitly: the kernel sees no padding, and the pad
+                left, right, top, bottom = pad    # copies values from inside, so the supports do not hold
                 hw, pad = (hw[0] + top + bottom, hw[1] + left + right), (0, 0, 0, 0)
+                input_support = None
             self._native = _native.NativeConv(
                 weight, bias, wm, roi, conv_hw=self.conv_hw, input_hw=hw, stride=self.stride, dilation=self.dilation,
                 pad=pad, scale=scale, shift=shift, relu=self.relu, pool=pool, support=input_support)
