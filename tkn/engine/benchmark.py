@@ -168,6 +168,7 @@ def _prepared(model: nn.Module, input_size: Sequence[int], batch: int, seed: int
 ABLATIONS: dict[str, dict[str, bool]] = {
     "frozen_no_input_sparsity": {"input_sparsity": False},
     "frozen_no_fuse_no_input_sparsity": {"input_sparsity": False, "fuse": False},
+    "frozen_no_native": {"native": False},
 }
 
 
@@ -241,7 +242,9 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         ratio = ratios.get(name, float("nan"))
         rows.append({
             "layer": name, "batch": batch, "flop_ratio": ratio, "times_s": t, "speedup_vs_dense": speedup,
-            "efficiency": speedup / ratio, "plan": fl.plan.label, "blocks": len(fl.blocks),
+            "efficiency": speedup / ratio, "plan": fl.plan.label,
+            "blocks": len(fl._native.groups) if fl._native is not None else len(fl.blocks),
+            "unit": "channel groups" if fl._native is not None else "blocks",
             "work": fl.executed_macs() / max(fl.macs(), 1),
             "epilogue": " ".join((["relu"] if fl.relu else []) + ([f"pool{fl.pool}"] if fl.pool > 1 else [])),
         })
@@ -280,7 +283,8 @@ def _memory_child(spec: dict[str, Any]) -> None:
         model, _ = model_from_checkpoint(spec["checkpoint"])
     else:
         model = synthetic_rois_(create_model(spec["model"], in_channels=spec["input"][0],
-                                             input_size=tuple(spec["input"][1:])), spec["seed"])
+                                             input_size=tuple(spec["input"][1:])), spec["seed"],
+                                *ROI_PRESETS[spec.get("rois", "default")])
     g = torch.Generator().manual_seed(spec["seed"])
     x = torch.rand(spec["batch"], *spec["input"], generator=g)
     variant = spec["variant"]
