@@ -85,6 +85,36 @@ static inline void accumulate(vf* acc, const float* const* rows, const int* ok_r
     }
 }
 
+// The same for a chunk whose whole window lies inside the input (no bounds, no channel lists): one flat loop
+// over k = (ky, kx, ci), the input read at koff[k] from each position's window origin. Twice as fast as the
+// nested loops when C_in is small (TKN6's first layer, C_in = 1).
+template <int NP>
+static inline void accumulate_flat(vf* acc, const float* origin, int64_t pstep, const int32_t* koff, const float* wg,
+                                   int K) {
+    const float* xp[NP];
+    for (int p = 0; p < NP; ++p) xp[p] = origin + p * pstep;
+    vf a[NP];
+    for (int p = 0; p < NP; ++p) a[p] = acc[p];
+    for (int k = 0; k < K; ++k) {
+        const vf w = loadu(wg + (int64_t)k * VW);
+        const int32_t o = koff[k];
+        for (int p = 0; p < NP; ++p) a[p] += w * xp[p][o];
+    }
+    for (int p = 0; p < NP; ++p) acc[p] = a[p];
+}
+
+static void accumulate_flat_n(int np, vf* acc, const float* origin, int64_t pstep, const int32_t* koff,
+                              const float* wg, int K) {
+    switch (np) {
+#define TKN_CASE(K_) \
+    case K_: accumulate_flat<K_>(acc, origin, pstep, koff, wg, K); break;
+        TKN_CASE(1) TKN_CASE(2) TKN_CASE(3) TKN_CASE(4) TKN_CASE(5) TKN_CASE(6) TKN_CASE(7) TKN_CASE(8)
+        TKN_CASE(9) TKN_CASE(10) TKN_CASE(11) TKN_CASE(12)
+#undef TKN_CASE
+        default: break;
+    }
+}
+
 template <bool LIST>
 static void accumulate_n(int np, vf* acc, const float* const* rows, const int* ok_rows, int nrows_k,
                          const float* wg, const Geometry& g, int x0, const float* zeros,
@@ -163,6 +193,15 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
     const int64_t n_items = (int64_t)items.size() * g.N;
     const std::vector<float> zeros(g.Cin, 0.0f);
     const int chunk_max = (NP_MAX / P) * P;
+    // input offsets of k = (ky, kx, ci) from a window's origin, for the flat loop (int32: checked here)
+    const int K = g.kh * g.kw * g.Cin;
+    std::vector<int32_t> koff(K);
+    // (with 256 input channels the nested loops ran 5% faster: no offset load per step)
+    const bool flat = !support && g.Cin < 32;
+    if ((int64_t)((g.kh - 1) * g.dy + 1) * g.W * g.Cin >= (int64_t)1 << 31) return -2;
+    for (int ky = 0, k = 0; ky < g.kh; ++ky)
+        for (int kx = 0; kx < g.kw; ++kx)
+            for (int ci = 0; ci < g.Cin; ++ci, ++k) koff[k] = ((ky * g.dy) * g.W + kx * g.dx) * g.Cin + ci;
 
 #pragma omp parallel num_threads(nthreads)
     {
@@ -190,8 +229,13 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
             if (shift) shv = loadu(shift + (size_t)gi * VW);
             const bool partial_rows = (rb - ra) < P;
 
-            for (int x0 = xa; x0 < xb; x0 += chunk_max) {
-                const int np = std::min(chunk_max, xb - x0);
+            // chunks of equal size (a multiple of the pool), at most chunk_max
+            const int pieces = (xb - xa + chunk_max - 1) / chunk_max;
+            const int step = ((xb - xa + pieces - 1) / pieces + P - 1) / P * P;
+            for (int x0 = xa; x0 < xb; x0 += step) {
+                const int np = std::min(step, xb - x0);
+                const int ix_first = x0 * g.sx - g.pl;
+                const bool inside_x = ix_first >= 0 && (x0 + np - 1) * g.sx - g.pl + (g.kw - 1) * g.dx < g.W;
                 vf mx[NP_MAX];
                 for (int p = 0; p < np; ++p) mx[p] = fillv;
                 bool first = !partial_rows;
@@ -203,7 +247,11 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
                     }
                     vf acc[NP_MAX];
                     for (int p = 0; p < np; ++p) acc[p] = vf{};
-                    if (support) {
+                    const int iy_first = y * g.sy - g.pt;
+                    if (flat && inside_x && iy_first >= 0 && iy_first + (g.kh - 1) * g.dy < g.H) {
+                        accumulate_flat_n(np, acc, xn + ((int64_t)iy_first * g.W + ix_first) * g.Cin,
+                                          (int64_t)g.sx * g.Cin, koff.data(), wg, K);
+                    } else if (support) {
                         const int cx0 = x0 * g.sx - g.pl;
                         const int cx1 = (x0 + np - 1) * g.sx - g.pl + (g.kw - 1) * g.dx + 1;
                         for (int ky = 0; ky < g.kh; ++ky) {
