@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tkn.engine import FrozenTargetConv2d, freeze, native
-from tkn.engine.frozen import native_plan
+from tkn.engine.frozen import FrozenSparseLinear, native_plan
 from tkn.engine.plan import CostModel, dense_plan, plan_blocks, plan_tiles
 from tkn.layers import TargetConv2d
 from helpers_engine import random_rois_
@@ -251,3 +251,44 @@ def test_cache_is_rebuilt_when_corrupt(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv("TKN_CACHE")
         native._reset()
+
+
+def _head_net(seed=0, between=()):
+    torch.manual_seed(seed)
+    net = nn.Sequential(TargetConv2d(2, 12, 3, padding="same"), nn.ReLU(), *between, nn.Flatten(),
+                        nn.Linear(12 * 10 * 10, 7))
+    random_rois_(net[0], seed, s_range=(0.05, 0.2))
+    return net.eval()
+
+
+@pytest.mark.parametrize("use_native", [False, True])
+def test_linear_after_a_frozen_layer_reads_only_the_rois(use_native):
+    if use_native and not native.available():
+        pytest.skip(f"native kernel unavailable: {native.reason()}")
+    net = _head_net()
+    x = torch.rand(3, 2, 10, 10)
+    frozen = freeze(net, x, measure=False, native=use_native)
+    sparse = [m for m in frozen.modules() if isinstance(m, FrozenSparseLinear)]
+    assert len(sparse) == 1 and sparse[0].columns.numel() < 0.5 * 1200
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), net(x), rtol=1e-4, atol=1e-5)
+        y = torch.randn(2, 2, 10, 10)
+        torch.testing.assert_close(frozen(y), net(y), rtol=1e-4, atol=1e-5)
+
+
+def test_linear_stays_dense_when_zeros_do_not_survive():
+    net = _head_net(between=(nn.Sigmoid(),))  # sigmoid(0) = 0.5: every input feature is non-zero
+    frozen = freeze(net, torch.rand(2, 2, 10, 10), measure=False)
+    assert not any(isinstance(m, FrozenSparseLinear) for m in frozen.modules())
+    with torch.no_grad():
+        x = torch.rand(2, 2, 10, 10)
+        torch.testing.assert_close(frozen(x), net(x), rtol=1e-4, atol=1e-5)
+    frozen = freeze(_head_net(), torch.rand(2, 2, 10, 10), measure=False, input_sparsity=False)
+    assert not any(isinstance(m, FrozenSparseLinear) for m in frozen.modules())
+
+
+def test_sparse_linear_rejects_bad_columns():
+    with pytest.raises(ValueError, match=r"columns must lie in \[0, 6\)"):
+        FrozenSparseLinear(nn.Linear(6, 2), torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match="6 features"):
+        FrozenSparseLinear(nn.Linear(6, 2), torch.tensor([1]))(torch.zeros(2, 5))

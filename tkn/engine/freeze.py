@@ -30,6 +30,10 @@ Steps:
 6. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
    whose input order is its producer's plan order; permute the batch norms and
    non-target consumers on its route.
+7. With ``input_sparsity``: an ``nn.Linear`` that a frozen layer's flattened
+   output reaches through operations keeping zeros (ReLU, dropout, ...; no batch
+   norm or pooling) becomes a :class:`~tkn.engine.frozen.FrozenSparseLinear`
+   reading only the features inside the layer's ROIs.
 
 The plan depends on the example's batch size (the per-call overhead is shared
 by the batch): freeze with a batch of the size you will run.
@@ -43,7 +47,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from tkn.engine.frozen import FrozenTargetConv2d, native_plan
+from tkn.engine.frozen import FrozenSparseLinear, FrozenTargetConv2d, native_plan
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
 from tkn.engine.plan import (CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
@@ -62,6 +66,10 @@ NATIVE_SURE = 0.3
 
 #: Without ``measure``, a native plan executing under this fraction of dense's multiply–accumulates is chosen.
 NATIVE_MODELLED = 0.5
+
+#: A linear layer fed by a frozen target layer's flattened output is replaced by a
+#: :class:`~tkn.engine.frozen.FrozenSparseLinear` when at most this fraction of its inputs can be non-zero.
+SPARSE_LINEAR_MAX = 0.5
 
 #: Cost-model settings tried for every layer (see :class:`~tkn.engine.plan.CostModel`); the first also
 #: plans the tiles and ranks all candidates.
@@ -176,6 +184,9 @@ def freeze(
             ROIs: the consumer's blocks then read only the input channels whose ROI meets
             their input window (``input_support`` of
             :class:`~tkn.engine.frozen.FrozenTargetConv2d`). Exact; it skips products with zeros.
+            Likewise an ``nn.Linear`` fed by a frozen layer's flattened output through operations
+            that keep zeros reads only the features inside the ROIs
+            (:class:`~tkn.engine.frozen.FrozenSparseLinear`, where at most ``SPARSE_LINEAR_MAX`` of them).
         native: use the native kernel's plans where it is available and can run a layer;
             ``False`` plans with the PyTorch executors only.
 
@@ -285,12 +296,34 @@ def freeze(
         parent_name, _, child = name.rpartition(".")
         parent = frozen.get_submodule(parent_name) if parent_name else frozen
         setattr(parent, child, module)
+    if input_sparsity:
+        for name, route in routes.items():
+            if name in built and route.kind == "linear" and route.keeps_zeros:
+                _sparse_linear(frozen, route.consumer, built[name])
     if by_hooks and routes and not _same_outputs(reference, frozen, torch.randn_like(example_input[:2])):
         # a consumer the hooks could not see: plan again without moving permutations through the model
         return freeze(model, example_input, input_size=None, measure=measure, repeats=repeats,
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
                       input_sparsity=input_sparsity)
     return frozen
+
+
+def _sparse_linear(model: nn.Module, name: str, producer: FrozenTargetConv2d) -> None:
+    """Replace the ``nn.Linear`` ``name``, fed by ``producer``'s flattened output, by a
+    :class:`~tkn.engine.frozen.FrozenSparseLinear` reading only the columns inside the producer's output support."""
+    linear = model.get_submodule(name)
+    box = producer.output_support()
+    (hp, wp), channels = producer.output_hw, box.shape[0]
+    if type(linear) is not nn.Linear or linear.in_features != channels * hp * wp:
+        return
+    ys, xs = torch.arange(hp)[None, :, None], torch.arange(wp)[None, None, :]
+    b = box[:, :, None, None]
+    inside = (ys >= b[:, 0]) & (ys < b[:, 1]) & (xs >= b[:, 2]) & (xs < b[:, 3])
+    columns = torch.nonzero(inside.flatten()).flatten()
+    if columns.numel() > SPARSE_LINEAR_MAX * linear.in_features:
+        return
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, FrozenSparseLinear(linear, columns))
 
 
 def _choose_native(layer: TargetConv2d, hw: tuple[int, int], x: Tensor, in_perm: list[int] | None, relu: bool,

@@ -45,7 +45,7 @@ from tkn.engine import native as _native
 from tkn.engine.plan import Block, LayerPlan, align_plan, dense_plan, padded_channels
 from tkn.layers import TargetConv2d
 
-__all__ = ["FrozenTargetConv2d", "GEMM_MAX_K", "native_plan"]
+__all__ = ["FrozenTargetConv2d", "FrozenSparseLinear", "GEMM_MAX_K", "native_plan"]
 
 #: Block convolutions whose reduction ``C_in × kH × kW`` is at most this run as ``unfold`` + ``matmul``.
 #: For TKN6's first layer (1 → 256, 5×5) oneDNN's direct convolution of 64 ROI crops was 3x slower
@@ -466,3 +466,41 @@ class FrozenTargetConv2d(nn.Module):
         if self.permute_output:
             s += ", permuted output"
         return s
+
+
+class FrozenSparseLinear(nn.Module):
+    """An ``nn.Linear`` whose input is known to be zero outside ``columns``: only those columns are read.
+
+    :func:`tkn.engine.freeze` puts one where a frozen target layer's flattened output feeds a linear layer
+    through operations that keep zeros (the input of TKN6's first fully connected layer is about 90% zeros:
+    the ROIs of the last target layer). Exact: the skipped products are products with zeros.
+
+    Args:
+        linear: the layer (its parameters are copied).
+        columns: indices of the input features that can be non-zero.
+
+    Shape:
+        - Input: ``(*, in_features)``.
+        - Output: ``(*, out_features)``.
+    """
+
+    def __init__(self, linear: nn.Linear, columns: Tensor) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        columns = torch.as_tensor(columns, dtype=torch.long, device=linear.weight.device).flatten()
+        if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= linear.in_features):
+            raise ValueError(f"columns must lie in [0, {linear.in_features}), got [{int(columns.min())}, "
+                             f"{int(columns.max())}]")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("columns", columns)
+        self.register_buffer("weight", linear.weight.detach()[:, columns].contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have {self.in_features} features in its last dimension, got {tuple(x.shape)}")
+        return F.linear(x.index_select(-1, self.columns), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, columns read={self.columns.numel()}"
