@@ -15,6 +15,10 @@ small maps the narrowest ROIs are kernel-wide). Drawing ``m`` first and ``s``
 second, each as one ``(C, 2)`` tensor with ``torch.rand``, is part of the
 definition. On TKN6 at 56×56 (seed 0) the whole model's FLOP ratio is 5.73.
 
+``tkn bench --rois paper`` draws ``m ~ U(0.25, 0.6)`` and ``s ~ U(0.08, 0.16)``
+instead (:data:`ROI_PRESETS`): nearly every ROI is at the kernel-width floor and
+TKN6's FLOP ratio at 56×56 is 14.3, near the paper's.
+
 What is timed
 -------------
 * ``dense``: the baseline CNN — the model with each target layer replaced by a
