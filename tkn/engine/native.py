@@ -297,32 +297,25 @@ class NativeConv:
 
     @staticmethod
     def _ranges(roi: Tensor, groups: list[list[int]], g_count: int, pool: int, ho: int, wo: int) -> Tensor:
-        """``(G, H_out // pool, 4)``: conv columns ``[xa, xb)`` and pool rows ``[ra, rb)`` per group and pooled row."""
+        """``(G, (H_out // pool) * pool, 2)``: per group and conv row, the columns ``[xa, xb)`` of the union of
+        the group's ROIs on that row (clipped to the pooled width)."""
         r = roi.to(torch.int64).cpu().numpy()
-        hp, wp = ho // pool, wo // pool
-        out = np.zeros((g_count, max(hp, 1), 4), dtype=np.int32)
-        rows = np.arange(ho)
+        rows_used, width = (ho // pool) * pool, (wo // pool) * pool
+        out = np.zeros((g_count, max(rows_used, 1), 2), dtype=np.int32)
+        rows = np.arange(rows_used)
         for gi, chans in enumerate(groups):
             b = r[chans]
-            inside = (b[:, 0, None] <= rows) & (rows < b[:, 1, None])  # (lanes, ho)
-            xa = np.where(inside, b[:, 2, None], wo).min(0)
-            xb = np.where(inside, b[:, 3, None], 0).max(0)
-            for py in range(hp):
-                seg = slice(py * pool, py * pool + pool)
-                any_row = inside[:, seg].any(0)
-                if not any_row.any():
-                    continue
-                a = (int(xa[seg][any_row].min()) // pool) * pool
-                z = min(-(-int(xb[seg][any_row].max()) // pool) * pool, wp * pool)
-                if z <= a:
-                    continue
-                active = np.nonzero(any_row)[0]
-                out[gi, py] = (a, z, int(active[0]), int(active[-1]) + 1)
+            inside = (b[:, 0, None] <= rows) & (rows < b[:, 1, None])  # (lanes, rows)
+            xa = np.where(inside, b[:, 2, None], width).min(0, initial=width)
+            xb = np.minimum(np.where(inside, b[:, 3, None], 0).max(0, initial=0), width)
+            keep = xb > xa
+            out[gi, :rows_used, 0] = np.where(keep, xa, 0)
+            out[gi, :rows_used, 1] = np.where(keep, xb, 0)
         return torch.from_numpy(out)
 
     def _computed_positions(self) -> int:
         r = self.ranges.to(torch.int64)
-        return int(((r[..., 1] - r[..., 0]).clamp(min=0) * (r[..., 3] - r[..., 2]).clamp(min=0)).sum())
+        return int((r[..., 1] - r[..., 0]).clamp(min=0).sum())
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu":

@@ -144,9 +144,9 @@ static void fill_output(float* out, const float* fill, int64_t positions, int C,
     }
 }
 
-// x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, kw, Cin, VW). ranges: (G, Hp, 4) int32 rows of
-// (xa, xb, ra, rb): conv columns [xa, xb) (multiples of pool) and conv rows [ra, rb) within the pooled
-// row's pool rows to compute (xb <= xa: nothing). window: (G, Ho, Wo, VW). bias, scale, shift: (G, VW)
+// x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, kw, Cin, VW). ranges: (G, Hp * pool, 2) int32:
+// the conv columns [xa, xb) to compute on each conv row (xb <= xa: none), xb <= Wp * pool. Positions of a
+// pool window that are not computed hold the fill value. window: (G, Ho, Wo, VW). bias, scale, shift: (G, VW)
 // or null. index: (G, VW) output channel of each lane (-1: padding). fill: (C,) value of each output
 // channel where not computed. support: (Cin, 4) int32 boxes y0, y1, x0, x1 or null. out: (N, Hp, Wp, C).
 // Returns 0, or a negative code for an argument it cannot handle.
@@ -183,16 +183,22 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
         contiguous[gi] = cont;
     }
 
-    // work items: (group, pooled row) with a non-empty range
+    // work items: (group, pooled row) with a non-empty range on one of its conv rows
+    const int rows_used = g.Hp * P;
     std::vector<int> items;
     for (int gi = 0; gi < G; ++gi)
         for (int r = 0; r < g.Hp; ++r) {
-            const int32_t* rg = ranges + ((size_t)gi * g.Hp + r) * 4;
-            if (rg[1] > rg[0] && rg[3] > rg[2]) items.push_back(gi * g.Hp + r);
+            bool any = false;
+            for (int y = r * P; y < r * P + P; ++y) {
+                const int32_t* rg = ranges + ((size_t)gi * rows_used + y) * 2;
+                any = any || rg[1] > rg[0];
+            }
+            if (any) items.push_back(gi * g.Hp + r);
         }
     const int64_t n_items = (int64_t)items.size() * g.N;
     const std::vector<float> zeros(g.Cin, 0.0f);
-    const int chunk_max = (NP_MAX / P) * P;
+    vf minus_inf;
+    for (int l = 0; l < VW; ++l) minus_inf[l] = -__builtin_inff();
     // input offsets of k = (ky, kx, ci) from a window's origin, for the flat loop (int32: checked here)
     const int K = g.kh * g.kw * g.Cin;
     std::vector<int32_t> koff(K);
@@ -206,6 +212,7 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
 #pragma omp parallel num_threads(nthreads)
     {
         std::vector<int> list_store((size_t)g.kh * g.Cin);
+        std::vector<vf> mx;  // the pooled row's conv values, max-reduced over its conv rows
         const float* rows[64];
         int ok_rows[64];
         const int* lists[64];
@@ -217,8 +224,7 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
             const int item = items[it / g.N];
             const int n = (int)(it % g.N);
             const int gi = item / g.Hp, r = item % g.Hp;
-            const int32_t* rg = ranges + ((size_t)gi * g.Hp + r) * 4;
-            const int xa = rg[0], xb = rg[1], ra = rg[2], rb = rg[3];
+            const int32_t* rg = ranges + (size_t)gi * rows_used * 2;
             const float* wg = weight + (size_t)gi * g.kh * g.kw * g.Cin * VW;
             const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
             const int32_t* idx = index + (size_t)gi * VW;
@@ -227,28 +233,35 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
             if (bias) bv = loadu(bias + (size_t)gi * VW);
             if (scale) scv = loadu(scale + (size_t)gi * VW);
             if (shift) shv = loadu(shift + (size_t)gi * VW);
-            const bool partial_rows = (rb - ra) < P;
+            // the pooled columns [A / P, B / P) this item writes
+            int A = g.Wp * P, B = 0;
+            for (int y = r * P; y < r * P + P; ++y)
+                if (rg[2 * y + 1] > rg[2 * y]) {
+                    A = std::min(A, rg[2 * y] / P * P);
+                    B = std::max(B, (rg[2 * y + 1] + P - 1) / P * P);
+                }
+            mx.assign(B - A, minus_inf);
 
-            // chunks of equal size (a multiple of the pool), at most chunk_max
-            const int pieces = (xb - xa + chunk_max - 1) / chunk_max;
-            const int step = ((xb - xa + pieces - 1) / pieces + P - 1) / P * P;
-            for (int x0 = xa; x0 < xb; x0 += step) {
-                const int np = std::min(step, xb - x0);
-                const int ix_first = x0 * g.sx - g.pl;
-                const bool inside_x = ix_first >= 0 && (x0 + np - 1) * g.sx - g.pl + (g.kw - 1) * g.dx < g.W;
-                vf mx[NP_MAX];
-                for (int p = 0; p < np; ++p) mx[p] = fillv;
-                bool first = !partial_rows;
-                for (int y = r * P + ra; y < r * P + rb; ++y) {
-                    for (int ky = 0; ky < g.kh; ++ky) {
-                        const int iy = y * g.sy - g.pt + ky * g.dy;
-                        ok_rows[ky] = iy >= 0 && iy < g.H;
-                        rows[ky] = ok_rows[ky] ? xn + (int64_t)iy * g.W * g.Cin : nullptr;
-                    }
+            for (int y = r * P; y < r * P + P; ++y) {
+                const int xa = rg[2 * y], xb = rg[2 * y + 1];
+                if (xb <= xa) continue;
+                for (int ky = 0; ky < g.kh; ++ky) {
+                    const int iy = y * g.sy - g.pt + ky * g.dy;
+                    ok_rows[ky] = iy >= 0 && iy < g.H;
+                    rows[ky] = ok_rows[ky] ? xn + (int64_t)iy * g.W * g.Cin : nullptr;
+                }
+                const int iy_first = y * g.sy - g.pt;
+                const bool inside_y = iy_first >= 0 && iy_first + (g.kh - 1) * g.dy < g.H;
+                // chunks of equal size, at most NP_MAX
+                const int pieces = (xb - xa + NP_MAX - 1) / NP_MAX;
+                const int step = (xb - xa + pieces - 1) / pieces;
+                for (int x0 = xa; x0 < xb; x0 += step) {
+                    const int np = std::min(step, xb - x0);
+                    const int ix_first = x0 * g.sx - g.pl;
+                    const bool inside_x = ix_first >= 0 && (x0 + np - 1) * g.sx - g.pl + (g.kw - 1) * g.dx < g.W;
                     vf acc[NP_MAX];
                     for (int p = 0; p < np; ++p) acc[p] = vf{};
-                    const int iy_first = y * g.sy - g.pt;
-                    if (flat && inside_x && iy_first >= 0 && iy_first + (g.kh - 1) * g.dy < g.H) {
+                    if (flat && inside_x && inside_y) {
                         accumulate_flat_n(np, acc, xn + ((int64_t)iy_first * g.W + ix_first) * g.Cin,
                                           (int64_t)g.sx * g.Cin, koff.data(), wg, K);
                     } else if (support) {
@@ -271,26 +284,30 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
                         accumulate_n<false>(np, acc, rows, ok_rows, g.kh, wg, g, x0, zeros.data(), lists, counts);
                     }
                     const float* wrow = window + (((size_t)gi * g.Ho + y) * g.Wo + x0) * VW;
+                    vf* m = mx.data() + (x0 - A);
                     for (int p = 0; p < np; ++p) {
                         vf v = acc[p];
                         if (bias) v += bv;
                         v *= loadu(wrow + (size_t)p * VW);
                         if (scale) v = v * scv + shv;
                         if (relu) v = vmax(v, vf{});
-                        mx[p] = first ? v : vmax(mx[p], v);
+                        m[p] = vmax(m[p], v);
                     }
-                    first = false;
                 }
-                for (int q = 0; q < np / P; ++q) {
-                    vf o = mx[q * P];
-                    for (int k = 1; k < P; ++k) o = vmax(o, mx[q * P + k]);
-                    float* dst = out + (((int64_t)n * g.Hp + r) * g.Wp + x0 / P + q) * g.C;
-                    if (contiguous[gi]) {
-                        storeu(dst + idx[0], o);
-                    } else {
-                        for (int l = 0; l < VW; ++l)
-                            if (idx[l] >= 0) dst[idx[l]] = o[l];
-                    }
+            }
+            for (int q = A / P; q < B / P; ++q) {
+                vf o = mx[q * P - A];
+                for (int k = 1; k < P; ++k) o = vmax(o, mx[q * P + k - A]);
+                int computed = 0;  // positions of the pool window computed; the others hold the fill value
+                for (int y = r * P; y < r * P + P; ++y)
+                    computed += std::max(0, std::min(rg[2 * y + 1], q * P + P) - std::max(rg[2 * y], q * P));
+                if (computed < P * P) o = vmax(o, fillv);
+                float* dst = out + (((int64_t)n * g.Hp + r) * g.Wp + q) * g.C;
+                if (contiguous[gi]) {
+                    storeu(dst + idx[0], o);
+                } else {
+                    for (int l = 0; l < VW; ++l)
+                        if (idx[l] >= 0) dst[idx[l]] = o[l];
                 }
             }
         }
