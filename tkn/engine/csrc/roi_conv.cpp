@@ -133,17 +133,6 @@ extern "C" {
 
 int tkn_vector_width() { return VW; }
 
-// Fills out (N, Hp, Wp, C) with fill[C] at every position.
-static void fill_output(float* out, const float* fill, int64_t positions, int C, bool zero) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < positions; ++i) {
-        if (zero)
-            std::memset(out + i * C, 0, sizeof(float) * C);
-        else
-            std::memcpy(out + i * C, fill, sizeof(float) * C);
-    }
-}
-
 // x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, kw, Cin, VW). ranges: (G, Hp * pool, 2) int32:
 // the conv columns [xa, xb) to compute on each conv row (xb <= xa: none), xb <= Wp * pool. Positions of a
 // pool window that are not computed hold the fill value. window: (G, Ho, Wo, VW). bias, scale, shift: (G, VW)
@@ -167,7 +156,6 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
     for (int c = 0; c < g.C; ++c) zero = zero && fill[c] == 0.0f;
     const int64_t positions = (int64_t)g.N * g.Hp * g.Wp;
     if (positions == 0) return 0;
-    fill_output(out, fill, positions, g.C, zero);
 
     // per group: lane fill values (for rows of a pool window that are not computed) and whether the
     // lanes are consecutive output channels (one vector store)
@@ -211,6 +199,14 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
 
 #pragma omp parallel num_threads(nthreads)
     {
+        // every output position first holds its channels' fill values (one parallel region: one fork)
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < positions; ++i) {
+            if (zero)
+                std::memset(out + i * g.C, 0, sizeof(float) * g.C);
+            else
+                std::memcpy(out + i * g.C, fill, sizeof(float) * g.C);
+        }
         std::vector<int> list_store((size_t)g.kh * g.Cin);
         std::vector<vf> mx;  // the pooled row's conv values, max-reduced over its conv rows
         const float* rows[64];
