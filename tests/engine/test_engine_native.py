@@ -237,7 +237,7 @@ def test_cache_is_rebuilt_when_corrupt(tmp_path, monkeypatch):
     native._reset()
     try:
         assert native.available(), native.reason()
-        [directory] = list((tmp_path / "native").iterdir())
+        [directory] = [p for p in (tmp_path / "native").iterdir() if p.is_dir()]
         lib = directory / "roi_conv.so"
         good = lib.read_bytes()
         lib.unlink()  # (a new file: this process still maps the old one)

@@ -37,6 +37,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not serialised between processes
+    fcntl = None
+
 __all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "MAX_POOL"]
 
 #: The largest fused max-pool the kernel handles.
@@ -107,10 +112,25 @@ def _build(cxx: str, directory: Path) -> Path:
 
 
 def _open(directory: Path) -> ctypes.CDLL:
-    """Load the cached library, rebuilding it when it is missing, does not match its checksum or fails to load."""
+    """Load the cached library, rebuilding it when it is missing, does not match its checksum or fails to load.
+
+    Processes sharing the cache take turns (an exclusive lock on ``<directory>.lock``).
+    """
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        return _open_locked(cxx, directory)
+    with open(directory.with_name(directory.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _open_locked(cxx, directory)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open_locked(cxx: str, directory: Path) -> ctypes.CDLL:
     lib, stamp = directory / "roi_conv.so", directory / "roi_conv.sha256"
     for attempt in range(2):
         fresh = False

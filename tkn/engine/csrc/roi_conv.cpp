@@ -2,21 +2,25 @@
 //
 // The output channels are cut into groups of VW channels (one SIMD vector, VW = 16 with AVX-512, else
 // 8); the caller orders them so that the channels of a group have nearby ROIs. For every group and
-// every (pooled) output row the caller gives the column range that the union of the group's ROIs
-// needs on that row; only that range is convolved. A register-blocked micro-kernel keeps NP output
-// positions x VW channels in vector accumulators and reads the channels_last input directly (no
-// im2col): the K loop runs over (ky, kx, input channel), broadcasting one input value per position
-// and loading one packed weight vector per step.
+// every output row the caller gives the column range that the union of the group's ROIs covers on
+// that row; only that range is convolved (lanes whose ROI does not hold a position get window·mask 0
+// there, so they come out as their fill value). A register-blocked micro-kernel keeps up to NP_MAX
+// output positions x VW channels in vector accumulators and reads the channels_last input directly
+// (no im2col): the K loop runs over (ky, kx, input channel), broadcasting one input value per position
+// and loading one packed weight vector per step. Zero padding is read from a zero row, so any stride,
+// dilation and padding work.
 //
 // Epilogue, per position and lane: (acc + bias) * window_mask, then * scale + shift, then ReLU, then a
 // pool x pool max-pool with stride pool; written once into the channels_last output, whose other
-// positions hold each channel's fill value (its epilogue of 0).
+// positions hold each channel's fill value (its epilogue of 0). Positions of a pool window outside
+// every computed range also count as the fill value.
 //
 // Input sparsity: given a box per input channel outside which that channel is zero, each chunk of
-// positions reads only the input channels whose box meets its window (exact: the skipped products
-// are products with zeros).
+// positions reads only the input channels whose box meets its window on each kernel row (exact: the
+// skipped products are products with zeros).
 //
-// Plain C ABI (loaded with ctypes); parallelised with OpenMP over (item, sample) pairs.
+// Plain C ABI (loaded with ctypes); parallelised with OpenMP over (group, pooled row, sample) items,
+// dynamically scheduled, consecutive items sharing a group's weights.
 
 #include <algorithm>
 #include <cstdint>
