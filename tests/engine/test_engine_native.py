@@ -293,3 +293,18 @@ def test_sparse_linear_rejects_bad_columns():
         FrozenSparseLinear(nn.Linear(6, 2), torch.tensor([0, 6]))
     with pytest.raises(ValueError, match="6 features"):
         FrozenSparseLinear(nn.Linear(6, 2), torch.tensor([1]))(torch.zeros(2, 5))
+
+
+@needs_native
+def test_native_plan_in_doubt_is_timed_against_dense(monkeypatch):
+    monkeypatch.setattr(sys.modules["tkn.engine.freeze"], "NATIVE_SURE", 0.0)  # time every layer
+    net = _net()
+    x = torch.rand(2, 1, 20, 20)
+    frozen = freeze(net, x, repeats=1)
+    layers = [m for m in frozen.modules() if isinstance(m, FrozenTargetConv2d)]
+    assert all(set(m.timings) == {"dense", "native"} for m in layers)
+    for m in layers:
+        faster = m.timings["native"] <= 0.95 * m.timings["dense"]
+        assert m.plan.mode == ("native" if faster else "dense")
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), net(x), rtol=1e-4, atol=1e-6)
