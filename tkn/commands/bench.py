@@ -129,6 +129,16 @@ def _ms(t: dict[str, float]) -> str:
     return f"{1e3 * t['min']:.1f}"
 
 
+def _load_warning(r: dict[str, Any]) -> list[str]:
+    """A warning line when other work kept the cores busy (more runnable tasks than cores) during the run."""
+    loads = [c["load_average"][0] for c in (r["conditions_start"], r["conditions_end"]) if c.get("load_average")]
+    cores = r["conditions_start"].get("cores") or 1
+    if loads and max(loads) > cores:
+        return [f"warning: load average {max(loads):.1f} on {cores} cores: other work shared the CPU, the timings "
+                "(most of all multi-threaded small batches) are unreliable"]
+    return []
+
+
 def format_report(r: dict[str, Any]) -> str:
     """Text tables of a ``tkn bench`` result."""
     c = r["conditions_start"]
@@ -138,6 +148,7 @@ def format_report(r: dict[str, Any]) -> str:
            f"torch {c['torch']}, {c['threads']} threads, {c['cpu']} ({c['cores']} cores), "
            f"load average {c['load_average'] and [round(v, 2) for v in c['load_average']]} -> "
            f"{r['conditions_end']['load_average'] and [round(v, 2) for v in r['conditions_end']['load_average']]}",
+           *_load_warning(r),
            "native kernel: " + (f"available ({r['native']['vector_width']} channels per vector)"
                                 if r.get("native", {}).get("available") else
                                 f"not used ({r.get('native', {}).get('reason', 'unknown')})"),

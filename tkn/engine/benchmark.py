@@ -218,7 +218,8 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
 
     The frozen layer gets the activations in the channel order it was built for (``in_perm``) and
     includes its fused epilogue, if any (the other two do not: compare with that in mind). ``work`` is
-    the multiply–accumulates the frozen layer executes over those of the ROIs.
+    the multiply–accumulates the frozen layer executes over those of the ROIs (for native plans: every
+    lane of every position computed, before the products that input sparsity skips).
     """
     _, x, target = _prepared(model, input_size, batch, seed, "dense")
     frozen = freeze(target, x, **dict(freeze_options or {}))
