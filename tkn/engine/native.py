@@ -298,7 +298,7 @@ class NativeConv:
         real = (index >= 0).to(torch.float32)
         f32 = dict(dtype=torch.float32)
         w = weight.detach().to(**f32).cpu()[lanes] * real[..., None, None, None]  # (G, VW, C_in, kh, kw)
-        self.weight = w.permute(0, 3, 4, 2, 1).contiguous()  # (G, kh, kw, C_in, VW)
+        self.weight = w.permute(0, 3, 2, 4, 1).contiguous()  # (G, kh, C_in, kw, VW)
         wm = window_map.detach().to(**f32).cpu()[lanes] * real[..., None, None]  # (G, VW, ho, wo)
         self.window = wm.permute(0, 2, 3, 1).contiguous()
         self.bias = None if bias is None else (bias.detach().to(**f32).cpu()[lanes] * real).contiguous()

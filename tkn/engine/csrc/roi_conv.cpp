@@ -69,24 +69,86 @@ static inline void accumulate(vf* acc, const float* const* rows, const int* ok_r
                 const int ix = ix0 + p * g.sx;
                 xp[p] = (ix >= 0 && ix < g.W) ? xrow + (int64_t)ix * g.Cin : zeros;
             }
-            const float* wk = wg + ((int64_t)(ky * g.kw + kx) * g.Cin) * VW;
+            const float* wk = wg + ((int64_t)ky * g.Cin * g.kw + kx) * VW;  // + ci * kw * VW
             vf a[NP];
             for (int p = 0; p < NP; ++p) a[p] = acc[p];
             if (LIST) {
                 for (int j = 0; j < cnt; ++j) {
                     const int ci = list[j];
-                    const vf w = loadu(wk + (int64_t)ci * VW);
+                    const vf w = loadu(wk + (int64_t)ci * g.kw * VW);
                     for (int p = 0; p < NP; ++p) a[p] += w * xp[p][ci];
                 }
             } else {
                 for (int ci = 0; ci < cnt; ++ci) {
-                    const vf w = loadu(wk + (int64_t)ci * VW);
+                    const vf w = loadu(wk + (int64_t)ci * g.kw * VW);
                     for (int p = 0; p < NP; ++p) a[p] += w * xp[p][ci];
                 }
             }
             for (int p = 0; p < NP; ++p) acc[p] = a[p];
         }
     }
+}
+
+// The same for unit stride and dilation along x and a chunk inside the input's columns, with the input
+// values reused across kx: per (ky, ci) the KW weight vectors stay in registers and each of the
+// NP + KW - 1 input values is broadcast once for up to KW products (a third of the loads of the loop
+// above). With channel lists (input sparsity) it ran TKN6's second layer 6% faster than the loop above;
+// over all input channels 4% slower, so it is used with lists only.
+template <int NP, int KW, bool LIST>
+static inline void accumulate_slide(vf* acc, const float* const* rows, const int* ok_rows, int nrows_k,
+                                    const float* wg, const Geometry& g, int ix0, const int* const* lists,
+                                    const int* counts) {
+    vf a[NP];
+    for (int p = 0; p < NP; ++p) a[p] = acc[p];
+    for (int ky = 0; ky < nrows_k; ++ky) {
+        if (!ok_rows[ky]) continue;
+        const float* xp[NP + KW - 1];
+        for (int j = 0; j < NP + KW - 1; ++j) xp[j] = rows[ky] + (int64_t)(ix0 + j) * g.Cin;
+        const float* wk = wg + (int64_t)ky * g.Cin * KW * VW;
+        const int* list = LIST ? lists[ky] : nullptr;
+        const int cnt = LIST ? counts[ky] : g.Cin;
+        for (int jj = 0; jj < cnt; ++jj) {
+            const int ci = LIST ? list[jj] : jj;
+            const float* w = wk + (int64_t)ci * KW * VW;
+            vf wv[KW];
+#pragma GCC unroll 8
+            for (int kx = 0; kx < KW; ++kx) wv[kx] = loadu(w + kx * VW);
+#pragma GCC unroll 32
+            for (int j = 0; j < NP + KW - 1; ++j) {
+                const vf xb = vf{} + xp[j][ci];
+#pragma GCC unroll 8
+                for (int kx = 0; kx < KW; ++kx) {
+                    const int p = j - kx;
+                    if (p >= 0 && p < NP) a[p] += wv[kx] * xb;
+                }
+            }
+        }
+    }
+    for (int p = 0; p < NP; ++p) acc[p] = a[p];
+}
+
+template <int KW, bool LIST>
+static bool slide_n(int np, vf* acc, const float* const* rows, const int* ok_rows, int nrows_k, const float* wg,
+                    const Geometry& g, int ix0, const int* const* lists, const int* counts) {
+    switch (np) {
+#define TKN_CASE(K) \
+    case K: accumulate_slide<K, KW, LIST>(acc, rows, ok_rows, nrows_k, wg, g, ix0, lists, counts); return true;
+        TKN_CASE(4) TKN_CASE(5) TKN_CASE(6) TKN_CASE(7) TKN_CASE(8) TKN_CASE(9) TKN_CASE(10) TKN_CASE(11)
+        TKN_CASE(12)
+#undef TKN_CASE
+        default: return false;
+    }
+}
+
+// Runs the sliding kernel when it applies (unit stride and dilation along x, kw of 3 or 5, at least 4
+// positions, the chunk inside the input's columns); false otherwise.
+template <bool LIST>
+static bool try_slide(int np, vf* acc, const float* const* rows, const int* ok_rows, const float* wg,
+                      const Geometry& g, int ix0, bool inside_x, const int* const* lists, const int* counts) {
+    if (!inside_x || g.sx != 1 || g.dx != 1) return false;
+    if (g.kw == 5) return slide_n<5, LIST>(np, acc, rows, ok_rows, g.kh, wg, g, ix0, lists, counts);
+    if (g.kw == 3) return slide_n<3, LIST>(np, acc, rows, ok_rows, g.kh, wg, g, ix0, lists, counts);
+    return false;
 }
 
 // The same for a chunk whose whole window lies inside the input (no bounds, no channel lists): one flat loop
@@ -198,8 +260,8 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
     const bool flat = !support && g.Cin < 32;
     if ((int64_t)((g.kh - 1) * g.dy + 1) * g.W * g.Cin >= (int64_t)1 << 31) return -2;
     for (int ky = 0, k = 0; ky < g.kh; ++ky)
-        for (int kx = 0; kx < g.kw; ++kx)
-            for (int ci = 0; ci < g.Cin; ++ci, ++k) koff[k] = ((ky * g.dy) * g.W + kx * g.dx) * g.Cin + ci;
+        for (int ci = 0; ci < g.Cin; ++ci)
+            for (int kx = 0; kx < g.kw; ++kx, ++k) koff[k] = ((ky * g.dy) * g.W + kx * g.dx) * g.Cin + ci;
 
 #pragma omp parallel num_threads(nthreads)
     {
@@ -279,7 +341,8 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
                             }
                             counts[ky] = cnt;
                         }
-                        accumulate_n<true>(np, acc, rows, ok_rows, g.kh, wg, g, x0, zeros.data(), lists, counts);
+                        if (!try_slide<true>(np, acc, rows, ok_rows, wg, g, ix_first, inside_x, lists, counts))
+                            accumulate_n<true>(np, acc, rows, ok_rows, g.kh, wg, g, x0, zeros.data(), lists, counts);
                     } else {
                         accumulate_n<false>(np, acc, rows, ok_rows, g.kh, wg, g, x0, zeros.data(), lists, counts);
                     }
