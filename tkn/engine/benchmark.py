@@ -216,8 +216,8 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
                  seed: int = 0, freeze_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Each target layer alone on its own input activations: ``nn.Conv2d`` vs dense target vs frozen.
 
-    The frozen layer gets the activations in the channel order it was built for (``in_perm``) and
-    includes its fused epilogue, if any (the other two do not: compare with that in mind). ``work`` is
+    The frozen layer gets the activations it receives inside the frozen model (its producer's layout and
+    channel order: ``channels_last`` after a native or block plan) and includes its fused epilogue, if any (the other two do not: compare with that in mind). ``work`` is
     the multiply–accumulates the frozen layer executes over those of the ROIs (for native plans: every
     lane of every position computed, before the products that input sparsity skips).
     """
@@ -230,6 +230,13 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         target(x)
     for h in hooks:
         h.remove()
+    frozen_inputs: dict[str, Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=name: frozen_inputs.setdefault(n, a[0].detach()))
+             for name, m in frozen.named_modules() if isinstance(m, FrozenTargetConv2d)]
+    with torch.no_grad():
+        frozen(x)
+    for h in hooks:
+        h.remove()
     _, ratios = _flop_ratio(target, input_size)
     rows = []
     for name, layer in target_layers(target):
@@ -239,7 +246,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         conv = _conv_from_target(layer).eval()
         fl = frozen.get_submodule(name)
         assert isinstance(fl, FrozenTargetConv2d)
-        xf = xi if fl.in_perm is None else xi[:, fl.in_perm]
+        xf = frozen_inputs[name]
         with torch.no_grad():
             t = interleaved({"dense": lambda: conv(xi), "target": lambda: layer(xi), "frozen": lambda: fl(xf)},
                             repeats)
