@@ -13,9 +13,9 @@ checked against ``torch.nn.functional.conv2d`` on a small random problem
 before it is used.
 
 :func:`available` says whether the kernel can be used; when it cannot (no
-compiler, a failed build or check, or ``TKN_NATIVE=0`` in the environment),
-:func:`reason` holds a one-line explanation and the frozen layers run the
-PyTorch executors instead.
+compiler, a failed build or check, or ``TKN_NATIVE=0`` in the environment when
+the kernel is first needed), :func:`reason` holds a one-line explanation and
+the frozen layers run the PyTorch executors instead.
 
 What the kernel supports: float32 CPU tensors, ``groups=1``, any stride and
 dilation, zero padding given as (top, left) offsets (other padding modes are
