@@ -308,3 +308,28 @@ def test_native_plan_in_doubt_is_timed_against_dense(monkeypatch):
         assert m.plan.mode == ("native" if faster else "dense")
     with torch.no_grad():
         torch.testing.assert_close(frozen(x), net(x), rtol=1e-4, atol=1e-6)
+
+
+@needs_native
+def test_output_buffer_is_reused_only_once_released():
+    import copy
+    import pickle
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(32, 8, 3, 3, generator=g)
+    roi = torch.tensor([[0, 64, 0, 64]] * 32)
+    conv = native.NativeConv(w, None, torch.ones(32, 64, 64), roi, conv_hw=(64, 64), input_hw=(64, 64),
+                             stride=(1, 1), dilation=(1, 1), pad=(1, 1, 1, 1))  # a 1 MiB output per sample
+    x1, x2 = (torch.randn(2, 8, 64, 64, generator=g).contiguous(memory_format=torch.channels_last) for _ in "ab")
+    y1 = conv(x1)
+    kept = y1.clone()
+    y2 = conv(x2)  # y1 is still held: a new buffer
+    assert y1.data_ptr() != y2.data_ptr()
+    torch.testing.assert_close(y1, kept)
+    ptr = y2.data_ptr()
+    del y2
+    y3 = conv(x2)  # released: the buffer comes back
+    assert y3.data_ptr() == ptr
+    torch.testing.assert_close(y3, F.conv2d(x2, w, padding=1), rtol=1e-4, atol=1e-4)
+    for clone in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
+        torch.testing.assert_close(clone(x1), kept)

@@ -250,6 +250,7 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
             if (any) items.push_back(gi * g.Hp + r);
         }
     const int64_t n_items = (int64_t)items.size() * g.N;
+    const bool sample_major = (int64_t)G * g.kh * g.kw * g.Cin * VW * sizeof(float) <= ((int64_t)1 << 19);
     const std::vector<float> zeros(g.Cin, 0.0f);
     vf minus_inf;
     for (int l = 0; l < VW; ++l) minus_inf[l] = -__builtin_inff();
@@ -283,8 +284,11 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
 
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < n_items; ++it) {
-            const int item = items[it / g.N];
-            const int n = (int)(it % g.N);
+            // sample-major when all the weights fit in a core's cache (each sample's output region stays
+            // cached while every group writes it), group-major otherwise (a group's weights stay cached)
+            const int64_t per_sample = (int64_t)items.size();
+            const int item = sample_major ? items[it % per_sample] : items[it / g.N];
+            const int n = (int)(sample_major ? it / per_sample : it % g.N);
             const int gi = item / g.Hp, r = item % g.Hp;
             const int32_t* rg = ranges + (size_t)gi * rows_used * 2;
             const float* wg = weight + (size_t)gi * g.kh * g.kw * g.Cin * VW;
