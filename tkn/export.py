@@ -190,7 +190,8 @@ def export_model(
         atol: largest accepted difference between the re-loaded export and
             ``model.eval()`` on ``example``.
         freeze_options: keyword arguments of :func:`tkn.engine.freeze` (e.g.
-            ``measure=False`` to plan from the cost model without timing).
+            ``measure=False`` to plan from the cost model without timing); ``native``
+            defaults to ``False`` here (the native kernel cannot be traced).
 
     Each attempt (frozen model first; for ONNX the ``torch.export`` exporter
     first) is re-loaded and compared; the first that reproduces the model is
@@ -216,7 +217,9 @@ def export_model(
                        dtype=example.dtype).to(example.device)
     with torch.no_grad():
         reference, other_reference = model(example), model(other)
-    models = [("frozen", freeze_model(model, example, **dict(freeze_options or {})))] if freeze else []
+    # the native kernel is a compiled library called from Python: exports use the PyTorch executors
+    options = {"native": False, **dict(freeze_options or {})}
+    models = [("frozen", freeze_model(model, example, **options))] if freeze else []
     models.append(("dense", model))
     exporters = [None] if format == "torchscript" else [False, True]
     failures: list[str] = []

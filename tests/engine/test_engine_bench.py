@@ -60,7 +60,7 @@ def test_bench_command_json(capsys):
         assert m["efficiency"] == pytest.approx(m["speedup_vs_dense"] / m["flop_ratio"])
     assert report["layers"] == [] and report["train"] is None
     assert report["conditions_start"]["torch"] == torch.__version__
-    assert report["freeze_options"] == {"input_sparsity": True, "fuse": True}
+    assert report["freeze_options"] == {"input_sparsity": True, "fuse": True, "native": True}
 
 
 def test_bench_ablation_flags_reach_freeze(capsys):

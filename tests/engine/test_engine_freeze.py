@@ -1,14 +1,22 @@
-"""freeze() on whole networks: channel permutations moved through the model, tracing, plan choice."""
+"""freeze() on whole networks: channel permutations moved through the model, tracing, plan choice.
+
+These tests cover the PyTorch planner (block and tile plans): the native kernel is hidden from them
+(its plans keep the channel order; they are tested in ``test_engine_native.py``)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from tkn.engine import FrozenTargetConv2d, freeze
+from tkn.engine import FrozenTargetConv2d, freeze, native
 from tkn.engine.permute import find_routes
 from tkn.layers import TargetConv2d
 from helpers_engine import FINE, random_rois_
+
+
+@pytest.fixture(autouse=True)
+def _pytorch_planner(monkeypatch):
+    monkeypatch.setattr(native, "available", lambda: False)
 
 
 def _net(seed: int = 0) -> nn.Sequential:

@@ -146,18 +146,18 @@ def test_batch_norm_folded_with_relu_and_functional_pool(dtype, tol):
     x = torch.randn(3, 3, 16, 16, dtype=dtype)
     frozen = freeze(model, x, **OPTIONS)
     a, b = _frozen_layers(frozen).values()
-    assert (a.relu, a.pool, a.shift is not None) == (True, 2, True)
-    assert (b.relu, b.pool, b.shift is not None) == (False, 1, True)
+    assert (a.relu, a.pool, a.affine) == (True, 2, True)
+    assert (b.relu, b.pool, b.affine) == (False, 1, True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
     assert _rel_error(model, frozen, x) <= tol
     # channels with relu(shift) > 0 are non-zero everywhere: the support says so, and holds
-    outside = a.shift.relu() if a.permute_output else a.shift.relu()[a.inverse_perm]
+    outside = a.fill if (a.permute_output or a._identity) else a.fill[a.inverse_perm]
     full = (a.output_support() == torch.tensor([0, 8, 0, 8])).all(1)
     assert bool(full[outside > 0].all())
     assert _assert_supports_hold(model, frozen, x) == 1
     # dense plans fold the norm too
     dense = freeze(model, x, measure=False, candidates=(), grids=())
-    assert all(m.plan.mode == "dense" and m.shift is not None for m in _frozen_layers(dense).values())
+    assert all(m.plan.mode == "dense" and m.affine for m in _frozen_layers(dense).values())
     assert _rel_error(model, dense, x) <= tol
 
 
@@ -198,7 +198,7 @@ def test_residual_additions_keep_exact_values(dtype, tol):
     frozen = freeze(model, x, **OPTIONS)
     layers = _frozen_layers(frozen)
     assert [layers[n].relu for n in ("c1", "c2", "c3", "c4")] == [True, False, True, False]
-    assert all(layers[n].shift is not None for n in layers)  # every norm folded, also those before an addition
+    assert all(layers[n].affine for n in layers)  # every norm folded, also those before an addition
     assert _rel_error(model, frozen, x) <= tol
     assert _assert_supports_hold(model, frozen, x) == 2  # c2 and c4 read only what c1 and c3 leave non-zero
 
@@ -210,7 +210,7 @@ def test_tresnet18_freezes_with_every_norm_folded():
     frozen = freeze(model, x, **OPTIONS)
     layers = _frozen_layers(frozen)
     assert len(layers) == 16
-    assert all(layers[n].relu == n.endswith("conv1") and layers[n].shift is not None for n in layers)
+    assert all(layers[n].relu == n.endswith("conv1") and layers[n].affine for n in layers)
     assert _rel_error(model, frozen, x) <= 1e-5
     assert _assert_supports_hold(model, frozen, x) == 8
 

@@ -12,9 +12,9 @@ from tkn.engine.plan import CostModel
 from tkn.export import export_model
 
 # Plan from the cost model alone, without per-call cost: the export must carry the ROI-only execution.
-BLOCKS = {"measure": False, "candidates": [CostModel(copy_cost=0.0, call_cost=0.0)], "grids": ()}
+BLOCKS = {"measure": False, "native": False, "candidates": [CostModel(copy_cost=0.0, call_cost=0.0)], "grids": ()}
 #: tile plans write channels by index instead of by slice: they must export too
-TILES = {"measure": False, "candidates": [CostModel(copy_cost=0.0, call_cost=0.0)], "grids": (2,)}
+TILES = {"measure": False, "native": False, "candidates": [CostModel(copy_cost=0.0, call_cost=0.0)], "grids": (2,)}
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ Examples::
     tkn bench --layers --train                  # plus per-layer rows and one training step
     tkn bench --checkpoint runs/tkn6/best.pt    # a trained model's own ROIs
     tkn bench --batch 64 --repeats 9 --json
+    tkn bench --rois paper --layers             # ROIs at the paper's FLOP ratios (about 15 on TKN6)
+    tkn bench --no-native                       # the PyTorch executors only (ablation)
 
 Variants are interleaved and repeated; the minimum over repeats is reported
 (the median is in ``--json``). Speed-up is against the dense CNN (the model
@@ -39,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64], metavar="N", help="batch sizes (default 1 64)")
     parser.add_argument("--repeats", type=int, default=5, metavar="R", help="timed rounds per variant (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic ROIs and inputs")
+    parser.add_argument("--rois", default="default", choices=["default", "paper"],
+                        help="synthetic ROI distribution: 'default' (m ~ U(0.1, 0.9), s ~ U(0.1, 0.45)) or 'paper' "
+                             "(m ~ U(0.25, 0.6), s ~ U(0.08, 0.16): the paper's FLOP ratios, about 15 on TKN6)")
     parser.add_argument("--layers", action="store_true", help="also time each target layer alone")
     parser.add_argument("--train", action="store_true", help="also time one training step (largest batch)")
     parser.add_argument("--no-memory", dest="memory", action="store_false",
@@ -47,6 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="freeze without reading only the producer's non-zero channels (ablation)")
     parser.add_argument("--no-fuse", dest="fuse", action="store_false",
                         help="freeze without fusing ReLU / max-pool into the target layers (ablation)")
+    parser.add_argument("--no-native", dest="native", action="store_false",
+                        help="freeze with the PyTorch executors only, not the native kernel (ablation)")
     parser.add_argument("--ablations", action="store_true",
                         help="also time frozen models without input sparsity / without fusion, in the same rounds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -65,7 +72,10 @@ def _build(args: argparse.Namespace, dims: tuple[int, int, int]):
     from tkn.models import create_model
 
     model = create_model(args.model, in_channels=dims[0], input_size=(dims[1], dims[2]))
-    return synthetic_rois_(model, args.seed), f"synthetic ROIs (seed {args.seed})"
+    from tkn.engine.benchmark import ROI_PRESETS
+
+    m_range, s_range = ROI_PRESETS[args.rois]
+    return synthetic_rois_(model, args.seed, m_range, s_range), f"synthetic ROIs '{args.rois}' (seed {args.seed})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         "model": args.checkpoint or args.model, "input": list(dims), "rois": rois, "repeats": args.repeats,
         "conditions_start": B.conditions(), "models": [], "layers": [], "train": None, "memory_mib": {},
     }
-    options = {"input_sparsity": args.input_sparsity, "fuse": args.fuse}
+    options = {"input_sparsity": args.input_sparsity, "fuse": args.fuse, "native": args.native}
     result["freeze_options"] = options
     for batch in args.batch:
         result["models"].append(B.bench_model(model, dims, batch, args.repeats, seed=args.seed, freeze_options=options,
@@ -98,10 +108,15 @@ def run(args: argparse.Namespace) -> int:
         result["train"] = B.bench_train_step(model, dims, big, args.repeats, seed=args.seed)
     if args.memory:
         spec = {"model": args.model, "checkpoint": args.checkpoint, "input": list(dims), "batch": big,
-                "seed": args.seed, "threads": torch.get_num_threads(), "freeze_options": options}
+                "seed": args.seed, "threads": torch.get_num_threads(), "freeze_options": options,
+                "rois": args.rois}
         variants = ["dense", "target", "frozen"] + (["train_dense", "train_fast"] if args.train else [])
         result["memory_mib"] = {v: B.peak_memory({**spec, "variant": v}) for v in variants}
         result["memory_batch"] = big
+    from tkn.engine import native
+
+    result["native"] = {"available": native.available(), "reason": native.reason(),
+                        "vector_width": native.vector_width() if native.available() else None}
     result["conditions_end"] = B.conditions()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -114,6 +129,16 @@ def _ms(t: dict[str, float]) -> str:
     return f"{1e3 * t['min']:.1f}"
 
 
+def _load_warning(r: dict[str, Any]) -> list[str]:
+    """A warning line when other work kept the cores busy (more runnable tasks than cores) during the run."""
+    loads = [c["load_average"][0] for c in (r["conditions_start"], r["conditions_end"]) if c.get("load_average")]
+    cores = r["conditions_start"].get("cores") or 1
+    if loads and max(loads) > cores:
+        return [f"warning: load average {max(loads):.1f} on {cores} cores: other work shared the CPU, the timings "
+                "(most of all multi-threaded small batches) are unreliable"]
+    return []
+
+
 def format_report(r: dict[str, Any]) -> str:
     """Text tables of a ``tkn bench`` result."""
     c = r["conditions_start"]
@@ -123,15 +148,19 @@ def format_report(r: dict[str, Any]) -> str:
            f"torch {c['torch']}, {c['threads']} threads, {c['cpu']} ({c['cores']} cores), "
            f"load average {c['load_average'] and [round(v, 2) for v in c['load_average']]} -> "
            f"{r['conditions_end']['load_average'] and [round(v, 2) for v in r['conditions_end']['load_average']]}",
+           *_load_warning(r),
+           "native kernel: " + (f"available ({r['native']['vector_width']} channels per vector)"
+                                if r.get("native", {}).get("available") else
+                                f"not used ({r.get('native', {}).get('reason', 'unknown')})"),
            "",
            "whole model (inference)",
            f"{'batch':>5}  {'FLOP ratio':>10}  {'dense ms':>9}  {'target ms':>9}  {'frozen ms':>9}  "
-           f"{'speed-up':>8}  {'efficiency':>10}  {'frozen img/s':>12}  {'max rel err':>11}"]
+           f"{'speed-up':>8}  {'efficiency':>10}  {'frozen img/s':>12}  {'max rel err':>11}  {'freeze s':>8}"]
     for m in r["models"]:
         t = m["times_s"]
         out.append(f"{m['batch']:>5}  {m['flop_ratio']:>10.2f}  {_ms(t['dense']):>9}  {_ms(t['target']):>9}  "
                    f"{_ms(t['frozen']):>9}  {m['speedup_vs_dense']:>8.2f}  {m['efficiency']:>10.2f}  "
-                   f"{m['throughput_per_s']['frozen']:>12.1f}  {m['frozen_max_rel_error']:>11.1e}")
+                   f"{m['throughput_per_s']['frozen']:>12.1f}  {m['frozen_max_rel_error']:>11.1e}  {m['freeze_s']:>8.1f}")
     ablated = [(m, name) for m in r["models"] for name in m["times_s"] if name.startswith("frozen_")]
     if ablated:
         out += ["", "ablations (same interleaved rounds as the table above)",
@@ -147,7 +176,7 @@ def format_report(r: dict[str, Any]) -> str:
             t = row["times_s"]
             out.append(f"{row['layer']:<12} {row['batch']:>5}  {row['flop_ratio']:>10.2f}  {_ms(t['dense']):>8}  "
                        f"{_ms(t['target']):>9}  {_ms(t['frozen']):>9}  {row['speedup_vs_dense']:>8.2f}  "
-                       f"{row['efficiency']:>10.2f}  {row['work']:>5.2f}  {row['plan']} ({row['blocks']} blocks"
+                       f"{row['efficiency']:>10.2f}  {row['work']:>5.2f}  {row['plan']} ({row['blocks']} {row.get('unit', 'blocks')}"
                        f"{', ' + row['epilogue'] if row['epilogue'] else ''})")
     if r["train"]:
         t = r["train"]

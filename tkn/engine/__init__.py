@@ -1,29 +1,34 @@
 """Inference engine and fast training path: run target layers over their ROIs only.
 
-``freeze(model, example_input)`` plans every target layer once (block plans
-and tile plans, see :mod:`tkn.engine.plan`), measures the candidate plans
-against dense execution on the example's own activations, fuses a following
-batch norm / ReLU / max-pool into the layer, lets a layer fed by another (through
-ReLUs, concatenations, additions) read only the input channels that are
-non-zero near each block (both found on the :mod:`torch.fx` graph,
+``freeze(model, example_input)`` plans every target layer once: with the
+native kernel (:mod:`tkn.engine.native`, a C++ library compiled at first use)
+it computes each channel's exact ROI in one call per layer; without it, block
+plans and tile plans (see :mod:`tkn.engine.plan`) run on PyTorch operations.
+It measures the candidate plans against dense execution on the example's own
+activations where that is in doubt, fuses a following batch norm / ReLU /
+max-pool into the layer, lets a layer fed by another (through ReLUs,
+concatenations, additions) read only the input channels that are non-zero
+near each block (both found on the :mod:`torch.fx` graph,
 :mod:`tkn.engine.graph`, or per ``nn.Sequential`` for models that cannot be
 traced), permutes channels
 through the network where the consumer of a layer is visible
-(:mod:`tkn.engine.permute`), and returns a model whose target layers are
-:class:`FrozenTargetConv2d`. The frozen model computes the same function as
-``model.eval()``.
+(:mod:`tkn.engine.permute`), lets a linear layer fed by a frozen layer's
+flattened output read only the ROI features (:class:`FrozenSparseLinear`), and
+returns a model whose target layers are :class:`FrozenTargetConv2d`. The frozen
+model computes the same function as ``model.eval()``.
 
 :func:`fast_target_conv2d` is the training-time counterpart
 (``TargetConv2d(..., execution="fast")``): it re-groups channels by ROI at
 every call and lets autograd differentiate the blocked computation.
 """
-from tkn.engine.frozen import FrozenTargetConv2d
+from tkn.engine.frozen import FrozenSparseLinear, FrozenTargetConv2d, native_plan
 from tkn.engine.freeze import DEFAULT_CANDIDATES, TILE_GRIDS, freeze, plan_summary
 from tkn.engine.plan import Block, CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles
 from tkn.engine.training import fast_target_conv2d
 
 __all__ = [
-    "FrozenTargetConv2d", "freeze", "plan_summary", "DEFAULT_CANDIDATES", "TILE_GRIDS",
+    "FrozenTargetConv2d", "FrozenSparseLinear", "native_plan", "freeze", "plan_summary", "DEFAULT_CANDIDATES",
+    "TILE_GRIDS",
     "Block", "CostModel", "LayerPlan", "dense_plan", "plan_blocks", "plan_tiles", "plan_cost", "align_plan",
     "fast_target_conv2d",
 ]

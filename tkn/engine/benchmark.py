@@ -20,6 +20,10 @@ A registered model may have its own scale range (:data:`S_RANGES`, looked up by
 FLOP ratio of 6.11 at 3×64×64 (seed 0; 4.97 with the default range, its last
 stage's 8×8 maps keeping kernel-wide ROIs and its stem and shortcuts dense).
 
+``tkn bench --rois paper`` draws ``m ~ U(0.25, 0.6)`` and ``s ~ U(0.08, 0.16)``
+instead (:data:`ROI_PRESETS`): nearly every ROI is at the kernel-width floor and
+TKN6's FLOP ratio at 56×56 is 14.3, near the paper's.
+
 What is timed
 -------------
 * ``dense``: the baseline CNN — the model with each target layer replaced by a
@@ -80,15 +84,32 @@ S_RANGE = (0.1, 0.45)
 #: Scale ranges of registered models that differ from :data:`S_RANGE` (keyed by registry name).
 S_RANGES: dict[str, tuple[float, float]] = {"tresnet18": (0.1, 0.36)}
 
+#: Named ``(m range, s range)`` settings of :func:`synthetic_rois_` (``tkn bench --rois NAME``). ``"paper"``
+#: gives ROIs at the paper's FLOP ratios: on TKN6 at 56×56 nearly every ROI is at the kernel-width floor and
+#: the whole model's FLOP ratio is about 15.
+ROI_PRESETS: dict[str, tuple[tuple[float, float], tuple[float, float] | None]] = {
+    "default": (M_RANGE, None),
+    "paper": ((0.25, 0.6), (0.08, 0.16)),
+}
+
 
 @torch.no_grad()
-def synthetic_rois_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Set every target layer's ``m``, ``s`` to the documented synthetic distribution (in place); returns ``model``."""
-    lo, hi = S_RANGES.get(getattr(model, "spec", {}).get("name"), S_RANGE)
+def synthetic_rois_(model: nn.Module, seed: int = 0, m_range: tuple[float, float] = M_RANGE,
+                    s_range: tuple[float, float] | None = None) -> nn.Module:
+    """Set every target layer's ``m``, ``s`` to the documented synthetic distribution (in place); returns ``model``.
+
+    ``m_range`` and ``s_range`` replace the default ``U(0.1, 0.9)`` and the model's scale range
+    (:data:`S_RANGES`, else ``U(0.1, 0.45)``); see :data:`ROI_PRESETS`.
+    """
+    if s_range is None:
+        s_range = S_RANGES.get(getattr(model, "spec", {}).get("name"), S_RANGE)
+    for lo, hi in (m_range, s_range):
+        if not lo <= hi:
+            raise ValueError(f"a range must be (low, high) with low <= high, got {(lo, hi)}")
     for i, (_, layer) in enumerate(target_layers(model)):
         g = torch.Generator().manual_seed(seed + i)
-        m = torch.rand(layer.m.shape, generator=g, dtype=torch.float64) * (M_RANGE[1] - M_RANGE[0]) + M_RANGE[0]
-        s = torch.rand(layer.s.shape, generator=g, dtype=torch.float64) * (hi - lo) + lo
+        m = torch.rand(layer.m.shape, generator=g, dtype=torch.float64) * (m_range[1] - m_range[0]) + m_range[0]
+        s = torch.rand(layer.s.shape, generator=g, dtype=torch.float64) * (s_range[1] - s_range[0]) + s_range[0]
         layer.m.copy_(m.to(layer.m))
         layer.s.copy_(s.to(layer.s))
     return model
@@ -162,6 +183,7 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "frozen_no_input_sparsity": {"input_sparsity": False},
     "frozen_no_fuse_no_input_sparsity": {"input_sparsity": False, "fuse": False},
     "frozen_no_graph": {"graph": False},
+    "frozen_no_native": {"native": False},
 }
 
 
@@ -205,9 +227,10 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
                  seed: int = 0, freeze_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Each target layer alone on its own input activations: ``nn.Conv2d`` vs dense target vs frozen.
 
-    The frozen layer gets the activations in the channel order it was built for (``in_perm``) and
-    includes its fused epilogue, if any (the other two do not: compare with that in mind). ``work`` is
-    the multiply–accumulates the frozen layer executes over those of the ROIs.
+    The frozen layer gets the activations it receives inside the frozen model (its producer's layout and
+    channel order: ``channels_last`` after a native or block plan) and includes its fused epilogue, if any (the other two do not: compare with that in mind). ``work`` is
+    the multiply–accumulates the frozen layer executes over those of the ROIs (for native plans: every
+    lane of every position computed, before the products that input sparsity skips).
     """
     _, x, target = _prepared(model, input_size, batch, seed, "dense")
     frozen = freeze(target, x, **dict(freeze_options or {}))
@@ -216,6 +239,13 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
              for name, layer in target_layers(target)]
     with torch.no_grad():
         target(x)
+    for h in hooks:
+        h.remove()
+    frozen_inputs: dict[str, Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=name: frozen_inputs.setdefault(n, a[0].detach()))
+             for name, m in frozen.named_modules() if isinstance(m, FrozenTargetConv2d)]
+    with torch.no_grad():
+        frozen(x)
     for h in hooks:
         h.remove()
     _, ratios = _flop_ratio(target, input_size)
@@ -227,7 +257,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         conv = _conv_from_target(layer).eval()
         fl = frozen.get_submodule(name)
         assert isinstance(fl, FrozenTargetConv2d)
-        xf = xi if fl.in_perm is None else xi[:, fl.in_perm]
+        xf = frozen_inputs[name]
         with torch.no_grad():
             t = interleaved({"dense": lambda: conv(xi), "target": lambda: layer(xi), "frozen": lambda: fl(xf)},
                             repeats)
@@ -235,7 +265,9 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         ratio = ratios.get(name, float("nan"))
         rows.append({
             "layer": name, "batch": batch, "flop_ratio": ratio, "times_s": t, "speedup_vs_dense": speedup,
-            "efficiency": speedup / ratio, "plan": fl.plan.label, "blocks": len(fl.blocks),
+            "efficiency": speedup / ratio, "plan": fl.plan.label,
+            "blocks": len(fl._native.groups) if fl._native is not None else len(fl.blocks),
+            "unit": "channel groups" if fl._native is not None else "blocks",
             "work": fl.executed_macs() / max(fl.macs(), 1),
             "epilogue": " ".join((["relu"] if fl.relu else []) + ([f"pool{fl.pool}"] if fl.pool > 1 else [])),
         })
@@ -274,7 +306,8 @@ def _memory_child(spec: dict[str, Any]) -> None:
         model, _ = model_from_checkpoint(spec["checkpoint"])
     else:
         model = synthetic_rois_(create_model(spec["model"], in_channels=spec["input"][0],
-                                             input_size=tuple(spec["input"][1:])), spec["seed"])
+                                             input_size=tuple(spec["input"][1:])), spec["seed"],
+                                *ROI_PRESETS[spec.get("rois", "default")])
     g = torch.Generator().manual_seed(spec["seed"])
     x = torch.rand(spec["batch"], *spec["input"], generator=g)
     variant = spec["variant"]

@@ -17,8 +17,16 @@ Steps:
    cannot be traced is analysed per ``nn.Sequential`` instead: a target layer
    followed by ``nn.ReLU`` and/or ``nn.MaxPool2d(k)`` (stride ``k``, no
    padding, each module called once) has them applied per block
-   (:class:`~tkn.engine.frozen.FrozenTargetConv2d` ``relu``/``pool``).
-4. For each layer, in execution order: build candidate plans — dense, block
+   (:class:`~tkn.engine.frozen.FrozenTargetConv2d` ``relu``/``pool``); the
+   fused modules become ``nn.Identity``.
+4. For each layer, in execution order, when the native kernel is available
+   (:func:`tkn.engine.native.available`) and can run the layer: build the dense
+   and the native plan. A native plan executing at most ``NATIVE_SURE`` of the
+   dense multiply–accumulates is kept without timing; otherwise, when ``measure``
+   is true, both are timed (interleaved, minimum of ``repeats``) and the native plan
+   is kept if it beats dense by ``DENSE_MARGIN``; without ``measure``, if it
+   executes under ``NATIVE_MODELLED`` of dense's work. This takes seconds.
+5. For the other layers (no native kernel, ``native=False``): build candidate plans — dense, block
    plans from :func:`~tkn.engine.plan.plan_blocks` and tile plans from
    :func:`~tkn.engine.plan.plan_tiles` under a few cost-model settings and
    grids — and keep the block plans and the ``SCREENED_CANDIDATES`` tile
@@ -27,9 +35,13 @@ Steps:
    ``repeats`` more times (interleaved, minimum) and keep the fastest (a
    block plan must beat dense by ``DENSE_MARGIN``); otherwise keep the
    cheapest modelled.
-5. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
+6. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
    whose input order is its producer's plan order; permute the batch norms and
    non-target consumers on its route.
+7. With ``input_sparsity``: an ``nn.Linear`` that a frozen layer's flattened
+   output reaches through operations keeping zeros (ReLU, dropout, ...; no batch
+   norm or pooling) becomes a :class:`~tkn.engine.frozen.FrozenSparseLinear`
+   reading only the features inside the layer's ROIs.
 
 The plan depends on the example's batch size (the per-call overhead is shared
 by the batch): freeze with a batch of the size you will run.
@@ -43,7 +55,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from tkn.engine.frozen import FrozenTargetConv2d
+from tkn.engine.frozen import FrozenSparseLinear, FrozenTargetConv2d, native_plan
 from tkn.engine.graph import analyse, fold_batch_norm, rewrite
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
 from tkn.engine.plan import (CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
@@ -56,6 +68,17 @@ __all__ = ["freeze", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES", 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
 DENSE_MARGIN = 0.05
+
+#: A native plan executing at most this fraction of the dense multiply–accumulates is chosen without timing:
+#: the kernel ran at about half of oneDNN's dense rate on the 256->256 5x5 layer of TKN6, so it wins by 40%+.
+NATIVE_SURE = 0.3
+
+#: Without ``measure``, a native plan executing under this fraction of dense's multiply–accumulates is chosen.
+NATIVE_MODELLED = 0.5
+
+#: A linear layer fed by a frozen target layer's flattened output is replaced by a
+#: :class:`~tkn.engine.frozen.FrozenSparseLinear` when at most this fraction of its inputs can be non-zero.
+SPARSE_LINEAR_MAX = 0.5
 
 #: Cost-model settings tried for every layer (see :class:`~tkn.engine.plan.CostModel`); the first also
 #: plans the tiles and ranks all candidates.
@@ -142,6 +165,7 @@ def freeze(
     fuse: bool = True,
     input_sparsity: bool = True,
     graph: bool = True,
+    native: bool = True,
 ) -> nn.Module:
     """An inference copy of ``model`` whose target layers run only their fixed ROIs.
 
@@ -152,7 +176,9 @@ def freeze(
             (a zero input of that size is used: the window parameters are
             relative, so a TKN trained at one resolution runs at another).
         measure: time the candidate plans on the example's activations and keep
-            the fastest (dense included); ``False`` trusts the cost model.
+            the fastest (dense included); ``False`` trusts the cost model. With the
+            native kernel only dense and native are compared, and only when the native
+            plan's work is not clearly smaller (see step 4): a few seconds in all.
         repeats: timing repeats per candidate (minimum taken; candidates interleaved).
         candidates: cost-model settings to build block plans with.
         grids: tile grids ``(rows, columns)`` (or ``g`` for ``(g, g)``) to build tile
@@ -168,10 +194,15 @@ def freeze(
             ROIs: the consumer's blocks then read only the input channels whose ROI meets
             their input window (``input_support`` of
             :class:`~tkn.engine.frozen.FrozenTargetConv2d`). Exact; it skips products with zeros.
+            Likewise an ``nn.Linear`` fed by a frozen layer's flattened output through operations
+            that keep zeros reads only the features inside the ROIs
+            (:class:`~tkn.engine.frozen.FrozenSparseLinear`, where at most ``SPARSE_LINEAR_MAX`` of them).
         graph: find epilogues and input sparsity on the model's :mod:`torch.fx` graph
             (:mod:`tkn.engine.graph`: batch norms folded, functional ReLUs and max-pools, through
             concatenations and additions); ``False``, or a model that cannot be traced, uses the
             ``nn.Sequential`` analysis described above.
+        native: use the native kernel's plans where it is available and can run a layer;
+            ``False`` plans with the PyTorch executors only.
 
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
@@ -205,7 +236,7 @@ def freeze(
         wrapper = nn.Sequential(frozen)
         return freeze(wrapper, example_input, measure=measure, repeats=repeats, candidates=candidates,
                       grids=grids, permute=permute, fuse=fuse,
-                      input_sparsity=input_sparsity, graph=graph)[0]
+                      input_sparsity=input_sparsity, graph=graph, native=native)[0]
 
     reference = copy.deepcopy(frozen) if permute else None
     analysis = analyse(frozen, example_input, fuse=fuse) if graph and (fuse or input_sparsity) else None
@@ -243,6 +274,20 @@ def freeze(
             functional |= rewrite(analysis, [name])
         elif calls[name] == 1 and name in fusable:
             relu, pool, names = _epilogue(fusable[name], calls, out_hw)
+        in_perm = in_perms.get(name)
+        if calls[name] != 1:
+            support = None
+        elif analysis is not None:
+            support = analysis.input_support(name, supports) if input_sparsity else None
+        else:
+            support = _input_support(frozen, producers.get(name), built, fused, calls)
+        if native and x.dtype == torch.float32 and not FrozenTargetConv2d.native_unsupported(layer, pool):
+            chosen = _choose_native(layer, hw, x if in_perm is None else x[:, in_perm], in_perm, relu, pool,
+                                    support, measure, repeats, scale, shift)
+            built[name] = chosen
+            supports[name] = chosen.output_support()
+            fused += names
+            continue
         plans = [dense_plan(layer.out_channels)] + _candidate_plans(layer, out_hw, x.shape[0], candidates, grids, pool)
         geometry = dict(in_channels=layer.in_channels, kernel_size=layer.kernel_size,
                         kernel_extent=layer.kernel_extent, output_hw=out_hw, stride=layer.stride, batch=x.shape[0],
@@ -256,13 +301,6 @@ def freeze(
             keep = blocks + sorted(tiles, key=modelled.__getitem__)[:SCREENED_CANDIDATES]
             plans, modelled = [plans[0]] + [plans[i] for i in keep], [modelled[0]] + [modelled[i] for i in keep]
         route = routes.get(name)
-        in_perm = in_perms.get(name)
-        if calls[name] != 1:
-            support = None
-        elif analysis is not None:
-            support = analysis.input_support(name, supports) if input_sparsity else None
-        else:
-            support = _input_support(frozen, producers.get(name), built, fused, calls)
         options = [FrozenTargetConv2d(layer, hw, p, in_perm=in_perm, relu=relu, pool=pool, input_support=support,
                                       permute_output=route is not None and p.mode == "blocks", scale=scale,
                                       shift=shift) for p in plans]
@@ -300,14 +338,56 @@ def freeze(
         parent_name, _, child = name.rpartition(".")
         parent = frozen.get_submodule(parent_name) if parent_name else frozen
         setattr(parent, child, module)
+    if input_sparsity:
+        for name, route in routes.items():
+            if name in built and route.kind == "linear" and route.keeps_zeros:
+                _sparse_linear(frozen, route.consumer, built[name])
     if functional:
         frozen = fx.GraphModule(frozen, analysis.graph).eval()
     if by_hooks and routes and not _same_outputs(reference, frozen, torch.randn_like(example_input[:2])):
         # a consumer the hooks could not see: plan again without moving permutations through the model
         return freeze(model, example_input, input_size=None, measure=measure, repeats=repeats,
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
-                      input_sparsity=input_sparsity, graph=graph)
+                      input_sparsity=input_sparsity, graph=graph, native=native)
     return frozen
+
+
+def _sparse_linear(model: nn.Module, name: str, producer: FrozenTargetConv2d) -> None:
+    """Replace the ``nn.Linear`` ``name``, fed by ``producer``'s flattened output, by a
+    :class:`~tkn.engine.frozen.FrozenSparseLinear` reading only the columns inside the producer's output support."""
+    linear = model.get_submodule(name)
+    box = producer.output_support()
+    (hp, wp), channels = producer.output_hw, box.shape[0]
+    if type(linear) is not nn.Linear or linear.in_features != channels * hp * wp:
+        return
+    ys, xs = torch.arange(hp)[None, :, None], torch.arange(wp)[None, None, :]
+    b = box[:, :, None, None]
+    inside = (ys >= b[:, 0]) & (ys < b[:, 1]) & (xs >= b[:, 2]) & (xs < b[:, 3])
+    columns = torch.nonzero(inside.flatten()).flatten()
+    if columns.numel() > SPARSE_LINEAR_MAX * linear.in_features:
+        return
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, FrozenSparseLinear(linear, columns))
+
+
+def _choose_native(layer: TargetConv2d, hw: tuple[int, int], x: Tensor, in_perm: list[int] | None, relu: bool,
+                   pool: int, support: Tensor | None, measure: bool, repeats: int, scale: Tensor | None = None,
+                   shift: Tensor | None = None) -> FrozenTargetConv2d:
+    """The native plan or the dense one, whichever step 4 of :func:`freeze` picks."""
+    options = dict(in_perm=in_perm, relu=relu, pool=pool, scale=scale, shift=shift)
+    fast = FrozenTargetConv2d(layer, hw, native_plan(layer.out_channels), input_support=support, **options)
+    work = fast.executed_macs() / max(fast.dense_macs(), 1)
+    if work <= NATIVE_SURE:
+        fast.timings = {}
+        return fast
+    dense = FrozenTargetConv2d(layer, hw, None, input_support=support, **options)
+    if not measure:
+        return fast if work < NATIVE_MODELLED else dense
+    x = x.contiguous(memory_format=torch.channels_last)  # as a native producer hands it over
+    times = _time_candidates([dense, fast], x, repeats)
+    chosen = fast if times[1] <= (1.0 - DENSE_MARGIN) * times[0] else dense
+    chosen.timings = {"dense": times[0], "native": times[1]}
+    return chosen
 
 
 def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, candidates: Sequence[CostModel],

@@ -1,5 +1,11 @@
 """The frozen executor: one target layer with fixed ROIs, run by a :class:`~tkn.engine.plan.LayerPlan`.
 
+``"native"`` plans run the C++ kernel of :mod:`tkn.engine.native`: one call per
+layer computes every channel's exact ROI (channels in groups of one SIMD
+vector, each group over the union of its ROIs row by row) with the whole
+epilogue fused; it needs the compiled kernel (:func:`tkn.engine.native.available`),
+``groups=1``, float32 and ``pool <=`` :data:`~tkn.engine.native.MAX_POOL`.
+
 ``"blocks"`` and ``"tiles"`` plans convolve each block's input crop (the
 kernel's halo read from the input, zero padding added only where the crop
 leaves the map) with the block's rows of the weight — padded with zero rows
@@ -12,12 +18,15 @@ original channel order). ``"dense"`` plans run the full convolution (padding
 inside the convolution, no padded copy) and multiply by the window·mask map
 in place.
 
-An *epilogue* can be fused: a ReLU and a ``pool``×``pool`` max-pool (stride
+An *epilogue* can be fused: a per-channel affine map ``scale * y + shift`` (a
+batch norm folded into the layer; applied after the window·mask, so outside
+the ROIs the output is ``shift``), a ReLU and a ``pool``×``pool`` max-pool (stride
 ``pool``) applied per block before the write, so the full-size activation is
 never materialised (on TKN6 at 56×56 that full map is 205 MB at batch 64, and
 pooling it costs more than the ROI convolution). Block boxes are aligned to
 the pool (:func:`~tkn.engine.plan.align_plan`): every pool window lies wholly
-inside or wholly outside a block, and outside it the activation is zero.
+inside or wholly outside a block, and outside it the activation is the
+channel's *fill value*, ``relu(shift)`` (0 without an affine map).
 
 The output channels come out in the plan's order when ``permute_output`` is
 true (the model's next layer has been permuted to expect them so, see
@@ -32,10 +41,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn import functional as TF
+from tkn.engine import native as _native
 from tkn.engine.plan import Block, LayerPlan, align_plan, dense_plan, padded_channels
 from tkn.layers import TargetConv2d
 
-__all__ = ["FrozenTargetConv2d", "GEMM_MAX_K"]
+__all__ = ["FrozenTargetConv2d", "FrozenSparseLinear", "GEMM_MAX_K", "native_plan"]
 
 #: Block convolutions whose reduction ``C_in × kH × kW`` is at most this run as ``unfold`` + ``matmul``.
 #: For TKN6's first layer (1 → 256, 5×5) oneDNN's direct convolution of 64 ROI crops was 3x slower
@@ -50,6 +60,20 @@ def _span(lo: int, hi: int, stride: int, extent: int, pad_before: int, size: int
     return max(a, 0), min(b, size), max(-a, 0), max(b - size, 0)
 
 
+def native_plan(channels: int) -> LayerPlan:
+    """The plan that runs the layer with the native kernel (see :mod:`tkn.engine.native`)."""
+    return LayerPlan("native", list(range(channels)), [], channels, "native")
+
+
+def _channel_vector(name: str, value: Tensor | None, channels: int) -> Tensor | None:
+    if value is None:
+        return None
+    if not isinstance(value, Tensor) or value.dim() != 1 or value.shape[0] != channels:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a 1-D tensor of {channels} values (one per output channel), got {shape}")
+    return value.detach()
+
+
 class FrozenTargetConv2d(nn.Module):
     """A :class:`~tkn.layers.TargetConv2d` frozen for one input size: only the ROIs are convolved.
 
@@ -60,12 +84,11 @@ class FrozenTargetConv2d(nn.Module):
         in_perm: order of the incoming channels (``x[:, j]`` is original input channel
             ``in_perm[j]``); ``None`` for the original order.
         permute_output: return channels in ``plan.perm`` order instead of the original.
-        relu: apply a ReLU to the output (fused epilogue).
-        scale, shift: optional per-channel ``(C_out,)`` tensors (original channel order) of an affine
-            map applied after the window·mask and before ``relu``/``pool``: a folded eval-mode batch
-            norm (``scale = γ/√(var+ε)``, ``shift = β − mean·scale``). The scale is folded into the
-            window maps; outside the ROIs the output is then the per-channel constant ``shift``
-            (``relu(shift)`` with ``relu``), to which block and tile plans initialise their output.
+        scale: optional ``(C_out,)`` factors (original channel order) multiplying the output after
+            window·mask (fused epilogue; e.g. a folded ``BatchNorm2d``: ``weight / sqrt(var + eps)``).
+        shift: optional ``(C_out,)`` offsets added after ``scale`` (a folded batch norm's
+            ``bias - mean * scale``); outside its ROI a channel then equals ``shift``, not 0.
+        relu: apply a ReLU to the output, after the affine map (fused epilogue).
         pool: apply ``max_pool2d(kernel_size=pool, stride=pool)`` after that (fused; 1 = none).
         input_support: optional ``(C_in, 4)`` boxes ``y0, y1, x0, x1`` (input coordinates, in the
             order the input channels arrive) outside which each input channel is known to be zero,
@@ -79,10 +102,11 @@ class FrozenTargetConv2d(nn.Module):
 
     Shape:
         - Input: ``(N, C_in, H, W)`` with ``(H, W) == input_hw``, any memory format.
-        - Output: ``(N, C_out, H_out // pool, W_out // pool)``; ``channels_last`` for block and tile plans.
+        - Output: ``(N, C_out, H_out // pool, W_out // pool)``; ``channels_last`` for native, block and
+          tile plans.
 
-    The output equals ``maxpool(relu(layer.eval()(x) * scale + shift))`` (each part only when asked for; with the
-    channel orders above).
+    The output equals ``maxpool(relu(scale * layer.eval()(x) + shift))`` (each part only when asked
+    for; with the channel orders above).
     """
 
     def __init__(
@@ -117,8 +141,14 @@ class FrozenTargetConv2d(nn.Module):
         self.kernel_extent = layer.kernel_extent
         self.groups, self.pad, self.padding_mode = layer.groups, layer.pad, layer.padding_mode
         plan = plan if plan is not None else dense_plan(layer.out_channels)
-        if plan.mode not in ("dense", "blocks", "tiles"):
-            raise ValueError(f"plan.mode must be 'dense', 'blocks' or 'tiles', got {plan.mode!r}")
+        if plan.mode not in ("dense", "blocks", "tiles", "native"):
+            raise ValueError(f"plan.mode must be 'dense', 'blocks', 'tiles' or 'native', got {plan.mode!r}")
+        if plan.mode == "native":
+            why = self.native_unsupported(layer, pool)
+            if why:
+                raise ValueError(f"a native plan cannot run this layer: {why}")
+            if plan.perm != list(range(self.out_channels)) or permute_output:
+                raise ValueError("native plans keep the original channel order (identity perm, no permute_output)")
         if plan.mode != "dense" and self.groups != 1:
             raise ValueError(f"block and tile plans need groups=1, the layer has groups={self.groups}")
         if sorted(plan.perm) != list(range(self.out_channels)):
@@ -137,12 +167,15 @@ class FrozenTargetConv2d(nn.Module):
         self.permute_output = bool(permute_output)
         #: order of the incoming channels this layer was built for (``None``: the original order)
         self.in_perm = None if in_perm is None else list(in_perm)
-        #: the boxes outside which the input channels are known to be zero (``None``: not known)
-        self.input_support = None if input_support is None else input_support.detach().to(torch.int64).cpu()
         #: seconds measured per candidate plan at freeze time (empty when not measured)
         self.timings: dict[str, float] = {}
         self.blocks: list[Block] = list(self.plan.blocks)
         self._tiles = self.plan.mode == "tiles"
+        scale = _channel_vector("scale", scale, self.out_channels)
+        shift = _channel_vector("shift", shift, self.out_channels)
+        #: whether a per-channel affine map is fused
+        self.affine = scale is not None or shift is not None
+        self._native: _native.NativeConv | None = None
 
         perm = torch.tensor(self.plan.perm, dtype=torch.long, device=layer.weight.device)
         with torch.no_grad():
@@ -152,20 +185,44 @@ class FrozenTargetConv2d(nn.Module):
             if in_perm is not None:
                 weight = weight[:, torch.tensor(in_perm, dtype=torch.long, device=weight.device)]
             bias = None if layer.bias is None else layer.bias.detach()
-            wm, shift = self._affine_params(wm, scale, shift)
         self.register_buffer("roi", roi[perm].clone())
-        #: the affine shift per channel in the output's order (``None``: none)
-        self.register_buffer("shift", None if shift is None else shift[perm].contiguous())
         self.register_buffer("inverse_perm", torch.argsort(perm))
+        #: the boxes outside which the input channels are known to be zero (``None``: not known)
+        self.input_support = None if input_support is None else input_support.detach().to(torch.int64).cpu()
         self._identity = self.plan.perm == list(range(self.out_channels))
+        if self.affine:
+            scale = torch.ones_like(wm[:, 0, 0]) if scale is None else scale.to(wm)
+            shift = torch.zeros_like(wm[:, 0, 0]) if shift is None else shift.to(wm)
+            scale, shift = scale[perm].contiguous(), shift[perm].contiguous()
+        fill = None if shift is None else (shift.relu() if self.relu else shift)
+        # the value of each output channel (plan order) where nothing is computed; None: zero
+        self.register_buffer("fill", fill)
+        if self.plan.mode == "native":
+            for name in ("weight", "bias", "window_map", "scale", "shift"):
+                self.register_buffer(name, None)
+            if input_support is not None and tuple(input_support.shape) != (self.in_channels, 4):
+                raise ValueError(f"input_support must be ({self.in_channels}, 4) boxes, got {tuple(input_support.shape)}")
+            hw = self.input_hw
+            pad = self.pad
+            if self.padding_mode != "zeros":  # padded explicitly: the kernel sees no padding, and the pad
+                left, right, top, bottom = pad    # copies values from inside, so the supports do not hold
+                hw, pad = (hw[0] + top + bottom, hw[1] + left + right), (0, 0, 0, 0)
+                input_support = None
+            self._native = _native.NativeConv(
+                weight, bias, wm, roi, conv_hw=self.conv_hw, input_hw=hw, stride=self.stride, dilation=self.dilation,
+                pad=pad, scale=scale, shift=shift, relu=self.relu, pool=pool, support=input_support)
+            self._inputs = []
+            return
         if self.plan.mode == "dense":
             self.register_buffer("weight", weight[perm].contiguous())
             self.register_buffer("bias", None if bias is None else bias[perm].clone())
             self.register_buffer("window_map", wm[perm].contiguous())
+            self.register_buffer("scale", None if scale is None else scale[:, None, None].contiguous())
+            self.register_buffer("shift", None if shift is None else shift[:, None, None].contiguous())
             return
-        self.register_buffer("weight", None)  # per block: weight_i, bias_i, window_i (+ index_i, inputs_i)
-        self.register_buffer("bias", None)
-        self.register_buffer("window_map", None)
+        # per block: weight_i, bias_i, window_i, scale_i, shift_i (+ index_i)
+        for name in ("weight", "bias", "window_map", "scale", "shift"):
+            self.register_buffer(name, None)
         #: small reductions (C_in x kH x kW) run as unfold + matmul: oneDNN's direct convolution is slow there
         self._gemm = self.in_channels * self.kernel_size[0] * self.kernel_size[1] <= GEMM_MAX_K
         if input_support is not None and (input_support.dim() != 2 or tuple(input_support.shape) != (
@@ -195,25 +252,12 @@ class FrozenTargetConv2d(nn.Module):
             win = wm.new_zeros((b.y1 - b.y0, b.x1 - b.x0, padded))
             win[..., :b.count] = wm[idx, b.y0:b.y1, b.x0:b.x1].permute(1, 2, 0)
             self.register_buffer(f"window_{i}", win)
-            if shift is not None:
-                sh = shift.new_zeros(padded)
-                sh[:b.count] = shift[idx]
-                self.register_buffer(f"shift_{i}", sh)
+            if self.affine:
+                pos = self.inverse_perm[idx]  # the block's channels in plan order
+                self.register_buffer(f"scale_{i}", torch.cat([scale[pos], scale.new_ones(padded - b.count)]))
+                self.register_buffer(f"shift_{i}", torch.cat([shift[pos], shift.new_zeros(padded - b.count)]))
             if self._tiles:  # where the block's channels go in the output
                 self.register_buffer(f"index_{i}", self.inverse_perm[idx])
-
-    def _affine_params(self, wm: Tensor, scale: Tensor | None, shift: Tensor | None
-                       ) -> tuple[Tensor, Tensor | None]:
-        """The window·mask maps with ``scale`` folded in, and ``shift`` (both checked, on ``wm``'s dtype)."""
-        for name, t in (("scale", scale), ("shift", shift)):
-            if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != (self.out_channels,)):
-                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                raise ValueError(f"{name} must be a tensor of shape ({self.out_channels},), got {got}")
-        if scale is not None:
-            wm = wm * scale.detach().to(wm)[:, None, None]
-        if shift is not None:
-            shift = shift.detach().to(wm)
-        return wm, shift
 
     def _used_inputs(self, b: Block, support: Tensor) -> tuple[int, int] | None:
         """The range ``[lo, hi)`` of input channels spanning those whose ``support`` box meets the block's
@@ -239,12 +283,23 @@ class FrozenTargetConv2d(nn.Module):
             return None
         return lo, hi
 
-    # -- execution -------------------------------------------------------------------
-    def _affine(self, y: Tensor, shift: Tensor | None) -> Tensor:
-        """Add the folded shift (the scale is in the window maps); ``shift`` broadcasts over ``y``'s last dims."""
-        return y if shift is None else y.add_(shift)
+    @staticmethod
+    def native_unsupported(layer: TargetConv2d, pool: int = 1) -> str:
+        """Why a native plan cannot run ``layer`` (with a fused ``pool``); ``""`` when it can."""
+        if not _native.available():
+            return f"the native kernel is not available ({_native.reason()})"
+        if layer.groups != 1:
+            return f"groups={layer.groups} (the kernel needs groups=1)"
+        if layer.weight.dtype != torch.float32 or layer.weight.device.type != "cpu":
+            return f"{layer.weight.dtype} on {layer.weight.device} (the kernel needs float32 on the CPU)"
+        if pool > _native.MAX_POOL:
+            return f"pool={pool} (the kernel fuses pools up to {_native.MAX_POOL})"
+        return ""
 
+    # -- execution -------------------------------------------------------------------
     def _epilogue(self, y: Tensor) -> Tensor:
+        if self.affine:
+            y = y.mul_(self.scale).add_(self.shift)
         if self.relu:
             y = y.relu_()
         return F.max_pool2d(y, self.pool) if self.pool > 1 else y
@@ -260,8 +315,7 @@ class FrozenTargetConv2d(nn.Module):
         else:
             xp = TF.pad_input(x, self.pad, self.padding_mode)
             y = F.conv2d(xp, self.weight, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
-        y = y.mul_(self.window_map)
-        return self._epilogue(self._affine(y, None if self.shift is None else self.shift[:, None, None]))
+        return self._epilogue(y.mul_(self.window_map))
 
     def _block_output(self, i: int, b: Block, x: Tensor, top: int, left: int, hw: tuple[int, int]) -> Tensor:
         """Block ``i``'s convolution over its box, as ``(N, h, w, padded channels)`` (a view of contiguous memory).
@@ -321,17 +375,16 @@ class FrozenTargetConv2d(nn.Module):
             # each block copies its own crop: sharing one crop per tile measured slower (blocks of a tile
             # rarely have the same box, so they copied twice)
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.shift is None:
+        if self.fill is None:
             out = x.new_zeros((n, ho, wo, self.out_channels))
-        else:  # outside the blocks every channel is its constant shift (after the fused ReLU)
-            fill = self.shift.relu() if self.relu else self.shift
-            out = fill.to(x.dtype).expand(n, ho, wo, self.out_channels).contiguous()
+        else:
+            out = self.fill.to(x.dtype).expand(n, ho, wo, self.out_channels).clone()
         for i, b in enumerate(self.blocks):
             y = self._block_output(i, b, x, top, left, hw).mul_(getattr(self, f"window_{i}"))
+            if self.affine:
+                y = y.mul_(getattr(self, f"scale_{i}")).add_(getattr(self, f"shift_{i}"))
             if p > 1:
                 y = self._pool_nhwc(y)
-            # after the pool: adding a per-channel constant commutes with the maximum
-            y = self._affine(y, getattr(self, f"shift_{i}", None))
             if self.relu:
                 y = y.relu_()  # after the pool: relu and max commute, and the pooled map is p*p times smaller
             rows, cols = slice(b.y0 // p, b.y1 // p), slice(b.x0 // p, b.x1 // p)
@@ -350,6 +403,10 @@ class FrozenTargetConv2d(nn.Module):
             )
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"input must be (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        if self._native is not None:
+            if self.padding_mode != "zeros":
+                x = TF.pad_input(x, self.pad, self.padding_mode)
+            return self._native(x)
         y = self._dense(x) if self.plan.mode == "dense" else self._blocks(x)
         if self.permute_output or self._identity:
             return y
@@ -357,8 +414,8 @@ class FrozenTargetConv2d(nn.Module):
 
     def output_support(self) -> Tensor:
         """``(C_out, 4)`` boxes (output coordinates, in the order the channels are returned) outside which
-        each output channel is zero: its ROI, through the fused pool (the whole map for channels whose
-        constant outside the ROI, the fused shift, is not zero)."""
+        each output channel is zero: its ROI, through the fused pool (the whole map for a channel whose
+        fill value ``relu(shift)`` is not zero)."""
         roi = self.roi if (self.permute_output or self._identity) else self.roi[self.inverse_perm]
         roi = roi.to(torch.int64).cpu()
         empty = (roi[:, 1] <= roi[:, 0]) | (roi[:, 3] <= roi[:, 2])
@@ -367,11 +424,9 @@ class FrozenTargetConv2d(nn.Module):
         box[:, :2] = box[:, :2].clamp(max=self.output_hw[0])
         box[:, 2:] = box[:, 2:].clamp(max=self.output_hw[1])
         box[empty] = 0
-        if self.shift is not None:  # channels that are a non-zero constant outside their ROI: the whole map
-            outside = (self.shift.relu() if self.relu else self.shift).cpu()
-            if not (self.permute_output or self._identity):
-                outside = outside[self.inverse_perm.cpu()]
-            box[outside != 0] = torch.tensor([0, self.output_hw[0], 0, self.output_hw[1]])
+        if self.fill is not None:
+            fill = self.fill if (self.permute_output or self._identity) else self.fill[self.inverse_perm]
+            box[fill.cpu() != 0] = torch.tensor([0, self.output_hw[0], 0, self.output_hw[1]])
         return box
 
     def macs(self, height: int | None = None, width: int | None = None) -> int:
@@ -384,6 +439,8 @@ class FrozenTargetConv2d(nn.Module):
         """Multiply–accumulates of one sample as this plan runs them: block boxes, channels padded to
         :data:`~tkn.engine.plan.PAD_CHANNELS`, the input channel ranges read (compare :meth:`macs`, the ROIs' own)."""
         k = self.kernel_size[0] * self.kernel_size[1]
+        if self._native is not None:
+            return self._native.executed_macs
         if self.plan.mode == "dense":
             return self.dense_macs()
         total = 0
@@ -400,9 +457,9 @@ class FrozenTargetConv2d(nn.Module):
     def extra_repr(self) -> str:
         p = self.plan
         s = f"{self.in_channels}, {self.out_channels}, input_hw={self.input_hw}, plan={p.mode}"
-        if p.mode != "dense":
+        if p.mode in ("blocks", "tiles"):
             s += f", blocks={len(self.blocks)}, active={p.n_active}"
-        if self.shift is not None:
+        if self.affine:
             s += ", affine"
         if self.relu:
             s += ", relu"
@@ -411,3 +468,41 @@ class FrozenTargetConv2d(nn.Module):
         if self.permute_output:
             s += ", permuted output"
         return s
+
+
+class FrozenSparseLinear(nn.Module):
+    """An ``nn.Linear`` whose input is known to be zero outside ``columns``: only those columns are read.
+
+    :func:`tkn.engine.freeze` puts one where a frozen target layer's flattened output feeds a linear layer
+    through operations that keep zeros (the input of TKN6's first fully connected layer is about 90% zeros:
+    the ROIs of the last target layer). Exact: the skipped products are products with zeros.
+
+    Args:
+        linear: the layer (its parameters are copied).
+        columns: indices of the input features that can be non-zero.
+
+    Shape:
+        - Input: ``(*, in_features)``.
+        - Output: ``(*, out_features)``.
+    """
+
+    def __init__(self, linear: nn.Linear, columns: Tensor) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        columns = torch.as_tensor(columns, dtype=torch.long, device=linear.weight.device).flatten()
+        if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= linear.in_features):
+            raise ValueError(f"columns must lie in [0, {linear.in_features}), got [{int(columns.min())}, "
+                             f"{int(columns.max())}]")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("columns", columns)
+        self.register_buffer("weight", linear.weight.detach()[:, columns].contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have {self.in_features} features in its last dimension, got {tuple(x.shape)}")
+        return F.linear(x.index_select(-1, self.columns), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, columns read={self.columns.numel()}"

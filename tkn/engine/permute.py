@@ -50,6 +50,17 @@ _CHANNELWISE_FUNCTIONS = {
 }
 _CHANNELWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone"}
 
+# the channel-wise operations that also map 0 to 0 at every position (no pooling: it moves the zeros)
+_ZERO_KEEPING_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Hardtanh, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
+)
+_ZERO_KEEPING_FUNCTIONS = {
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
+    torch.tanh, F.tanh, F.dropout, F.dropout2d,
+}
+_ZERO_KEEPING_METHODS = {"relu", "relu_", "tanh", "contiguous", "clone"}
+
 
 @dataclass
 class Route:
@@ -58,6 +69,9 @@ class Route:
     batch_norms: list[str] = field(default_factory=list)
     consumer: str = ""
     kind: str = ""  # "conv" (TargetConv2d or nn.Conv2d) or "linear"
+    #: every operation on the way maps zeros to zeros in place (no batch norm, no pooling, no sigmoid...):
+    #: the consumer sees zeros wherever the layer's output is zero
+    keeps_zeros: bool = True
 
 
 class _Tracer(fx.Tracer):
@@ -118,16 +132,19 @@ def _route_from(node: fx.Node, modules: dict[str, nn.Module], calls: dict[str, i
                 return route
             if isinstance(m, nn.BatchNorm2d):
                 route.batch_norms.append(u.target)
+                route.keeps_zeros = False
             elif _is_flatten(u, modules):
                 flattened = True
             elif not isinstance(m, _CHANNELWISE_MODULES):
                 return None
+            elif not isinstance(m, _ZERO_KEEPING_MODULES):
+                route.keeps_zeros = False
         elif flattened:
             return None
         elif u.op == "call_function" and u.target in _CHANNELWISE_FUNCTIONS and _only_node_arg_is(u, cur):
-            pass
+            route.keeps_zeros &= u.target in _ZERO_KEEPING_FUNCTIONS
         elif u.op == "call_method" and u.target in _CHANNELWISE_METHODS and _only_node_arg_is(u, cur):
-            pass
+            route.keeps_zeros &= u.target in _ZERO_KEEPING_METHODS
         elif _is_flatten(u, modules):
             flattened = True
         else:
@@ -243,10 +260,13 @@ def find_routes_by_hooks(model: nn.Module, example, layer_names: list[str]) -> d
                 break
             if isinstance(m, nn.BatchNorm2d):
                 route.batch_norms.append(nxt)
+                route.keeps_zeros = False
             elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
                 flattened = True
             elif not isinstance(m, _CHANNELWISE_MODULES):
                 break
+            elif not isinstance(m, _ZERO_KEEPING_MODULES):
+                route.keeps_zeros = False
             cur = nout
         if route.consumer and route.consumer not in claimed:
             claimed.add(route.consumer)

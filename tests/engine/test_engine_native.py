@@ -1,0 +1,335 @@
+"""The native ROI kernel: against float64 loops written from the formula, through FrozenTargetConv2d and freeze,
+the TKN_NATIVE=0 fallback, and the build cache."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tkn.engine import FrozenTargetConv2d, freeze, native
+from tkn.engine.frozen import FrozenSparseLinear, native_plan
+from tkn.engine.plan import CostModel, dense_plan, plan_blocks, plan_tiles
+from tkn.layers import TargetConv2d
+from helpers_engine import random_rois_
+from reference import conv2d_ref
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernel unavailable: {native.reason()}")
+
+
+def _reference(x, w, bias, window, roi, stride, pad, dilation, scale, shift, relu, pool):
+    """Float64 loops: ((conv + bias) * window * 1[ROI]) * scale + shift, ReLU, max-pool (stride pool)."""
+    left, right, top, bottom = pad
+    y = conv2d_ref(x.double().numpy(), w.double().numpy(), stride, (top, bottom, left, right), dilation, 1)
+    n, c, ho, wo = y.shape
+    for ch in range(c):
+        y0, y1, x0, x1 = (int(v) for v in roi[ch])
+        for i in range(ho):
+            for j in range(wo):
+                inside = y0 <= i < y1 and x0 <= j < x1
+                v = y[:, ch, i, j] + (0.0 if bias is None else float(bias[ch]))
+                v = v * float(window[ch, i, j]) if inside else 0.0 * v
+                if scale is not None:
+                    v = v * float(scale[ch]) + float(shift[ch])
+                y[:, ch, i, j] = np.maximum(v, 0.0) if relu else v
+    if pool > 1:
+        hp, wp = ho // pool, wo // pool
+        out = np.empty((n, c, hp, wp))
+        for i in range(hp):
+            for j in range(wp):
+                out[:, :, i, j] = y[:, :, i * pool:(i + 1) * pool, j * pool:(j + 1) * pool].max(axis=(2, 3))
+        y = out
+    return torch.from_numpy(y)
+
+
+def _random_rois(c, ho, wo, g):
+    """Border ROIs, ROIs narrower than the kernel (1 pixel), empty ROIs, whole-map ROIs and random ones."""
+    rois = []
+    for ch in range(c):
+        kind = ch % 5
+        if kind == 0:
+            rois.append((0, min(2, ho), wo - 2, wo))  # at the corner
+        elif kind == 1:
+            y = int(torch.randint(0, ho, (1,), generator=g))
+            rois.append((y, y + 1, 1, 2))  # one pixel
+        elif kind == 2 and ch % 10 == 2:
+            rois.append((3, 3, 0, wo))  # empty
+        elif kind == 3 and ch % 15 == 3:
+            rois.append((0, ho, 0, wo))
+        else:
+            y0, x0 = int(torch.randint(0, ho, (1,), generator=g)), int(torch.randint(0, wo, (1,), generator=g))
+            y1 = y0 + int(torch.randint(1, ho - y0 + 1, (1,), generator=g))
+            x1 = x0 + int(torch.randint(1, wo - x0 + 1, (1,), generator=g))
+            rois.append((y0, y1, x0, x1))
+    return torch.tensor(rois)
+
+
+CASES = [
+    # c_in, c_out, hw, kernel, stride, dilation, pad (l, r, t, b), pool, batch, bias, affine, relu
+    (3, 21, (9, 11), 3, (1, 1), (1, 1), (1, 1, 1, 1), 1, 2, True, False, False),
+    (2, 17, (11, 9), 3, (1, 1), (1, 1), (1, 1, 1, 1), 2, 3, False, True, True),
+    (4, 33, (13, 13), 5, (1, 1), (1, 1), (2, 2, 2, 2), 3, 1, True, True, True),
+    (1, 12, (10, 12), 3, (2, 1), (1, 2), (0, 2, 1, 0), 1, 2, False, False, True),
+    (5, 9, (9, 9), 3, (1, 1), (1, 1), (0, 0, 0, 0), 2, 0, True, True, False),
+    (3, 16, (10, 11), 3, (1, 1), (1, 1), (1, 1, 1, 1), 2, 2, False, False, False),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_matches_float64_loops(case):
+    c_in, c_out, hw, k, stride, dilation, pad, pool, batch, with_bias, affine, relu = case
+    g = torch.Generator().manual_seed(sum(hw) + c_out)
+    left, right, top, bottom = pad
+    ho = (hw[0] + top + bottom - dilation[0] * (k - 1) - 1) // stride[0] + 1
+    wo = (hw[1] + left + right - dilation[1] * (k - 1) - 1) // stride[1] + 1
+    x = torch.randn(batch, c_in, *hw, generator=g)
+    w = torch.randn(c_out, c_in, k, k, generator=g)
+    bias = torch.randn(c_out, generator=g) if with_bias else None
+    scale = torch.randn(c_out, generator=g) if affine else None
+    shift = torch.randn(c_out, generator=g) if affine else None
+    roi = _random_rois(c_out, ho, wo, g)
+    mask = torch.zeros(c_out, ho, wo)
+    for ch, (y0, y1, x0, x1) in enumerate(roi.tolist()):
+        mask[ch, y0:y1, x0:x1] = 1.0
+    window = (torch.rand(c_out, ho, wo, generator=g) + 0.5) * mask
+    conv = native.NativeConv(w, bias, window, roi, conv_hw=(ho, wo), input_hw=hw, stride=stride, dilation=dilation,
+                             pad=pad, scale=scale, shift=shift, relu=relu, pool=pool)
+    # non-contiguous input: a channel slice of a larger channels_last tensor
+    wide = torch.randn(batch, c_in + 2, *hw, generator=g).contiguous(memory_format=torch.channels_last)
+    wide[:, 1:1 + c_in] = x
+    got = conv(wide[:, 1:1 + c_in])
+    ref = _reference(x, w, bias, window, roi, stride, pad, dilation, scale, shift, relu, pool)
+    assert got.shape == ref.shape == (batch, c_out, ho // pool, wo // pool)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+def test_input_support_reads_only_nonzero_channels():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 20, 12, 12, generator=g)
+    support = torch.randint(0, 12, (20, 4), generator=g)
+    support[:, 1] = torch.maximum(support[:, 0] + 1, support[:, 1])
+    support[:, 3] = torch.maximum(support[:, 2] + 1, support[:, 3])
+    support[5] = torch.tensor([4, 4, 0, 12])  # an all-zero channel
+    for c, (y0, y1, x0, x1) in enumerate(support.tolist()):  # zero outside each box
+        keep = torch.zeros(12, 12)
+        keep[y0:y1, x0:x1] = 1
+        x[:, c] *= keep
+    w = torch.randn(24, 20, 3, 3, generator=g)
+    roi = _random_rois(24, 12, 12, g)
+    window = torch.ones(24, 12, 12)
+    opts = dict(conv_hw=(12, 12), input_hw=(12, 12), stride=(1, 1), dilation=(1, 1), pad=(1, 1, 1, 1))
+    sparse = native.NativeConv(w, None, window, roi, support=support, **opts)
+    full = native.NativeConv(w, None, window, roi, **opts)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(sparse(xl), full(xl), rtol=1e-5, atol=1e-5)
+
+
+def _layer(c_in, c_out, k=3, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    layer = random_rois_(TargetConv2d(c_in, c_out, k, padding="same", **kwargs), seed, s_range=(0.05, 0.4))
+    return layer.eval()
+
+
+@pytest.mark.parametrize("mode", ["dense", "blocks", "tiles", "native"])
+def test_affine_relu_pool_epilogue_in_every_executor(mode):
+    if mode == "native" and not native.available():
+        pytest.skip(f"native kernel unavailable: {native.reason()}")
+    layer = _layer(6, 20, bias=True, seed=1)
+    g = torch.Generator().manual_seed(1)
+    scale, shift = torch.randn(20, generator=g), torch.randn(20, generator=g)
+    x = torch.randn(3, 6, 11, 13, generator=g)
+    roi = layer.rois(11, 13)
+    geometry = dict(in_channels=6, kernel_size=layer.kernel_size, kernel_extent=layer.kernel_extent,
+                    stride=layer.stride, batch=3, cost=CostModel(channel_quantum=1, copy_cost=0.0, call_cost=0.0))
+    plan = {"dense": dense_plan(20), "native": native_plan(20),
+            "blocks": plan_blocks(roi, **geometry),
+            "tiles": plan_tiles(roi, output_hw=(11, 13), grid=(2, 2), align=2, **geometry)}[mode]
+    frozen = FrozenTargetConv2d(layer, (11, 13), plan, relu=True, pool=2, scale=scale, shift=shift)
+    with torch.no_grad():
+        ref = F.max_pool2d(torch.relu(layer(x) * scale[:, None, None] + shift[:, None, None]), 2)
+        got = frozen(x)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    # outside every ROI a channel is relu(shift): the consumer must not skip it
+    support = frozen.output_support()
+    assert bool(((support[:, 1] - support[:, 0]) == 5)[shift > 0].all())
+
+
+def test_bad_scale_and_shift_are_rejected():
+    layer = _layer(2, 4)
+    with pytest.raises(ValueError, match="scale must be a 1-D tensor of 4"):
+        FrozenTargetConv2d(layer, (8, 8), scale=torch.ones(3))
+    with pytest.raises(ValueError, match="shift must be a 1-D tensor of 4"):
+        FrozenTargetConv2d(layer, (8, 8), shift=torch.ones(4, 1))
+
+
+@needs_native
+def test_native_plan_rejects_what_it_cannot_run():
+    layer = TargetConv2d(4, 4, 3, groups=2, padding="same")
+    with pytest.raises(ValueError, match="groups=2"):
+        FrozenTargetConv2d(layer, (8, 8), native_plan(4))
+    with pytest.raises(ValueError, match="original channel order"):
+        FrozenTargetConv2d(_layer(2, 4), (8, 8), native_plan(4), permute_output=True)
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(TargetConv2d(1, 24, 5, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
+                        TargetConv2d(24, 20, 3, padding="same", padding_mode="reflect", bias=True), nn.ReLU(),
+                        TargetConv2d(20, 8, 3, padding=1, stride=2), nn.Flatten())
+    for i, m in enumerate(net):
+        if isinstance(m, TargetConv2d):
+            random_rois_(m, seed + i, s_range=(0.05, 0.3))
+    return net.eval()
+
+
+@needs_native
+@pytest.mark.parametrize("batch", [1, 5])
+def test_freeze_chooses_native_and_matches_eval(batch):
+    net = _net()
+    x = torch.rand(batch, 1, 20, 20)
+    frozen = freeze(net, x, repeats=1)
+    modes = [m.plan.mode for m in frozen.modules() if isinstance(m, FrozenTargetConv2d)]
+    assert "native" in modes
+    with torch.no_grad():
+        ref, got = net(x), frozen(x)
+    assert float((got - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+@needs_native
+def test_whole_map_rois_fall_back_to_dense_when_not_faster():
+    layer = TargetConv2d(16, 16, 3, padding="same")  # initial windows: every ROI is the whole map
+    frozen = freeze(nn.Sequential(layer), torch.rand(2, 16, 12, 12), measure=False)
+    assert frozen[0].plan.mode == "dense"
+
+
+def test_tkn_native_0_uses_the_pytorch_executors():
+    code = (
+        "import torch, sys; sys.path.insert(0, 'tests/engine'); sys.path.insert(0, 'tests')\n"
+        "from tkn.engine import native, freeze, FrozenTargetConv2d\n"
+        "from test_engine_native import _net\n"
+        "net = _net(); x = torch.rand(2, 1, 20, 20)\n"
+        "f = freeze(net, x, repeats=1)\n"
+        "modes = {m.plan.mode for m in f.modules() if isinstance(m, FrozenTargetConv2d)}\n"
+        "err = float((f(x) - net(x)).abs().max() / net(x).abs().max())\n"
+        "print(native.available(), '|', native.reason(), '|', 'native' in modes, '|', err < 1e-4)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    full = dict(os.environ, PYTHONPATH=str(root), TKN_NATIVE="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300,
+                         cwd=root, check=True).stdout
+    available, why, used, exact = (s.strip() for s in out.strip().splitlines()[-1].split("|"))
+    assert (available, used, exact) == ("False", "False", "True")
+    assert "TKN_NATIVE=0" in why
+
+
+@needs_native
+def test_cache_is_rebuilt_when_corrupt(tmp_path, monkeypatch):
+    monkeypatch.setenv("TKN_CACHE", str(tmp_path))
+    native._reset()
+    try:
+        assert native.available(), native.reason()
+        [directory] = [p for p in (tmp_path / "native").iterdir() if p.is_dir()]
+        lib = directory / "roi_conv.so"
+        good = lib.read_bytes()
+        lib.unlink()  # (a new file: this process still maps the old one)
+        lib.write_bytes(b"not a library")  # a truncated or damaged build
+        native._reset()
+        assert native.available(), native.reason()
+        assert lib.read_bytes() != b"not a library"
+        assert (directory / "roi_conv.sha256").read_text() == native._digest(lib)
+        (directory / "roi_conv.sha256").unlink()  # an interrupted build
+        native._reset()
+        assert native.available() and lib.stat().st_size == len(good)
+    finally:
+        monkeypatch.delenv("TKN_CACHE")
+        native._reset()
+
+
+def _head_net(seed=0, between=()):
+    torch.manual_seed(seed)
+    net = nn.Sequential(TargetConv2d(2, 12, 3, padding="same"), nn.ReLU(), *between, nn.Flatten(),
+                        nn.Linear(12 * 10 * 10, 7))
+    random_rois_(net[0], seed, s_range=(0.05, 0.2))
+    return net.eval()
+
+
+@pytest.mark.parametrize("use_native", [False, True])
+def test_linear_after_a_frozen_layer_reads_only_the_rois(use_native):
+    if use_native and not native.available():
+        pytest.skip(f"native kernel unavailable: {native.reason()}")
+    net = _head_net()
+    x = torch.rand(3, 2, 10, 10)
+    frozen = freeze(net, x, measure=False, native=use_native)
+    sparse = [m for m in frozen.modules() if isinstance(m, FrozenSparseLinear)]
+    assert len(sparse) == 1 and sparse[0].columns.numel() < 0.5 * 1200
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), net(x), rtol=1e-4, atol=1e-5)
+        y = torch.randn(2, 2, 10, 10)
+        torch.testing.assert_close(frozen(y), net(y), rtol=1e-4, atol=1e-5)
+
+
+def test_linear_stays_dense_when_zeros_do_not_survive():
+    net = _head_net(between=(nn.Sigmoid(),))  # sigmoid(0) = 0.5: every input feature is non-zero
+    frozen = freeze(net, torch.rand(2, 2, 10, 10), measure=False)
+    assert not any(isinstance(m, FrozenSparseLinear) for m in frozen.modules())
+    with torch.no_grad():
+        x = torch.rand(2, 2, 10, 10)
+        torch.testing.assert_close(frozen(x), net(x), rtol=1e-4, atol=1e-5)
+    frozen = freeze(_head_net(), torch.rand(2, 2, 10, 10), measure=False, input_sparsity=False)
+    assert not any(isinstance(m, FrozenSparseLinear) for m in frozen.modules())
+
+
+def test_sparse_linear_rejects_bad_columns():
+    with pytest.raises(ValueError, match=r"columns must lie in \[0, 6\)"):
+        FrozenSparseLinear(nn.Linear(6, 2), torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match="6 features"):
+        FrozenSparseLinear(nn.Linear(6, 2), torch.tensor([1]))(torch.zeros(2, 5))
+
+
+@needs_native
+def test_native_plan_in_doubt_is_timed_against_dense(monkeypatch):
+    monkeypatch.setattr(sys.modules["tkn.engine.freeze"], "NATIVE_SURE", 0.0)  # time every layer
+    net = _net()
+    x = torch.rand(2, 1, 20, 20)
+    frozen = freeze(net, x, repeats=1)
+    layers = [m for m in frozen.modules() if isinstance(m, FrozenTargetConv2d)]
+    assert all(set(m.timings) == {"dense", "native"} for m in layers)
+    for m in layers:
+        faster = m.timings["native"] <= 0.95 * m.timings["dense"]
+        assert m.plan.mode == ("native" if faster else "dense")
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), net(x), rtol=1e-4, atol=1e-6)
+
+
+@needs_native
+def test_output_buffer_is_reused_only_once_released():
+    import copy
+    import pickle
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(32, 8, 3, 3, generator=g)
+    roi = torch.tensor([[0, 64, 0, 64]] * 32)
+    conv = native.NativeConv(w, None, torch.ones(32, 64, 64), roi, conv_hw=(64, 64), input_hw=(64, 64),
+                             stride=(1, 1), dilation=(1, 1), pad=(1, 1, 1, 1))  # a 1 MiB output per sample
+    x1, x2 = (torch.randn(2, 8, 64, 64, generator=g).contiguous(memory_format=torch.channels_last) for _ in "ab")
+    y1 = conv(x1)
+    kept = y1.clone()
+    y2 = conv(x2)  # y1 is still held: a new buffer
+    assert y1.data_ptr() != y2.data_ptr()
+    torch.testing.assert_close(y1, kept)
+    ptr = y2.data_ptr()
+    del y2
+    y3 = conv(x2)  # released: the buffer comes back
+    assert y3.data_ptr() == ptr
+    torch.testing.assert_close(y3, F.conv2d(x2, w, padding=1), rtol=1e-4, atol=1e-4)
+    for clone in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
+        torch.testing.assert_close(clone(x1), kept)

@@ -1,0 +1,385 @@
+// Exact per-channel ROI convolution for frozen target layers (float32, CPU).
+//
+// The output channels are cut into groups of VW channels (one SIMD vector, VW = 16 with AVX-512, else
+// 8); the caller orders them so that the channels of a group have nearby ROIs. For every group and
+// every output row the caller gives the column range that the union of the group's ROIs covers on
+// that row; only that range is convolved (lanes whose ROI does not hold a position get window·mask 0
+// there, so they come out as their fill value). A register-blocked micro-kernel keeps up to NP_MAX
+// output positions x VW channels in vector accumulators and reads the channels_last input directly
+// (no im2col): the K loop runs over (ky, kx, input channel), broadcasting one input value per position
+// and loading one packed weight vector per step. Zero padding is read from a zero row, so any stride,
+// dilation and padding work.
+//
+// Epilogue, per position and lane: (acc + bias) * window_mask, then * scale + shift, then ReLU, then a
+// pool x pool max-pool with stride pool; written once into the channels_last output, whose other
+// positions hold each channel's fill value (its epilogue of 0). Positions of a pool window outside
+// every computed range also count as the fill value.
+//
+// Input sparsity: given a box per input channel outside which that channel is zero, each chunk of
+// positions reads only the input channels whose box meets its window on each kernel row (exact: the
+// skipped products are products with zeros).
+//
+// Plain C ABI (loaded with ctypes); parallelised with OpenMP over (group, pooled row, sample) items,
+// dynamically scheduled, consecutive items sharing a group's weights.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef __AVX512F__
+#define TKN_VW 16
+#else
+#define TKN_VW 8
+#endif
+
+static const int VW = TKN_VW;
+typedef float vf __attribute__((vector_size(TKN_VW * 4)));
+typedef float vfu __attribute__((vector_size(TKN_VW * 4), aligned(4)));
+
+static inline vf loadu(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+static inline void storeu(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// The largest number of positions a micro-kernel call handles (12 accumulators: one thread ran the 256->256
+// 5x5 layer of TKN6 at 82% of oneDNN's dense rate, against 63% with 8; 16 was no faster).
+static const int NP_MAX = 12;
+
+struct Geometry {
+    int N, H, W, Cin;          // input (channels_last)
+    int kh, kw, sy, sx, dy, dx, pt, pl;
+    int Ho, Wo, pool, Hp, Wp, C;  // conv output, pooled output, output channels
+};
+
+// acc[p] += sum over (ky, kx, ci) of w[ky][kx][ci][:] * x[n, iy(ky), ix(p, kx), ci]
+template <int NP, bool LIST>
+static inline void accumulate(vf* acc, const float* const* rows, const int* ok_rows, int nrows_k,
+                              const float* wg, const Geometry& g, int x0, const float* zeros,
+                              const int* const* lists, const int* counts) {
+    for (int ky = 0; ky < nrows_k; ++ky) {
+        if (!ok_rows[ky]) continue;
+        const float* xrow = rows[ky];
+        const int* list = LIST ? lists[ky] : nullptr;
+        const int cnt = LIST ? counts[ky] : g.Cin;
+        if (cnt == 0) continue;
+        for (int kx = 0; kx < g.kw; ++kx) {
+            const float* xp[NP];
+            const int ix0 = x0 * g.sx - g.pl + kx * g.dx;
+            for (int p = 0; p < NP; ++p) {
+                const int ix = ix0 + p * g.sx;
+                xp[p] = (ix >= 0 && ix < g.W) ? xrow + (int64_t)ix * g.Cin : zeros;
+            }
+            const float* wk = wg + ((int64_t)ky * g.Cin * g.kw + kx) * VW;  // + ci * kw * VW
+            vf a[NP];
+            for (int p = 0; p < NP; ++p) a[p] = acc[p];
+            if (LIST) {
+                for (int j = 0; j < cnt; ++j) {
+                    const int ci = list[j];
+                    const vf w = loadu(wk + (int64_t)ci * g.kw * VW);
+                    for (int p = 0; p < NP; ++p) a[p] += w * xp[p][ci];
+                }
+            } else {
+                for (int ci = 0; ci < cnt; ++ci) {
+                    const vf w = loadu(wk + (int64_t)ci * g.kw * VW);
+                    for (int p = 0; p < NP; ++p) a[p] += w * xp[p][ci];
+                }
+            }
+            for (int p = 0; p < NP; ++p) acc[p] = a[p];
+        }
+    }
+}
+
+// The same for unit stride and dilation along x and a chunk inside the input's columns, with the input
+// values reused across kx: per (ky, ci) the KW weight vectors stay in registers and each of the
+// NP + KW - 1 input values is broadcast once for up to KW products (a third of the loads of the loop
+// above). With channel lists (input sparsity) it ran TKN6's second layer 6% faster than the loop above;
+// over all input channels 4% slower, so it is used with lists only.
+template <int NP, int KW, bool LIST>
+static inline void accumulate_slide(vf* acc, const float* const* rows, const int* ok_rows, int nrows_k,
+                                    const float* wg, const Geometry& g, int ix0, const int* const* lists,
+                                    const int* counts) {
+    vf a[NP];
+    for (int p = 0; p < NP; ++p) a[p] = acc[p];
+    for (int ky = 0; ky < nrows_k; ++ky) {
+        if (!ok_rows[ky]) continue;
+        const float* xp[NP + KW - 1];
+        for (int j = 0; j < NP + KW - 1; ++j) xp[j] = rows[ky] + (int64_t)(ix0 + j) * g.Cin;
+        const float* wk = wg + (int64_t)ky * g.Cin * KW * VW;
+        const int* list = LIST ? lists[ky] : nullptr;
+        const int cnt = LIST ? counts[ky] : g.Cin;
+        for (int jj = 0; jj < cnt; ++jj) {
+            const int ci = LIST ? list[jj] : jj;
+            const float* w = wk + (int64_t)ci * KW * VW;
+            vf wv[KW];
+#pragma GCC unroll 8
+            for (int kx = 0; kx < KW; ++kx) wv[kx] = loadu(w + kx * VW);
+#pragma GCC unroll 32
+            for (int j = 0; j < NP + KW - 1; ++j) {
+                const vf xb = vf{} + xp[j][ci];
+#pragma GCC unroll 8
+                for (int kx = 0; kx < KW; ++kx) {
+                    const int p = j - kx;
+                    if (p >= 0 && p < NP) a[p] += wv[kx] * xb;
+                }
+            }
+        }
+    }
+    for (int p = 0; p < NP; ++p) acc[p] = a[p];
+}
+
+template <int KW, bool LIST>
+static bool slide_n(int np, vf* acc, const float* const* rows, const int* ok_rows, int nrows_k, const float* wg,
+                    const Geometry& g, int ix0, const int* const* lists, const int* counts) {
+    switch (np) {
+#define TKN_CASE(K) \
+    case K: accumulate_slide<K, KW, LIST>(acc, rows, ok_rows, nrows_k, wg, g, ix0, lists, counts); return true;
+        TKN_CASE(4) TKN_CASE(5) TKN_CASE(6) TKN_CASE(7) TKN_CASE(8) TKN_CASE(9) TKN_CASE(10) TKN_CASE(11)
+        TKN_CASE(12)
+#undef TKN_CASE
+        default: return false;
+    }
+}
+
+// Runs the sliding kernel when it applies (unit stride and dilation along x, kw of 3 or 5, at least 4
+// positions, the chunk inside the input's columns); false otherwise.
+template <bool LIST>
+static bool try_slide(int np, vf* acc, const float* const* rows, const int* ok_rows, const float* wg,
+                      const Geometry& g, int ix0, bool inside_x, const int* const* lists, const int* counts) {
+    if (!inside_x || g.sx != 1 || g.dx != 1) return false;
+    if (g.kw == 5) return slide_n<5, LIST>(np, acc, rows, ok_rows, g.kh, wg, g, ix0, lists, counts);
+    if (g.kw == 3) return slide_n<3, LIST>(np, acc, rows, ok_rows, g.kh, wg, g, ix0, lists, counts);
+    return false;
+}
+
+// The same for a chunk whose whole window lies inside the input (no bounds, no channel lists): one flat loop
+// over k = (ky, kx, ci), the input read at koff[k] from each position's window origin. Twice as fast as the
+// nested loops when C_in is small (TKN6's first layer, C_in = 1).
+template <int NP>
+static inline void accumulate_flat(vf* acc, const float* origin, int64_t pstep, const int32_t* koff, const float* wg,
+                                   int K) {
+    const float* xp[NP];
+    for (int p = 0; p < NP; ++p) xp[p] = origin + p * pstep;
+    vf a[NP];
+    for (int p = 0; p < NP; ++p) a[p] = acc[p];
+    for (int k = 0; k < K; ++k) {
+        const vf w = loadu(wg + (int64_t)k * VW);
+        const int32_t o = koff[k];
+        for (int p = 0; p < NP; ++p) a[p] += w * xp[p][o];
+    }
+    for (int p = 0; p < NP; ++p) acc[p] = a[p];
+}
+
+static void accumulate_flat_n(int np, vf* acc, const float* origin, int64_t pstep, const int32_t* koff,
+                              const float* wg, int K) {
+    switch (np) {
+#define TKN_CASE(K_) \
+    case K_: accumulate_flat<K_>(acc, origin, pstep, koff, wg, K); break;
+        TKN_CASE(1) TKN_CASE(2) TKN_CASE(3) TKN_CASE(4) TKN_CASE(5) TKN_CASE(6) TKN_CASE(7) TKN_CASE(8)
+        TKN_CASE(9) TKN_CASE(10) TKN_CASE(11) TKN_CASE(12)
+#undef TKN_CASE
+        default: break;
+    }
+}
+
+template <bool LIST>
+static void accumulate_n(int np, vf* acc, const float* const* rows, const int* ok_rows, int nrows_k,
+                         const float* wg, const Geometry& g, int x0, const float* zeros,
+                         const int* const* lists, const int* counts) {
+    switch (np) {
+#define TKN_CASE(K) \
+    case K: accumulate<K, LIST>(acc, rows, ok_rows, nrows_k, wg, g, x0, zeros, lists, counts); break;
+        TKN_CASE(1) TKN_CASE(2) TKN_CASE(3) TKN_CASE(4) TKN_CASE(5) TKN_CASE(6) TKN_CASE(7) TKN_CASE(8)
+        TKN_CASE(9) TKN_CASE(10) TKN_CASE(11) TKN_CASE(12)
+#undef TKN_CASE
+        default: break;
+    }
+}
+
+extern "C" {
+
+int tkn_vector_width() { return VW; }
+
+// x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, kw, Cin, VW). ranges: (G, Hp * pool, 2) int32:
+// the conv columns [xa, xb) to compute on each conv row (xb <= xa: none), xb <= Wp * pool. Positions of a
+// pool window that are not computed hold the fill value. window: (G, Ho, Wo, VW). bias, scale, shift: (G, VW)
+// or null. index: (G, VW) output channel of each lane (-1: padding). fill: (C,) value of each output
+// channel where not computed. support: (Cin, 4) int32 boxes y0, y1, x0, x1 or null. out: (N, Hp, Wp, C).
+// Returns 0, or a negative code for an argument it cannot handle.
+int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, const float* window,
+                 const float* bias, const float* scale, const float* shift, const int32_t* index,
+                 const float* fill, const int32_t* support, float* out, const int32_t* dims, int G, int relu,
+                 int nthreads) {
+    Geometry g;
+    g.N = dims[0]; g.H = dims[1]; g.W = dims[2]; g.Cin = dims[3];
+    g.kh = dims[4]; g.kw = dims[5]; g.sy = dims[6]; g.sx = dims[7]; g.dy = dims[8]; g.dx = dims[9];
+    g.pt = dims[10]; g.pl = dims[11]; g.Ho = dims[12]; g.Wo = dims[13]; g.pool = dims[14];
+    g.Hp = dims[15]; g.Wp = dims[16]; g.C = dims[17];
+    const int P = g.pool;
+    if (P < 1 || P > NP_MAX || g.kh > 64 || g.Cin < 1) return -1;
+    if (nthreads < 1) nthreads = 1;
+
+    bool zero = true;
+    for (int c = 0; c < g.C; ++c) zero = zero && fill[c] == 0.0f;
+    const int64_t positions = (int64_t)g.N * g.Hp * g.Wp;
+    if (positions == 0) return 0;
+
+    // per group: lane fill values (for rows of a pool window that are not computed) and whether the
+    // lanes are consecutive output channels (one vector store)
+    std::vector<float> lane_fill((size_t)G * VW, 0.0f);
+    std::vector<int> contiguous(G, 0);
+    for (int gi = 0; gi < G; ++gi) {
+        const int32_t* idx = index + (size_t)gi * VW;
+        bool cont = idx[0] >= 0 && idx[0] + VW <= g.C;
+        for (int l = 0; l < VW; ++l) {
+            if (idx[l] >= 0) lane_fill[(size_t)gi * VW + l] = fill[idx[l]];
+            cont = cont && idx[l] == idx[0] + l;
+        }
+        contiguous[gi] = cont;
+    }
+
+    // work items: (group, pooled row) with a non-empty range on one of its conv rows
+    const int rows_used = g.Hp * P;
+    std::vector<int> items;
+    for (int gi = 0; gi < G; ++gi)
+        for (int r = 0; r < g.Hp; ++r) {
+            bool any = false;
+            for (int y = r * P; y < r * P + P; ++y) {
+                const int32_t* rg = ranges + ((size_t)gi * rows_used + y) * 2;
+                any = any || rg[1] > rg[0];
+            }
+            if (any) items.push_back(gi * g.Hp + r);
+        }
+    const int64_t n_items = (int64_t)items.size() * g.N;
+    const bool sample_major = (int64_t)G * g.kh * g.kw * g.Cin * VW * sizeof(float) <= ((int64_t)1 << 19);
+    const std::vector<float> zeros(g.Cin, 0.0f);
+    vf minus_inf;
+    for (int l = 0; l < VW; ++l) minus_inf[l] = -__builtin_inff();
+    // input offsets of k = (ky, kx, ci) from a window's origin, for the flat loop (int32: checked here)
+    const int K = g.kh * g.kw * g.Cin;
+    std::vector<int32_t> koff(K);
+    // (with 256 input channels the nested loops ran 5% faster: no offset load per step)
+    const bool flat = !support && g.Cin < 32;
+    if ((int64_t)((g.kh - 1) * g.dy + 1) * g.W * g.Cin >= (int64_t)1 << 31) return -2;
+    for (int ky = 0, k = 0; ky < g.kh; ++ky)
+        for (int ci = 0; ci < g.Cin; ++ci)
+            for (int kx = 0; kx < g.kw; ++kx, ++k) koff[k] = ((ky * g.dy) * g.W + kx * g.dx) * g.Cin + ci;
+
+#pragma omp parallel num_threads(nthreads)
+    {
+        // every output position first holds its channels' fill values (one parallel region: one fork)
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < positions; ++i) {
+            if (zero)
+                std::memset(out + i * g.C, 0, sizeof(float) * g.C);
+            else
+                std::memcpy(out + i * g.C, fill, sizeof(float) * g.C);
+        }
+        std::vector<int> list_store((size_t)g.kh * g.Cin);
+        std::vector<vf> mx;  // the pooled row's conv values, max-reduced over its conv rows
+        const float* rows[64];
+        int ok_rows[64];
+        const int* lists[64];
+        int counts[64];
+        for (int ky = 0; ky < g.kh; ++ky) lists[ky] = list_store.data() + (size_t)ky * g.Cin;
+
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < n_items; ++it) {
+            // sample-major when all the weights fit in a core's cache (each sample's output region stays
+            // cached while every group writes it), group-major otherwise (a group's weights stay cached)
+            const int64_t per_sample = (int64_t)items.size();
+            const int item = sample_major ? items[it % per_sample] : items[it / g.N];
+            const int n = (int)(sample_major ? it / per_sample : it % g.N);
+            const int gi = item / g.Hp, r = item % g.Hp;
+            const int32_t* rg = ranges + (size_t)gi * rows_used * 2;
+            const float* wg = weight + (size_t)gi * g.kh * g.kw * g.Cin * VW;
+            const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
+            const int32_t* idx = index + (size_t)gi * VW;
+            const vf fillv = loadu(lane_fill.data() + (size_t)gi * VW);
+            vf bv = {}, scv = {}, shv = {};
+            if (bias) bv = loadu(bias + (size_t)gi * VW);
+            if (scale) scv = loadu(scale + (size_t)gi * VW);
+            if (shift) shv = loadu(shift + (size_t)gi * VW);
+            // the pooled columns [A / P, B / P) this item writes
+            int A = g.Wp * P, B = 0;
+            for (int y = r * P; y < r * P + P; ++y)
+                if (rg[2 * y + 1] > rg[2 * y]) {
+                    A = std::min(A, rg[2 * y] / P * P);
+                    B = std::max(B, (rg[2 * y + 1] + P - 1) / P * P);
+                }
+            mx.assign(B - A, minus_inf);
+
+            for (int y = r * P; y < r * P + P; ++y) {
+                const int xa = rg[2 * y], xb = rg[2 * y + 1];
+                if (xb <= xa) continue;
+                for (int ky = 0; ky < g.kh; ++ky) {
+                    const int iy = y * g.sy - g.pt + ky * g.dy;
+                    ok_rows[ky] = iy >= 0 && iy < g.H;
+                    rows[ky] = ok_rows[ky] ? xn + (int64_t)iy * g.W * g.Cin : nullptr;
+                }
+                const int iy_first = y * g.sy - g.pt;
+                const bool inside_y = iy_first >= 0 && iy_first + (g.kh - 1) * g.dy < g.H;
+                // chunks of equal size, at most NP_MAX
+                const int pieces = (xb - xa + NP_MAX - 1) / NP_MAX;
+                const int step = (xb - xa + pieces - 1) / pieces;
+                for (int x0 = xa; x0 < xb; x0 += step) {
+                    const int np = std::min(step, xb - x0);
+                    const int ix_first = x0 * g.sx - g.pl;
+                    const bool inside_x = ix_first >= 0 && (x0 + np - 1) * g.sx - g.pl + (g.kw - 1) * g.dx < g.W;
+                    vf acc[NP_MAX];
+                    for (int p = 0; p < np; ++p) acc[p] = vf{};
+                    if (flat && inside_x && inside_y) {
+                        accumulate_flat_n(np, acc, xn + ((int64_t)iy_first * g.W + ix_first) * g.Cin,
+                                          (int64_t)g.sx * g.Cin, koff.data(), wg, K);
+                    } else if (support) {
+                        const int cx0 = x0 * g.sx - g.pl;
+                        const int cx1 = (x0 + np - 1) * g.sx - g.pl + (g.kw - 1) * g.dx + 1;
+                        for (int ky = 0; ky < g.kh; ++ky) {
+                            int cnt = 0;
+                            if (ok_rows[ky]) {
+                                const int iy = y * g.sy - g.pt + ky * g.dy;
+                                int* lst = list_store.data() + (size_t)ky * g.Cin;
+                                for (int ci = 0; ci < g.Cin; ++ci) {
+                                    const int32_t* s = support + (size_t)ci * 4;
+                                    if (s[0] <= iy && iy < s[1] && s[2] < cx1 && s[3] > cx0) lst[cnt++] = ci;
+                                }
+                            }
+                            counts[ky] = cnt;
+                        }
+                        if (!try_slide<true>(np, acc, rows, ok_rows, wg, g, ix_first, inside_x, lists, counts))
+                            accumulate_n<true>(np, acc, rows, ok_rows, g.kh, wg, g, x0, zeros.data(), lists, counts);
+                    } else {
+                        accumulate_n<false>(np, acc, rows, ok_rows, g.kh, wg, g, x0, zeros.data(), lists, counts);
+                    }
+                    const float* wrow = window + (((size_t)gi * g.Ho + y) * g.Wo + x0) * VW;
+                    vf* m = mx.data() + (x0 - A);
+                    for (int p = 0; p < np; ++p) {
+                        vf v = acc[p];
+                        if (bias) v += bv;
+                        v *= loadu(wrow + (size_t)p * VW);
+                        if (scale) v = v * scv + shv;
+                        if (relu) v = vmax(v, vf{});
+                        m[p] = vmax(m[p], v);
+                    }
+                }
+            }
+            for (int q = A / P; q < B / P; ++q) {
+                vf o = mx[q * P - A];
+                for (int k = 1; k < P; ++k) o = vmax(o, mx[q * P + k - A]);
+                int computed = 0;  // positions of the pool window computed; the others hold the fill value
+                for (int y = r * P; y < r * P + P; ++y)
+                    computed += std::max(0, std::min(rg[2 * y + 1], q * P + P) - std::max(rg[2 * y], q * P));
+                if (computed < P * P) o = vmax(o, fillv);
+                float* dst = out + (((int64_t)n * g.Hp + r) * g.Wp + q) * g.C;
+                if (contiguous[gi]) {
+                    storeu(dst + idx[0], o);
+                } else {
+                    for (int l = 0; l < VW; ++l)
+                        if (idx[l] >= 0) dst[idx[l]] = o[l];
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+}  // extern "C"

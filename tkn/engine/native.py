@@ -1,0 +1,397 @@
+"""The native ROI convolution: a C++ kernel that computes a target layer's exact ROIs in one call.
+
+The kernel (``tkn/engine/csrc/roi_conv.cpp``) is compiled with the system C++
+compiler (``g++ -O3 -march=native -fopenmp``) at first use and loaded with
+:mod:`ctypes` (it has a plain C interface, so it needs no PyTorch headers and
+builds in seconds). The library is cached under ``$TKN_CACHE/native`` (default
+``~/.cache/tkn/native``) in a directory named by a hash of the source, the
+compiler flags, the compiler's version, the torch version and the CPU's flags,
+so a second process, or another machine sharing the cache, never reuses a
+library built for something else. A library whose recorded checksum does not
+match, or that fails to load, is rebuilt; every freshly loaded library is
+checked against ``torch.nn.functional.conv2d`` on a small random problem
+before it is used.
+
+:func:`available` says whether the kernel can be used; when it cannot (no
+compiler, a failed build or check, or ``TKN_NATIVE=0`` in the environment when
+the kernel is first needed), :func:`reason` holds a one-line explanation and
+the frozen layers run the PyTorch executors instead.
+
+What the kernel supports: float32 CPU tensors, ``groups=1``, any stride and
+dilation, zero padding given as (top, left) offsets (other padding modes are
+applied by the caller as an explicit pad), a fused bias, window·mask, affine
+(``scale``, ``shift``), ReLU and a ``pool``×``pool`` max-pool of stride ``pool``
+with ``pool <= 8``.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not serialised between processes
+    fcntl = None
+
+__all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "MAX_POOL"]
+
+#: The largest fused max-pool the kernel handles.
+MAX_POOL = 8
+
+_SOURCE = Path(__file__).with_name("csrc") / "roi_conv.cpp"
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
+
+_state: dict[str, object] = {}
+
+#: Outputs of at least this many bytes are kept for reuse by the next call (see ``NativeConv._output``).
+_REUSE_BYTES = 1 << 20
+#: How many references a tensor storage has (``None`` where this torch does not say).
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def cache_dir() -> Path:
+    """Root of the build cache: ``$TKN_CACHE/native``, default ``~/.cache/tkn/native``."""
+    root = os.environ.get("TKN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tkn")
+    return Path(root) / "native"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _key(cxx: str) -> str:
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    h = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), " ".join(_FLAGS).encode(), version.encode(), torch.__version__.encode(),
+                 _cpu_flags().encode()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:24]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build(cxx: str, directory: Path) -> Path:
+    """Compile into ``directory`` (atomically: a temporary file renamed) and record the library's checksum."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lib = directory / "roi_conv.so"
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise RuntimeError(f"compiling {_SOURCE.name} failed: {last}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    (directory / "roi_conv.sha256").write_text(_digest(lib))
+    return lib
+
+
+def _open(directory: Path) -> ctypes.CDLL:
+    """Load the cached library, rebuilding it when it is missing, does not match its checksum or fails to load.
+
+    Processes sharing the cache take turns (an exclusive lock on ``<directory>.lock``).
+    """
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        return _open_locked(cxx, directory)
+    with open(directory.with_name(directory.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _open_locked(cxx, directory)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open_locked(cxx: str, directory: Path) -> ctypes.CDLL:
+    lib, stamp = directory / "roi_conv.so", directory / "roi_conv.sha256"
+    for attempt in range(2):
+        fresh = False
+        try:
+            ok = lib.is_file() and stamp.is_file() and stamp.read_text().strip() == _digest(lib)
+        except OSError:
+            ok = False
+        if not ok:
+            shutil.rmtree(directory, ignore_errors=True)
+            _build(cxx, directory)
+            fresh = True
+        try:
+            handle = ctypes.CDLL(str(lib))
+            break
+        except OSError as exc:
+            if fresh or attempt:
+                raise RuntimeError(f"loading the native kernel failed: {exc}") from exc
+            shutil.rmtree(directory, ignore_errors=True)
+    f = handle.tkn_roi_conv
+    f.restype = ctypes.c_int
+    f.argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_int] * 3
+    handle.tkn_vector_width.restype = ctypes.c_int
+    return handle
+
+
+def _load() -> ctypes.CDLL | None:
+    if "lib" in _state:
+        return _state["lib"]  # type: ignore[return-value]
+    lib = None
+    if os.environ.get("TKN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        _state["reason"] = "disabled by TKN_NATIVE=0"
+    else:
+        cxx = _compiler()
+        try:
+            if cxx is None:
+                raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+            lib = _open(cache_dir() / _key(cxx))
+            _state["lib"] = lib
+            _self_test()
+            _state["reason"] = ""
+        except (RuntimeError, OSError, subprocess.SubprocessError, AttributeError, TypeError, ValueError) as exc:
+            lib = None
+            _state["reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    _state["lib"] = lib
+    return lib
+
+
+def available() -> bool:
+    """Whether the native kernel is built, loaded and checked (``False`` when ``TKN_NATIVE=0``)."""
+    return _load() is not None
+
+
+def reason() -> str:
+    """Why :func:`available` is false (one line); ``""`` when it is true."""
+    _load()
+    return str(_state.get("reason", ""))
+
+
+def vector_width() -> int:
+    """Channels per group (one SIMD vector of float32: 16 with AVX-512, 8 otherwise)."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the native kernel is not available: {reason()}")
+    return int(lib.tkn_vector_width())
+
+
+def _reset() -> None:
+    """Forget the loaded library (the next call loads or builds it again); for tests."""
+    _state.clear()
+
+
+def _self_test() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 9, 11, generator=g)
+    w = torch.randn(11, 5, 3, 3, generator=g)
+    roi = torch.tensor([[0, 7, 0, 11]] * 11)
+    conv = NativeConv(w, None, torch.ones(11, 7, 11), roi, conv_hw=(7, 11), input_hw=(9, 11), stride=(1, 1),
+                      dilation=(1, 1), pad=(1, 1, 0, 0))
+    ref = torch.nn.functional.conv2d(x, w, padding=(0, 1))
+    got = conv(x.contiguous(memory_format=torch.channels_last))
+    if not torch.allclose(got, ref, rtol=1e-4, atol=1e-4):
+        raise RuntimeError("the native kernel failed its check against torch.nn.functional.conv2d")
+
+
+def group_channels(roi: Tensor, width: int) -> list[list[int]]:
+    """Channels with non-empty ROIs cut into groups of at most ``width`` with nearby ROIs.
+
+    Recursive median splits of the ROI centres along the axis of larger spread, into parts whose sizes
+    are multiples of ``width`` (all groups full but the last): the union of a group's ROIs, which the
+    kernel computes, stays close to the ROIs themselves.
+
+    Shape:
+        - roi: ``(C, 4)`` boxes ``y0, y1, x0, x1``.
+    """
+    r = roi.to(torch.int64).cpu().numpy()
+    active = np.nonzero((r[:, 1] > r[:, 0]) & (r[:, 3] > r[:, 2]))[0]
+    cy = (r[:, 0] + r[:, 1]) / 2.0
+    cx = (r[:, 2] + r[:, 3]) / 2.0
+    groups: list[list[int]] = []
+
+    def split(idx: np.ndarray) -> None:
+        if len(idx) <= width:
+            groups.append(sorted(int(i) for i in idx))
+            return
+        spread_y, spread_x = np.ptp(cy[idx]), np.ptp(cx[idx])
+        key = (cy[idx], cx[idx]) if spread_y >= spread_x else (cx[idx], cy[idx])
+        order = idx[np.lexsort((key[1], key[0]))]
+        blocks = -(-len(idx) // width)
+        head = (blocks // 2) * width
+        split(order[:head])
+        split(order[head:])
+
+    if len(active):
+        split(active)
+    return groups
+
+
+def _ptr(t: Tensor | None) -> ctypes.c_void_p | None:
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+class NativeConv:
+    """One target layer packed for the native kernel: weight, window·mask, epilogue, column ranges.
+
+    Args:
+        weight: ``(C_out, C_in, kH, kW)`` (input channels in the order the input arrives).
+        bias: ``(C_out,)`` added before the window, or ``None``.
+        window_map: ``(C_out, H_out, W_out)`` window·mask (zero outside each ROI).
+        roi: ``(C_out, 4)`` boxes ``y0, y1, x0, x1`` of the convolution output.
+        conv_hw: ``(H_out, W_out)`` of the convolution; ``input_hw``: ``(H, W)`` of its (padded) input.
+        stride, dilation: per axis; ``pad``: zero padding ``(left, right, top, bottom)``.
+        scale, shift: optional ``(C_out,)`` affine applied after window·mask (``shift`` alone: scale 1).
+        relu: ReLU after the affine; ``pool``: max-pool size (stride ``pool``; 1 = none, at most :data:`MAX_POOL`).
+        support: optional ``(C_in, 4)`` boxes outside which each input channel is zero (input sparsity).
+
+    Shape:
+        - Input: ``(N, C_in, H, W)`` float32, ``channels_last`` memory (a copy is made otherwise).
+        - Output: ``(N, C_out, H_out // pool, W_out // pool)`` in ``channels_last`` memory.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor, *,
+                 conv_hw: tuple[int, int], input_hw: tuple[int, int], stride: tuple[int, int],
+                 dilation: tuple[int, int], pad: tuple[int, int, int, int], scale: Tensor | None = None,
+                 shift: Tensor | None = None, relu: bool = False, pool: int = 1, support: Tensor | None = None):
+        vw = vector_width()
+        if not 1 <= pool <= MAX_POOL:
+            raise ValueError(f"the native kernel fuses max-pools of size 1..{MAX_POOL}, got {pool}")
+        c_out, c_in, kh, kw = weight.shape
+        ho, wo = conv_hw
+        self.conv_hw, self.input_hw, self.pool, self.relu = conv_hw, input_hw, pool, bool(relu)
+        self.output_hw = (ho // pool, wo // pool)
+        self.c_in, self.c_out = c_in, c_out
+        left, _, top, _ = pad
+        self.dims = torch.tensor([0, input_hw[0], input_hw[1], c_in, kh, kw, stride[0], stride[1], dilation[0],
+                                  dilation[1], top, left, ho, wo, pool, ho // pool, wo // pool, c_out],
+                                 dtype=torch.int32)
+        groups = group_channels(roi, vw)
+        self.groups = groups
+        g_count = len(groups)
+        index = torch.full((max(g_count, 1), vw), -1, dtype=torch.int32)
+        for gi, chans in enumerate(groups):
+            index[gi, :len(chans)] = torch.tensor(chans, dtype=torch.int32)
+        self.index = index
+        lanes = index.clamp(min=0).long()
+        real = (index >= 0).to(torch.float32)
+        f32 = dict(dtype=torch.float32)
+        w = weight.detach().to(**f32).cpu()[lanes] * real[..., None, None, None]  # (G, VW, C_in, kh, kw)
+        self.weight = w.permute(0, 3, 2, 4, 1).contiguous()  # (G, kh, C_in, kw, VW)
+        wm = window_map.detach().to(**f32).cpu()[lanes] * real[..., None, None]  # (G, VW, ho, wo)
+        self.window = wm.permute(0, 2, 3, 1).contiguous()
+        self.bias = None if bias is None else (bias.detach().to(**f32).cpu()[lanes] * real).contiguous()
+        if scale is None and shift is not None:
+            scale = torch.ones_like(shift)
+        if scale is not None and shift is None:
+            shift = torch.zeros_like(scale)
+        self.scale = None if scale is None else (scale.detach().to(**f32).cpu()[lanes] * real).contiguous()
+        self.shift = None if shift is None else (shift.detach().to(**f32).cpu()[lanes] * real).contiguous()
+        fill = torch.zeros(c_out) if shift is None else shift.detach().to(**f32).cpu().clone()
+        self.fill = fill.relu() if relu else fill
+        self.support = None if support is None else support.to(torch.int32).cpu().contiguous()
+        self.ranges = self._ranges(roi, groups, max(g_count, 1), pool, ho, wo)
+        #: multiply–accumulates per sample the kernel executes (every lane of every computed position)
+        self.executed_macs = int(self._computed_positions()) * vw * c_in * kh * kw
+        self._lock = threading.Lock()
+        self._buffer: Tensor | None = None
+        self._buffer_refs = 0
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_lock"]
+        state["_buffer"], state["_buffer_refs"] = None, 0
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _output(self, shape: tuple[int, ...]) -> Tensor:
+        """A new ``(N, H_out, W_out, C_out)`` tensor, or the last one returned once nothing else holds it.
+
+        Large fresh tensors come from ``mmap`` and pay a page fault per 4 KiB on first touch (on TKN6's
+        first layer at batch 64, 25 of 32 ms); reusing a buffer that every caller has released avoids it.
+        The last output stays allocated between calls.
+        """
+        with self._lock:
+            buf = self._buffer
+            if (buf is not None and tuple(buf.shape) == shape and _USE_COUNT is not None
+                    and _USE_COUNT(buf.untyped_storage()._cdata) <= self._buffer_refs):
+                return buf
+            buf = torch.empty(shape, dtype=torch.float32)
+            if _USE_COUNT is not None and buf.numel() * 4 >= _REUSE_BYTES:
+                self._buffer, self._buffer_refs = buf, _USE_COUNT(buf.untyped_storage()._cdata)
+            return buf
+
+    @staticmethod
+    def _ranges(roi: Tensor, groups: list[list[int]], g_count: int, pool: int, ho: int, wo: int) -> Tensor:
+        """``(G, (H_out // pool) * pool, 2)``: per group and conv row, the columns ``[xa, xb)`` of the union of
+        the group's ROIs on that row (clipped to the pooled width)."""
+        r = roi.to(torch.int64).cpu().numpy()
+        rows_used, width = (ho // pool) * pool, (wo // pool) * pool
+        out = np.zeros((g_count, max(rows_used, 1), 2), dtype=np.int32)
+        rows = np.arange(rows_used)
+        for gi, chans in enumerate(groups):
+            b = r[chans]
+            inside = (b[:, 0, None] <= rows) & (rows < b[:, 1, None])  # (lanes, rows)
+            xa = np.where(inside, b[:, 2, None], width).min(0, initial=width)
+            xb = np.minimum(np.where(inside, b[:, 3, None], 0).max(0, initial=0), width)
+            keep = xb > xa
+            out[gi, :rows_used, 0] = np.where(keep, xa, 0)
+            out[gi, :rows_used, 1] = np.where(keep, xb, 0)
+        return torch.from_numpy(out)
+
+    def _computed_positions(self) -> int:
+        r = self.ranges.to(torch.int64)
+        return int((r[..., 1] - r[..., 0]).clamp(min=0).sum())
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            raise ValueError(f"the native kernel needs float32 CPU input, got {x.dtype} on {x.device}")
+        n = x.shape[0]
+        if x.dim() != 4 or x.shape[1] != self.c_in or tuple(x.shape[-2:]) != tuple(self.input_hw):
+            raise ValueError(f"input must be (N, {self.c_in}, {self.input_hw[0]}, {self.input_hw[1]}), "
+                             f"got {tuple(x.shape)}")
+        xl = x.permute(0, 2, 3, 1)
+        if not xl.is_contiguous():
+            xl = xl.contiguous()
+        hp, wp = self.output_hw
+        out = self._output((n, hp, wp, self.c_out))
+        if n and out.numel():
+            dims = self.dims.clone()
+            dims[0] = n
+            code = _load().tkn_roi_conv(  # type: ignore[union-attr]
+                _ptr(xl), _ptr(self.weight), _ptr(self.ranges), _ptr(self.window), _ptr(self.bias),
+                _ptr(self.scale), _ptr(self.shift), _ptr(self.index), _ptr(self.fill), _ptr(self.support),
+                _ptr(out), _ptr(dims), len(self.groups), int(self.relu), torch.get_num_threads())
+            if code != 0:
+                raise RuntimeError(f"the native kernel rejected its arguments (code {code})")
+        return out.permute(0, 3, 1, 2)
