@@ -29,7 +29,7 @@ __all__ = ["add_parser", "get_args_parser", "config_from_args", "run", "main"]
 # flag dest -> config key (flags whose value maps directly onto the config)
 _FLAG_KEYS = (
     "model", "data", "data_root", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
-    "weight_decay", "milestones", "gamma", "window", "l2", "beta", "min_roi", "target_speedup", "execution", "seed", "max_train_samples",
+    "weight_decay", "milestones", "gamma", "window", "l2", "beta", "min_roi", "target_speedup", "window_lr_scale", "execution", "seed", "max_train_samples",
     "max_test_samples", "workers", "device", "amp", "out", "progress", "download", "augment",
 )
 
@@ -67,8 +67,11 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     o.add_argument("--gamma", type=float, help="lr factor at each milestone (default 0.1)")
     o.add_argument("--seed", type=int)
     r = parser.add_argument_group("execution and output")
+    o.add_argument("--window-lr-scale", type=float, metavar="F",
+                   help="learning-rate factor of the window parameters m, s (default 1)")
     r.add_argument("--execution", choices=EXECUTIONS,
-                   help="target layers compute only their ROI blocks (fast, default) or the full map (dense)")
+                   help="target layers compute only their ROI blocks (fast) or the full map (dense); "
+                        "default auto: fast on the CPU, dense on a GPU")
     r.add_argument("--workers", type=int, help="DataLoader worker processes (default 0: bitwise-reproducible)")
     r.add_argument("--device", choices=DEVICES, help="auto: CUDA when available")
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA only)")

@@ -82,14 +82,15 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     Weight decay applies to every parameter except the window parameters:
     those are regularised only by the paper's scale penalty
     (:func:`tkn.scale_penalty`); decaying ``m`` towards 0 would pull every
-    window to the top-left corner.
+    window to the top-left corner. The window parameters learn at
+    ``cfg.lr * cfg.window_lr_scale``.
     """
     windows = {id(p) for p in window_parameters(model)}
     decayed = [p for p in model.parameters() if p.requires_grad and id(p) not in windows]
     free = [p for p in model.parameters() if p.requires_grad and id(p) in windows]
     groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
     if free:
-        groups.append({"params": free, "weight_decay": 0.0})
+        groups.append({"params": free, "weight_decay": 0.0, "lr": cfg.lr * cfg.window_lr_scale})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":

@@ -260,8 +260,9 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     data = loaders.build_data(cfg)
     loss = components.loss_name(cfg, data.task)
     model = components.build_model(cfg, data.num_classes, data.input_shape).to(ctx.device)
+    execution = cfg.execution if cfg.execution != "auto" else ("fast" if ctx.device.type == "cpu" else "dense")
     for _, layer in target_layers(model):
-        layer.execution = cfg.execution
+        layer.execution = execution
     net: nn.Module = model
     if ctx.distributed:
         if ctx.device.type == "cuda":
