@@ -50,7 +50,7 @@ class DemoSchedule:
     test_samples: int | None = None
     batch_size: int = 64
     lr: float = 0.02
-    target_speedup: float = 5.0
+    target_speedup: float = 4.0
     min_roi: int = 3
     window_lr_scale: float = 10.0
     latency_repeats: int = 30
