@@ -1,6 +1,19 @@
 import warnings
 
+import pytest
 import torch
 
 # Tracing/compiling tests warn about constant shapes by design; keep the output readable.
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy 2-core machine (10x there).
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,13 +17,7 @@ from tkn.layers import TargetConv2d
 from tkn.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single forward passes of small nets: one thread avoids OpenMP stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- independent references: the layer formulas written out by hand ---------------------------------

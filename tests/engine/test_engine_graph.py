@@ -18,12 +18,7 @@ from helpers_engine import FINE, random_rois_
 OPTIONS = dict(measure=False, candidates=[FINE], grids=(2, 3))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rois(model: nn.Module, seed: int = 0) -> nn.Module:

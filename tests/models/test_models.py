@@ -19,13 +19,7 @@ TARGET_CHANNELS = {"tkn6": 640, "tdn10": 6 * 12, "tdn40": 18 * 36, "tstn": 512}
 SMALL = 16  # the smallest input every paper model admits (the STN pools 4 times): keeps the tests fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids OpenMP barrier stalls on a busy 2-core machine (10x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_lists_the_paper_models():
