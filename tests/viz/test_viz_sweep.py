@@ -52,3 +52,22 @@ def test_sweep_rejects_bad_grids(tmp_path, capsys):
     assert "no dense baseline" in capsys.readouterr().err
     assert main(["sweep", "--config", "paper/tdn10-mnist-cauchy", "--out", str(tmp_path)]) == 2
     assert "give the grid explicitly" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_by_budget_reaches_each_target(tmp_path, capsys):
+    out = tmp_path / "budget"
+    args = ["sweep", "--model", "tkn6", "--data", "mnist-5k", "--target-speedup", "2", "4", "--no-baseline",
+            "--epochs", "2", "--max-train-samples", "32", "--max-test-samples", "16", "--set", "batch_size=16",
+            "--set", "min_roi=2", "--set", "lr=0.01", "--out", str(out), "--json"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["kind"], r["target_speedup"], r["l2"]) for r in rows] == [("budget", 2.0, 0.0), ("budget", 4.0, 0.0)]
+    dense = flops.count(create_model("cnn6").eval(), (1, 28, 28)).macs
+    for row in rows:
+        model, payload = model_from_checkpoint(out / f"speedup-{row['target_speedup']:g}" / "last.pt")
+        assert payload["epoch"] == row["best_epoch"] == 2  # a budget row is the last epoch
+        macs = flops.count(model, (1, 28, 28)).macs
+        assert row["macs"] == macs and row["speedup"] == pytest.approx(dense / macs)
+        assert row["target_speedup"] <= row["speedup"] <= 1.2 * row["target_speedup"]
+    assert (out / "sweep.png").stat().st_size > 5_000
