@@ -6,7 +6,7 @@ each 14×14, the label being the top-left one; 4,000 training and 1,000 test
 images — with the same **reduced schedule**, sized for a few minutes on 2 CPU
 cores (the paper trains 20 epochs on 60,000 images). TKN6 is trained to a
 speed budget (:class:`tkn.MacBudget`): its whole-network MACs fall to
-``1 / R`` of CNN6's over the first half of the steps, with ROIs allowed down
+``1 / R`` of CNN6's over the first quarter of the steps, with ROIs allowed down
 to ``min_roi`` output pixels (the paper's original code went to 2–3 pixels;
 its kernel-width rule caps TKN6 at 5.8× on 28×28 maps), and its windows
 learn at 10× the weights' rate so that they can reach the top-left digit

@@ -82,6 +82,8 @@ class TrainConfig:
         target_speedup: train to this whole-network speed-up ``dense MACs / ROI MACs``
             with :class:`tkn.MacBudget` (``None``: no budget; the paper's recipes use
             ``l2``/``beta`` instead). Both may be combined.
+        budget_ramp: fraction of the steps over which a ``target_speedup`` budget
+            ramps from dense to its target (:class:`tkn.MacBudget`'s ``ramp``).
         window_lr_scale: learning-rate factor of the window parameters ``m``, ``s``
             (1: the same rate as the weights). On short schedules a larger factor
             lets the windows travel to where the information is before they shrink.
@@ -124,6 +126,7 @@ class TrainConfig:
     beta: float = 2.0
     min_roi: int | None = None
     target_speedup: float | None = None
+    budget_ramp: float = 0.25
     window_lr_scale: float = 1.0
     execution: str = "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -188,6 +191,9 @@ class TrainConfig:
         if self.target_speedup is not None:
             _float(self, "target_speedup", minimum=1.0)
         _float(self, "window_lr_scale", positive=True)
+        _float(self, "budget_ramp", minimum=0.0)
+        if self.budget_ramp > 1:
+            raise ValueError(f"budget_ramp must be a fraction of the steps in [0, 1], got {self.budget_ramp}")
         _choice(self, "execution", EXECUTIONS)
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")

@@ -277,7 +277,8 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     params = sum(p.numel() for p in model.parameters())
     budget = None
     if cfg.target_speedup is not None:
-        budget = MacBudget(model, data.input_shape, cfg.target_speedup, cfg.epochs * len(train_data))
+        budget = MacBudget(model, data.input_shape, cfg.target_speedup, cfg.epochs * len(train_data),
+                           ramp=cfg.budget_ramp)
 
     start, history, best = 0, [], None
     if payload is not None:
