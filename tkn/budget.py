@@ -236,21 +236,19 @@ class MacBudget:
         """Differentiable ROI MACs of all target-layer calls (see :func:`roi_mac_measure`)."""
         return torch.stack([roi_mac_measure(c.layer, *c.hw) for c in self.calls]).sum()
 
-    def _exact(self, scales: dict[int, Tensor] | None = None) -> float:
-        total = 0
+    def _exact_per_channel(self, scales: dict[int, Tensor] | None = None) -> Tensor:
+        """Exact MACs of every (call, channel), concatenated in call order, for the scales given per layer
+        (default: the layers' own)."""
+        parts = []
         for c in self.calls:
             s = c.layer.s if scales is None else scales[id(c.layer)]
             roi = TF.rois(c.layer.m, s, c.hw, c.layer.roi_floor)
-            total += int(((roi[:, 1] - roi[:, 0]) * (roi[:, 3] - roi[:, 2])).sum()) * c.pixel_macs
-        return float(total)
-
-    def _exact_per_channel(self, scales: dict[int, Tensor]) -> Tensor:
-        """MACs of every (call, channel), concatenated in call order, for the scales given per layer."""
-        parts = []
-        for c in self.calls:
-            roi = TF.rois(c.layer.m, scales[id(c.layer)], c.hw, c.layer.roi_floor)
             parts.append(((roi[:, 1] - roi[:, 0]) * (roi[:, 3] - roi[:, 2])).to(torch.float64) * c.pixel_macs)
         return torch.cat(parts)
+
+    def _exact(self, scales: dict[int, Tensor] | None = None) -> float:
+        """Exact MACs of the target-layer calls (integers well below 2**53: exact in float64)."""
+        return float(self._exact_per_channel(scales).sum())
 
     def macs(self) -> int:
         """Exact MACs of the whole network now (as ``tkn.flops.count(...).macs``)."""
