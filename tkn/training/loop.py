@@ -237,7 +237,10 @@ def train(
     try:
         with _deterministic(cfg.deterministic, ctx.device):
             emit = log if (log is not None and ctx.is_main) else (lambda line: None)
-            return _train(cfg, ctx, resume, overwrite, emit)
+            result = _train(cfg, ctx, resume, overwrite, emit)
+        if ctx.distributed:  # leave together: a rank tearing down while another still writes its files can abort
+            distributed.all_reduce_sum([0.0], ctx)
+        return result
     finally:
         distributed.teardown(ctx)
 
