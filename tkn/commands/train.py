@@ -71,7 +71,7 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="learning-rate factor of the window parameters m, s (default 1)")
     r.add_argument("--execution", choices=EXECUTIONS,
                    help="target layers compute only their ROI blocks (fast) or the full map (dense); "
-                        "default auto: fast on the CPU, dense on a GPU")
+                        "default auto: fast for one CPU process, dense on a GPU or under torchrun")
     r.add_argument("--workers", type=int, help="DataLoader worker processes (default 0: bitwise-reproducible)")
     r.add_argument("--device", choices=DEVICES, help="auto: CUDA when available")
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA only)")

@@ -90,8 +90,10 @@ class TrainConfig:
         execution: how target layers train: ``"fast"`` (only ROI blocks are computed,
             :mod:`tkn.engine.training`; layers it does not cover fall back to dense
             by themselves), ``"dense"`` (the reference) or ``"auto"`` (the default:
-            fast on the CPU, dense on a GPU, where the block convolutions measured
-            18x slower than one dense convolution). Same values and gradients.
+            fast for a single process on the CPU; dense on a GPU, where the block
+            convolutions measured 18x slower than one dense convolution, and in
+            distributed runs, where the fast path is not validated). Same values
+            and gradients.
         model_kwargs: any further keyword arguments of the model builder.
         loss: ``"auto"`` (cross entropy for classification, mean squared error
             for regression), ``"cross_entropy"`` or ``"mse"``.
