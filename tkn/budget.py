@@ -128,6 +128,10 @@ def max_speedup(model: nn.Module, input_size: Any) -> float:
         5.78
     """
     calls, dense, fixed = _calls(model, input_size)
+    return _max_speedup(calls, dense, fixed)
+
+
+def _max_speedup(calls: list[_Call], dense: int, fixed: int) -> float:
     if not calls:
         raise ValueError("the model has no target layer (TargetConv2d): nothing can be made faster")
     return dense / (fixed + sum(c.floor_macs for c in calls))
@@ -198,9 +202,7 @@ class MacBudget:
             raise ValueError(f"band must be a number in (1, 2], got {band!r}")
         self.model = model
         self.calls, self.dense_macs, self.fixed_macs = _calls(model, input_size)
-        if not self.calls:
-            raise ValueError("the model has no target layer (TargetConv2d): nothing can be made faster")
-        self.max_speedup = self.dense_macs / (self.fixed_macs + sum(c.floor_macs for c in self.calls))
+        self.max_speedup = _max_speedup(self.calls, self.dense_macs, self.fixed_macs)
         if target_speedup > self.max_speedup:
             raise ValueError(
                 f"target_speedup {target_speedup:g} is above the largest speed-up this model can reach, "
