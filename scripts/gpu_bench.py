@@ -6,7 +6,7 @@ line per batch size and writes ``gpu_bench.json`` into ``$OUT`` (default: the cu
 import json, os, sys, time, copy
 import torch, tkn
 from tkn.models import create_model
-from tkn.engine.benchmark import synthetic_rois_, dense_baseline
+from tkn.benchmark import synthetic_rois_, dense_baseline
 out = {}
 dev = torch.device("cuda")
 out["gpu"] = torch.cuda.get_device_name(0); out["torch"] = torch.__version__
@@ -33,7 +33,7 @@ for batch in (1, 64, 512):
         for name, m in (("dense_cnn6", dense), ("target_dense", model), ("frozen", frozen)):
             res[name] = timeit(m, x, 30 if batch < 512 else 10)
     res["speedup_min"] = res["dense_cnn6"][0] / res["frozen"][0]
-    res["plans"] = [r["plan"] for r in tkn.engine.plan_summary(frozen)]
+    res["plans"] = [r["plan"] for r in tkn.ops.plan_summary(frozen)]
     out[f"batch{batch}"] = res
     print(batch, json.dumps(res), flush=True)
 # one training step, batch 64: CNN6 vs TKN6 fast path

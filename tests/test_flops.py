@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tkn.checkpoint import save_checkpoint
 from tkn.cli import main
-from tkn.convert import freeze, target_layers
+from tkn.convert import target_layers
+from tkn.engine import freeze
 from tkn.flops import FlopReport, count
 from tkn.layers import TargetConv2d
 from tkn.models import create_model

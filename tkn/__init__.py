@@ -8,12 +8,12 @@ __version__ = "0.1.0"
 
 from tkn.functional import window
 from tkn.layers import AttentiveRegularization1d, AttentiveRegularization2d, TargetConv2d
-from tkn.convert import clip_parameters_, freeze, scale_penalty, target_layers, targetize
+from tkn.convert import clip_parameters_, scale_penalty, target_layers, targetize
 from tkn.budget import MacBudget
 
 #: Subpackages loaded on first attribute access (``tkn.models.create_model``, ``tkn.flops.count``, ...).
-_SUBMODULES = ("budget", "checkpoint", "convert", "data", "engine", "export", "flops", "functional", "layers",
-               "models", "rescale", "summary", "training", "viz")
+_SUBMODULES = ("benchmark", "budget", "checkpoint", "convert", "data", "engine", "export", "flops", "functional",
+               "layers", "models", "ops", "rescale", "summary", "training", "validate", "viz")
 
 
 def __getattr__(name: str):
@@ -21,6 +21,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(f"tkn.{name}")
+    if name == "freeze":  # the engine sits above the layers: loaded on first use, not by ``import tkn``
+        from tkn.engine import freeze
+
+        return freeze
     raise AttributeError(f"module 'tkn' has no attribute {name!r}")
 
 

@@ -70,6 +70,7 @@ from torch import Tensor, nn
 
 from tkn import functional as TF
 from tkn.layers import TargetConv2d
+from tkn.validate import positive_int, positive_number
 
 __all__ = ["MacBudget", "max_speedup", "roi_mac_measure"]
 
@@ -158,12 +159,6 @@ def roi_mac_measure(layer: TargetConv2d, height: int, width: int) -> Tensor:
     return (wy * wx).sum() * pixel
 
 
-def _check_positive(name: str, value, *, integer: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
-    if not ok or not math.isfinite(value) or value <= 0:
-        kind = "a positive int" if integer else "a finite number > 0"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return value
 
 
 class MacBudget:
@@ -191,13 +186,13 @@ class MacBudget:
                  ramp: float = 0.25, dual_lr: float = 5.0, band: float = 1.1) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        _check_positive("target_speedup", target_speedup)
+        positive_number("target_speedup", target_speedup)
         if target_speedup < 1:
             raise ValueError(f"target_speedup must be >= 1 (dense MACs / ROI MACs), got {target_speedup!r}")
-        _check_positive("total_steps", total_steps, integer=True)
+        positive_int("total_steps", total_steps)
         if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 0 <= ramp <= 1:
             raise ValueError(f"ramp must be a fraction of total_steps in [0, 1], got {ramp!r}")
-        _check_positive("dual_lr", dual_lr)
+        positive_number("dual_lr", dual_lr)
         if isinstance(band, bool) or not isinstance(band, (int, float)) or not 1 < band <= 2:
             raise ValueError(f"band must be a number in (1, 2], got {band!r}")
         self.model = model

@@ -37,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
     for module_name in COMMANDS.values():
         command = importlib.import_module(module_name).add_parser(sub)
-        if "--debug" not in command._option_string_actions:  # `tkn CMD ... --debug` works too
+        try:  # `tkn CMD ... --debug` works too (unless the command defines it itself)
             command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                  help="show full tracebacks on errors")
+        except argparse.ArgumentError:
+            pass
     return parser
 
 

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from tkn import functional as TF
-from tkn.layers import TargetConv2d, check_l2
+from tkn.layers import TargetConv2d
+from tkn.validate import positive_number
 
 __all__ = ["targetize", "scale_penalty", "target_layers", "freeze", "clip_parameters_"]
 
@@ -74,7 +75,7 @@ def targetize(
     TF.check_window(window)
     if include is not None and not callable(include):
         raise TypeError(f"include must be a callable (name, module) -> bool, got {type(include).__name__}")
-    check_l2(l2)
+    positive_number("l2", l2, allow_zero=True)
     TF.check_min_roi(min_roi)
     new = copy.deepcopy(model)
     if type(new) is nn.Conv2d:
@@ -123,13 +124,3 @@ def clip_parameters_(model: nn.Module) -> None:
         if isinstance(m, nn.Parameter) and isinstance(s, nn.Parameter):
             m.clamp_(0.0, 1.0)
             s.clamp_(torch.finfo(s.dtype).tiny, TF.SCALE_MAX)
-
-
-def freeze(model: nn.Module, example_input: Tensor, *, input_size: tuple[int, int] | None = None) -> nn.Module:
-    """An inference copy of ``model`` whose target layers run only their ROIs, planned once.
-
-    See :func:`tkn.engine.freeze` for the details; this is its public entry point.
-    """
-    from tkn.engine import freeze as _freeze
-
-    return _freeze(model, example_input, input_size=input_size)

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tkn.validate import int_pair, positive_int
+
 __all__ = [
     "WINDOWS",
     "SCALE_MAX",
@@ -71,17 +73,8 @@ def check_window(kind: str) -> str:
     return kind.lower()
 
 
-def _check_length(name: str, value) -> int:
-    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point():
-        value = int(value)  # sizes are traced as 0-d tensors under torch.jit.trace
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
-def _check_finite(name: str, t: Tensor) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite, got non-finite values (NaN or inf) in {tuple(t.shape)} tensor")
 
 
 def check_min_roi(min_roi) -> int | None:
@@ -122,7 +115,7 @@ def window(length: int, m, s, kind: str = "cauchy") -> Tensor:
         [0.61, 0.862, 1.0, 0.862, 0.61]
     """
     kind = check_window(kind)
-    _check_length("length", length)
+    positive_int("length", length)
     if not isinstance(m, Tensor):
         m = torch.as_tensor(m, dtype=torch.get_default_dtype())
     if not isinstance(s, Tensor):
@@ -207,8 +200,8 @@ def attention2d_correlated(m: Tensor, s: Tensor, rho: Tensor, height: int, width
     :func:`attention2d`. ``rho`` has shape ``(C,)`` and is used as given
     (layers clip it to ``[-RHO_MAX, RHO_MAX]``).
     """
-    _check_length("height", height)
-    _check_length("width", width)
+    positive_int("height", height)
+    positive_int("width", width)
     zy = (pixel_centres(height, device=m.device, dtype=m.dtype)[None, :] - m[:, 0:1]) / (s[:, 0:1] / 2)
     zx = (pixel_centres(width, device=m.device, dtype=m.dtype)[None, :] - m[:, 1:2]) / (s[:, 1:2] / 2)
     zy, zx = zy[:, :, None], zx[:, None, :]
@@ -315,7 +308,7 @@ def target_conv2d(
     """
     if execution not in ("dense", "sliced"):
         raise ValueError(f"execution must be 'dense' or 'sliced', got {execution!r}")
-    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    stride, dilation = int_pair("stride", stride), int_pair("dilation", dilation)
     ky, kx = weight.shape[-2:]
     pad = resolve_padding(padding, (ky, kx), stride, dilation)
     xp = pad_input(x, pad, padding_mode)
@@ -336,13 +329,3 @@ def target_conv2d(
     return y * (win * roi_mask(roi, ho, wo).to(win.dtype))
 
 
-def _pair(name: str, value) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
-    ):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
-    return tuple(value)

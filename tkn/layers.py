@@ -7,27 +7,19 @@ Each layer normalises its arguments once in ``__init__``, passes ``device`` and
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
 
 from tkn import functional as TF
+from tkn.ops.fast_conv import fast_target_conv2d
+from tkn.validate import check_finite, int_pair, positive_int, positive_number
 
 __all__ = ["AttentiveRegularization1d", "AttentiveRegularization2d", "TargetConv2d"]
 
 
-def _check_channels(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
-def check_l2(l2) -> float:
-    """Validate a scale-penalty weight: a finite number ``>= 0``."""
-    if not isinstance(l2, (int, float)) or isinstance(l2, bool) or not math.isfinite(l2) or l2 < 0:
-        raise ValueError(f"l2 must be a finite non-negative number, got {l2!r}")
-    return float(l2)
 
 
 def _check_input(x, rank: int, channels: int, layout: str) -> None:
@@ -53,7 +45,7 @@ class _AttentiveRegularization(nn.Module):
 
     def __init__(self, channels: int, window: str = "cauchy", *, device=None, dtype=None) -> None:
         super().__init__()
-        self.channels = _check_channels("channels", channels)
+        self.channels = positive_int("channels", channels)
         self.window = TF.check_window(window)
         factory = {"device": device, "dtype": dtype}
         self.m = nn.Parameter(torch.empty(channels, self.ndim, **factory))
@@ -68,8 +60,8 @@ class _AttentiveRegularization(nn.Module):
     def clipped(self, sizes) -> tuple[Tensor, Tensor]:
         """The clipped ``(m, s)`` used for a map of ``sizes`` (one length per axis)."""
         if _params_are_checked():
-            TF._check_finite("m", self.m)
-            TF._check_finite("s", self.s)
+            check_finite("m", self.m)
+            check_finite("s", self.s)
         return TF.clip_params(self.m, self.s, sizes)
 
     def extra_repr(self) -> str:
@@ -177,7 +169,7 @@ class TargetConv2d(nn.Module):
         execution: ``"dense"`` (full convolution, then window and mask: the
             reference), ``"sliced"`` (one convolution per distinct ROI: simple,
             for checking) or ``"fast"`` (ROI blocks re-planned every call, the
-            training path of :mod:`tkn.engine.training`). Same values and
+            training path of :mod:`tkn.ops.fast_conv`). Same values and
             gradients; ``tkn.freeze`` is the inference counterpart.
 
     Attributes:
@@ -216,23 +208,23 @@ class TargetConv2d(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        self.in_channels = _check_channels("in_channels", in_channels)
-        self.out_channels = _check_channels("out_channels", out_channels)
-        self.groups = _check_channels("groups", groups)
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = positive_int("out_channels", out_channels)
+        self.groups = positive_int("groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
             )
-        self.kernel_size = TF._pair("kernel_size", kernel_size)
-        self.stride = TF._pair("stride", stride)
-        self.dilation = TF._pair("dilation", dilation)
+        self.kernel_size = int_pair("kernel_size", kernel_size)
+        self.stride = int_pair("stride", stride)
+        self.dilation = int_pair("dilation", dilation)
         left, _, top, _ = TF.resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.padding = padding if isinstance(padding, str) else (top, left)
         if padding_mode not in TF.PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {list(TF.PADDING_MODES)}, got {padding_mode!r}")
         self.padding_mode = padding_mode
         self.window = TF.check_window(window)
-        self.l2 = check_l2(l2)
+        self.l2 = positive_number("l2", l2, allow_zero=True)
         self.min_roi = TF.check_min_roi(min_roi)
         if execution not in ("dense", "sliced", "fast"):
             raise ValueError(f"execution must be 'dense', 'sliced' or 'fast', got {execution!r}")
@@ -299,11 +291,9 @@ class TargetConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, 4, self.in_channels, "(N, C_in, H, W)")
         if _params_are_checked():
-            TF._check_finite("m", self.m)
-            TF._check_finite("s", self.s)
-        if self.execution == "fast":  # ROI blocks re-planned every call (tkn.engine.training)
-            from tkn.engine.training import fast_target_conv2d
-
+            check_finite("m", self.m)
+            check_finite("s", self.s)
+        if self.execution == "fast":  # ROI blocks re-planned every call (tkn.ops.fast_conv)
             return fast_target_conv2d(
                 x, self.weight, self.m, self.s, self.bias, stride=self.stride, padding=self.padding,
                 dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode, window=self.window,

@@ -36,14 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn.layers import TargetConv2d
+from tkn.validate import int_pair, positive_int
 
 __all__ = ["attention_at", "rois_at", "grid_positions", "score_map"]
 
 
-def _check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def attention_at(layer: TargetConv2d, height: int, width: int) -> Tensor:
@@ -55,29 +52,23 @@ def attention_at(layer: TargetConv2d, height: int, width: int) -> Tensor:
     """
     if not isinstance(layer, TargetConv2d):
         raise TypeError(f"layer must be a tkn.TargetConv2d, got {type(layer).__name__}")
-    return layer.attention(_check_size("height", height), _check_size("width", width))
+    return layer.attention(positive_int("height", height), positive_int("width", width))
 
 
 def rois_at(layer: TargetConv2d, height: int, width: int) -> Tensor:
     """The integer ROIs ``(C, 4)`` (``y0, y1, x0, x1``) of a target layer on a ``height × width`` output map."""
     if not isinstance(layer, TargetConv2d):
         raise TypeError(f"layer must be a tkn.TargetConv2d, got {type(layer).__name__}")
-    return layer.rois(_check_size("height", height), _check_size("width", width))
+    return layer.rois(positive_int("height", height), positive_int("width", width))
 
 
-def _pair(name: str, value) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"{name} must be a positive int or a pair (H, W) of them, got {value!r}")
-    return _check_size(f"{name}[0]", value[0]), _check_size(f"{name}[1]", value[1])
 
 
 def grid_positions(image_size: Sequence[int], window_size, stride) -> tuple[Tensor, Tensor]:
     """Top-left corners ``(ys, xs)`` of the windows :func:`score_map` evaluates (row and column offsets)."""
-    h, w = _pair("image_size", tuple(image_size))
-    wh, ww = _pair("window_size", window_size)
-    sy, sx = _pair("stride", stride)
+    h, w = int_pair("image_size", tuple(image_size))
+    wh, ww = int_pair("window_size", window_size)
+    sy, sx = int_pair("stride", stride)
     if wh > h or ww > w:
         raise ValueError(f"window_size {(wh, ww)} is larger than the image {(h, w)}")
     return torch.arange(0, h - wh + 1, sy), torch.arange(0, w - ww + 1, sx)
@@ -122,10 +113,10 @@ def score_map(
         )
     if not image.is_floating_point():
         raise TypeError(f"image must be floating point, got {image.dtype}")
-    _check_size("batch_size", batch_size)
+    positive_int("batch_size", batch_size)
     x = image if image.dim() == 4 else image[None]
-    wh, ww = _pair("window_size", window_size)
-    stride = _pair("stride", stride if stride is not None else (max(1, wh // 4), max(1, ww // 4)))
+    wh, ww = int_pair("window_size", window_size)
+    stride = int_pair("stride", stride if stride is not None else (max(1, wh // 4), max(1, ww // 4)))
     ys, xs = grid_positions(x.shape[-2:], (wh, ww), stride)
     c = x.shape[1]
     cols = F.unfold(x, (wh, ww), stride=stride)  # (1, C*wh*ww, ny*nx), row-major over positions

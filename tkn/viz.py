@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn.convert import target_layers
+from tkn.validate import positive_int
 from tkn.summary import format_macs, example_input, layer_row, target_geometry, totals
 
 __all__ = [
@@ -109,10 +110,6 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None):
     return [(n, layer) for n, layer in pairs if n in set(layers)]
 
 
-def _check_max_channels(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_channels must be a positive int, got {value!r}")
-    return value
 
 
 def _caption(name: str, row: dict, shown: int) -> str:
@@ -157,7 +154,7 @@ def attention_figure(
         A ``matplotlib.figure.Figure`` (save it with :func:`save_figure`).
     """
     plt = require_matplotlib()
-    _check_max_channels(max_channels)
+    positive_int("max_channels", max_channels)
     pairs = _select_layers(model, layers)
     geometry = target_geometry(model, example_input(model, input_size))
     pairs = [(n, layer) for n, layer in pairs if n in geometry]
@@ -224,7 +221,7 @@ def activation_figure(
         raise ValueError(
             f"image must be a (C, H, W) or (1, C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}"
         )
-    _check_max_channels(max_channels)
+    positive_int("max_channels", max_channels)
     x = (image if image.dim() == 4 else image[None]).float()
     pairs = _select_layers(model, layers)
     outputs: dict[str, tuple[Tensor, tuple[int, int]]] = {}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from tkn.engine.plan import CostModel
+from tkn.ops.plan import CostModel
 from tkn.layers import TargetConv2d
 
 #: A cost model that never merges for overhead: many small blocks, a non-trivial permutation.

@@ -9,7 +9,7 @@ from torch import nn
 
 from tkn.cli import main
 from tkn.convert import target_layers
-from tkn.engine import benchmark as B
+from tkn import benchmark as B
 from tkn.layers import TargetConv2d
 from tkn.models import create_model
 

@@ -201,7 +201,7 @@ def test_shared_or_disabled_followers_are_not_fused():
 
 def test_tkn6_freeze_with_default_candidates_matches_eval():
     """The whole default path on the paper's TKN6: measured choice among dense, blocks and tiles, fused epilogues."""
-    from tkn.engine.benchmark import synthetic_rois_
+    from tkn.benchmark import synthetic_rois_
     from tkn.models import create_model
 
     model = synthetic_rois_(create_model("tkn6", input_size=(24, 24))).eval()
@@ -230,7 +230,7 @@ def test_input_sparsity_between_directly_chained_layers(input_sparsity):
     frozen = freeze(net, x, measure=False, candidates=[FINE], grids=(2,), input_sparsity=input_sparsity)
     first, second, third = _layers(frozen)
     assert first.plan.mode != "dense" and second.plan.mode != "dense"
-    reads = [r for r in second._inputs if r is not None]
+    reads = [r for r in second.input_ranges if r is not None]
     assert bool(reads) == input_sparsity  # ranges of the first layer's (position-ordered) channels
     if input_sparsity and first.plan.mode == "tiles":
         assert first.permute_output and sorted(first.plan.perm) == list(range(32))
@@ -243,5 +243,5 @@ def test_no_input_sparsity_through_a_batch_norm():
     net = _net()
     frozen = freeze(net, torch.randn(2, 3, 14, 14), measure=False, candidates=[FINE], grids=(2,))
     layers = _layers(frozen)
-    assert all(r is None for r in getattr(layers[1], "_inputs", [None]))
+    assert all(r is None for r in getattr(layers[1], "input_ranges", [None]))
     _assert_same(net, frozen, torch.randn(2, 3, 14, 14))

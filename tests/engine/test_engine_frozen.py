@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from tkn import functional as TF
 from tkn.engine import FrozenTargetConv2d
-from tkn.engine.frozen import GEMM_MAX_K
-from tkn.engine.plan import CostModel, dense_plan, plan_blocks, plan_tiles
+from tkn.engine.modules import GEMM_MAX_K
+from tkn.ops.plan import CostModel, dense_plan, plan_blocks, plan_tiles
 from tkn.layers import TargetConv2d
 from helpers_engine import FINE, random_rois_
 from reference import target_conv2d_ref
@@ -207,7 +207,7 @@ def test_input_support_skips_only_zero_channels(kind, stride):
     support[5] = torch.tensor([3, 3, 0, 0])  # an empty box: that channel is zero everywhere
     x = _supported_input(support, 3, hw, 0)
     frozen = FrozenTargetConv2d(layer, hw, _plan(layer, hw, kind=kind), input_support=support)
-    ranges = [r for r in frozen._inputs if r is not None]
+    ranges = [r for r in frozen.input_ranges if r is not None]
     assert ranges and all((hi - lo) % 8 == 0 and hi - lo < cin for lo, hi in ranges)
     with torch.no_grad():
         ref, out = layer(x), frozen(x)

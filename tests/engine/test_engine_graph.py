@@ -146,7 +146,7 @@ def test_batch_norm_folded_with_relu_and_functional_pool(dtype, tol):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
     assert _rel_error(model, frozen, x) <= tol
     # channels with relu(shift) > 0 are non-zero everywhere: the support says so, and holds
-    outside = a.fill if (a.permute_output or a._identity) else a.fill[a.inverse_perm]
+    outside = a.fill if (a.permute_output or a.identity_order) else a.fill[a.inverse_perm]
     full = (a.output_support() == torch.tensor([0, 8, 0, 8])).all(1)
     assert bool(full[outside > 0].all())
     assert _assert_supports_hold(model, frozen, x) == 1

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tkn.engine import FrozenTargetConv2d, freeze, native
-from tkn.engine.frozen import FrozenSparseLinear, native_plan
-from tkn.engine.plan import CostModel, dense_plan, plan_blocks, plan_tiles
+from tkn.engine.modules import FrozenSparseLinear, native_plan
+from tkn.ops.plan import CostModel, dense_plan, plan_blocks, plan_tiles
 from tkn.layers import TargetConv2d
 from helpers_engine import random_rois_
 from reference import conv2d_ref

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tkn import functional as TF
-from tkn.engine.plan import (Block, CostModel, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
+from tkn.ops.plan import (Block, CostModel, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
 from helpers_engine import FINE
 

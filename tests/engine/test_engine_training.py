@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tkn import functional as TF
-from tkn.engine.training import fast_target_conv2d
+from tkn.ops.fast_conv import fast_target_conv2d
 from tkn.layers import TargetConv2d
 
 
@@ -27,7 +27,7 @@ def _grads(fn, x, w, b, m, s, g):
 ])
 @pytest.mark.parametrize("window", ["cauchy", "gaussian"])
 def test_values_and_gradients_equal_dense(kernel, hw, kwargs, window, monkeypatch):
-    from tkn.engine import training
+    from tkn.ops import fast_conv as training
 
     assembled = []
     original = training._Assemble.apply

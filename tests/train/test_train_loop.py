@@ -229,7 +229,7 @@ def test_regression_epoch_reports_mse_and_mae_of_its_batches():
 
 def test_fast_execution_follows_the_dense_loss_curve(tmp_path, monkeypatch):
     """``execution="fast"`` (the default) trains the same function as the dense reference: same losses."""
-    from tkn.engine import training as fast_path
+    from tkn.ops import fast_conv as fast_path
     from tkn.training import TrainConfig, train
 
     blocked = []

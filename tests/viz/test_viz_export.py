@@ -8,7 +8,7 @@ import torch
 
 from tkn.cli import main
 from tkn.engine import FrozenTargetConv2d
-from tkn.engine.plan import CostModel
+from tkn.ops.plan import CostModel
 from tkn.export import export_model
 
 # Plan from the cost model alone, without per-call cost: the export must carry the ROI-only execution.

@@ -13,7 +13,7 @@ Variants are interleaved and repeated; the minimum over repeats is reported
 (the median is in ``--json``). Speed-up is against the dense CNN (the model
 with plain ``nn.Conv2d`` layers); efficiency = speed-up / FLOP ratio. The
 synthetic ROI distribution and the memory measurement are documented in
-:mod:`tkn.engine.benchmark`.
+:mod:`tkn.benchmark`.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _build(args: argparse.Namespace, dims: tuple[int, int, int]):
-    from tkn.engine.benchmark import synthetic_rois_
+    from tkn.benchmark import synthetic_rois_
 
     if args.checkpoint:
         from tkn.checkpoint import model_from_checkpoint
@@ -72,7 +72,7 @@ def _build(args: argparse.Namespace, dims: tuple[int, int, int]):
     from tkn.models import create_model
 
     model = create_model(args.model, in_channels=dims[0], input_size=(dims[1], dims[2]))
-    from tkn.engine.benchmark import ROI_PRESETS
+    from tkn.benchmark import ROI_PRESETS
 
     m_range, s_range = ROI_PRESETS[args.rois]
     return synthetic_rois_(model, args.seed, m_range, s_range), f"synthetic ROIs '{args.rois}' (seed {args.seed})"
@@ -80,7 +80,7 @@ def _build(args: argparse.Namespace, dims: tuple[int, int, int]):
 
 def run(args: argparse.Namespace) -> int:
     from tkn.convert import target_layers
-    from tkn.engine import benchmark as B
+    from tkn import benchmark as B
 
     dims = parse_chw(args.input) or (1, 56, 56)
     if any(b < 1 for b in args.batch):

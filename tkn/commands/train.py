@@ -143,10 +143,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tkn.commands.train``: the same as ``tkn train``."""
-    from tkn.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    """``python -m tkn.commands.train``: the options of ``tkn train`` (errors raise, with their traceback)."""
+    return run(get_args_parser().parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

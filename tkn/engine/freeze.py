@@ -17,7 +17,7 @@ Steps:
    cannot be traced is analysed per ``nn.Sequential`` instead: a target layer
    followed by ``nn.ReLU`` and/or ``nn.MaxPool2d(k)`` (stride ``k``, no
    padding, each module called once) has them applied per block
-   (:class:`~tkn.engine.frozen.FrozenTargetConv2d` ``relu``/``pool``); the
+   (:class:`~tkn.engine.modules.FrozenTargetConv2d` ``relu``/``pool``); the
    fused modules become ``nn.Identity``.
 4. For each layer, in execution order, when the native kernel is available
    (:func:`tkn.engine.native.available`) and can run the layer: build the dense
@@ -27,20 +27,20 @@ Steps:
    is kept if it beats dense by ``DENSE_MARGIN``; without ``measure``, if it
    executes under ``NATIVE_MODELLED`` of dense's work. This takes seconds.
 5. For the other layers (no native kernel, ``native=False``): build candidate plans — dense, block
-   plans from :func:`~tkn.engine.plan.plan_blocks` and tile plans from
-   :func:`~tkn.engine.plan.plan_tiles` under a few cost-model settings and
+   plans from :func:`~tkn.ops.plan.plan_blocks` and tile plans from
+   :func:`~tkn.ops.plan.plan_tiles` under a few cost-model settings and
    grids — and keep the block plans and the ``SCREENED_CANDIDATES`` tile
    plans the cost model rates cheapest. When ``measure`` is true, time each once on the recorded
    activations, then time dense and the ``FINAL_CANDIDATES`` fastest
    ``repeats`` more times (interleaved, minimum) and keep the fastest (a
    block plan must beat dense by ``DENSE_MARGIN``); otherwise keep the
    cheapest modelled.
-6. Replace the layer by a :class:`~tkn.engine.frozen.FrozenTargetConv2d`
+6. Replace the layer by a :class:`~tkn.engine.modules.FrozenTargetConv2d`
    whose input order is its producer's plan order; permute the batch norms and
    non-target consumers on its route.
 7. With ``input_sparsity``: an ``nn.Linear`` that a frozen layer's flattened
    output reaches through operations keeping zeros (ReLU, dropout, ...; no batch
-   norm or pooling) becomes a :class:`~tkn.engine.frozen.FrozenSparseLinear`
+   norm or pooling) becomes a :class:`~tkn.engine.modules.FrozenSparseLinear`
    reading only the features inside the layer's ROIs.
 
 The plan depends on the example's batch size (the per-call overhead is shared
@@ -55,12 +55,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from tkn.engine.frozen import FrozenSparseLinear, FrozenTargetConv2d, native_plan
+from tkn.engine.modules import FrozenSparseLinear, FrozenTargetConv2d, native_plan
 from tkn.engine.graph import analyse, fold_batch_norm, rewrite
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
-from tkn.engine.plan import (CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
+from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
-from tkn.engine.training import train_grid
+from tkn.ops.fast_conv import train_grid
 from tkn.layers import TargetConv2d
 
 __all__ = ["freeze", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
@@ -77,10 +77,10 @@ NATIVE_SURE = 0.3
 NATIVE_MODELLED = 0.5
 
 #: A linear layer fed by a frozen target layer's flattened output is replaced by a
-#: :class:`~tkn.engine.frozen.FrozenSparseLinear` when at most this fraction of its inputs can be non-zero.
+#: :class:`~tkn.engine.modules.FrozenSparseLinear` when at most this fraction of its inputs can be non-zero.
 SPARSE_LINEAR_MAX = 0.5
 
-#: Cost-model settings tried for every layer (see :class:`~tkn.engine.plan.CostModel`); the first also
+#: Cost-model settings tried for every layer (see :class:`~tkn.ops.plan.CostModel`); the first also
 #: plans the tiles and ranks all candidates.
 DEFAULT_CANDIDATES: tuple[CostModel, ...] = (
     CostModel(channel_quantum=16, copy_cost=40.0, call_cost=2e6),
@@ -193,10 +193,10 @@ def freeze(
             ``nn.Dropout`` or ``nn.Identity``), the producer's output is zero outside its
             ROIs: the consumer's blocks then read only the input channels whose ROI meets
             their input window (``input_support`` of
-            :class:`~tkn.engine.frozen.FrozenTargetConv2d`). Exact; it skips products with zeros.
+            :class:`~tkn.engine.modules.FrozenTargetConv2d`). Exact; it skips products with zeros.
             Likewise an ``nn.Linear`` fed by a frozen layer's flattened output through operations
             that keep zeros reads only the features inside the ROIs
-            (:class:`~tkn.engine.frozen.FrozenSparseLinear`, where at most ``SPARSE_LINEAR_MAX`` of them).
+            (:class:`~tkn.engine.modules.FrozenSparseLinear`, where at most ``SPARSE_LINEAR_MAX`` of them).
         graph: find epilogues and input sparsity on the model's :mod:`torch.fx` graph
             (:mod:`tkn.engine.graph`: batch norms folded, functional ReLUs and max-pools, through
             concatenations and additions); ``False``, or a model that cannot be traced, uses the
@@ -206,7 +206,7 @@ def freeze(
 
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
-        example are :class:`~tkn.engine.frozen.FrozenTargetConv2d`. Its outputs
+        example are :class:`~tkn.engine.modules.FrozenTargetConv2d`. Its outputs
         equal ``model.eval()``'s (to float rounding). It is of ``model``'s class,
         unless a fused follower was a function or method call (e.g. ``F.relu``):
         then it is a :class:`torch.fx.GraphModule` of the rewritten graph, with
@@ -296,13 +296,13 @@ def freeze(
         if measure:
             # every block and union-tile plan (few of them; at small batches few calls win) and the best-modelled
             # tile plans
-            blocks = [i for i in range(1, len(plans)) if plans[i].mode == "blocks" or "union" in plans[i].label]
+            blocks = [i for i in range(1, len(plans)) if plans[i].mode is PlanMode.BLOCKS or plans[i].union]
             tiles = [i for i in range(1, len(plans)) if i not in blocks]
             keep = blocks + sorted(tiles, key=modelled.__getitem__)[:SCREENED_CANDIDATES]
             plans, modelled = [plans[0]] + [plans[i] for i in keep], [modelled[0]] + [modelled[i] for i in keep]
         route = routes.get(name)
         options = [FrozenTargetConv2d(layer, hw, p, in_perm=in_perm, relu=relu, pool=pool, input_support=support,
-                                      permute_output=route is not None and p.mode == "blocks", scale=scale,
+                                      permute_output=route is not None and p.mode is PlanMode.BLOCKS, scale=scale,
                                       shift=shift) for p in plans]
         if measure and len(options) > 1:
             times = _time_candidates(options, x if in_perm is None else x[:, in_perm], repeats)
@@ -316,7 +316,7 @@ def freeze(
             consumer = analysis.direct_consumer(name) if input_sparsity and calls[name] == 1 else None
         else:
             consumer = next((c for c, (a, _) in producers.items() if a == name), None)
-        if (consumer is not None and chosen.plan.mode == "tiles" and consumer not in in_perms
+        if (consumer is not None and chosen.plan.mode is PlanMode.TILES and consumer not in in_perms
                 and calls.get(consumer) == 1):
             # emit the channels ordered by ROI position: the consumer's blocks then read short channel ranges
             order = _spatial_order(chosen.output_support())
@@ -328,7 +328,7 @@ def freeze(
         supports[name] = chosen.output_support()
         fused += names
         if route is not None:
-            if not chosen._identity:
+            if not chosen.identity_order:
                 apply_route(frozen, route, chosen.plan.perm, layer.out_channels)
                 if route.kind == "conv" and isinstance(frozen.get_submodule(route.consumer), TargetConv2d):
                     in_perms[route.consumer] = chosen.plan.perm
@@ -354,7 +354,7 @@ def freeze(
 
 def _sparse_linear(model: nn.Module, name: str, producer: FrozenTargetConv2d) -> None:
     """Replace the ``nn.Linear`` ``name``, fed by ``producer``'s flattened output, by a
-    :class:`~tkn.engine.frozen.FrozenSparseLinear` reading only the columns inside the producer's output support."""
+    :class:`~tkn.engine.modules.FrozenSparseLinear` reading only the columns inside the producer's output support."""
     linear = model.get_submodule(name)
     box = producer.output_support()
     (hp, wp), channels = producer.output_hw, box.shape[0]
@@ -541,7 +541,7 @@ def plan_summary(model: nn.Module) -> list[dict]:
             rows.append({
                 "layer": name, "mode": m.plan.mode, "plan": m.plan.label, "blocks": len(m.blocks),
                 "active_channels": m.plan.n_active, "channels": m.out_channels,
-                "relu": m.relu, "pool": m.pool, "input_ranges": sum(1 for r in getattr(m, "_inputs", []) if r),
+                "relu": m.relu, "pool": m.pool, "input_ranges": sum(1 for r in m.input_ranges if r),
                 "executed_macs": m.executed_macs(), "roi_macs": m.macs(),
                 "timings_s": dict(getattr(m, "timings", {})),
             })

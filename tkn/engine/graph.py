@@ -20,7 +20,7 @@ for every :class:`~tkn.layers.TargetConv2d` called once:
   the union of the two boxes; a non-target addend makes the channel non-zero
   everywhere). A frozen layer whose fused shift (after its ReLU) is not zero
   in a channel reports the whole map for it (its
-  :meth:`~tkn.engine.frozen.FrozenTargetConv2d.output_support`). The
+  :meth:`~tkn.engine.modules.FrozenTargetConv2d.output_support`). The
   consumer's blocks then read only the input channels whose box meets their
   window.
 

@@ -20,15 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from tkn import functional as TF
-from tkn.layers import TargetConv2d, check_l2
+from tkn.layers import TargetConv2d
+from tkn.validate import positive_int, positive_number
 
 __all__ = ["PaperModel", "resolve_args", "conv", "block_l2", "he_init_"]
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _input_size(value: Any) -> tuple[int, int]:
@@ -36,7 +33,7 @@ def _input_size(value: Any) -> tuple[int, int]:
         value = (value, value)
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"input_size must be an int or a pair (H, W) of positive ints, got {value!r}")
-    return (_positive_int("input_size[0]", value[0]), _positive_int("input_size[1]", value[1]))
+    return (positive_int("input_size[0]", value[0]), positive_int("input_size[1]", value[1]))
 
 
 def resolve_args(
@@ -58,11 +55,11 @@ def resolve_args(
     Raises:
         ValueError: an argument is out of range (the message names it).
     """
-    num_classes = _positive_int("num_classes", num_classes)
-    in_channels = _positive_int("in_channels", in_channels)
+    num_classes = positive_int("num_classes", num_classes)
+    in_channels = positive_int("in_channels", in_channels)
     h, w = _input_size(input_size)
     window = TF.check_window(window)
-    l2 = check_l2(l2)
+    l2 = positive_number("l2", l2, allow_zero=True)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
     if dropout is not None:

@@ -88,7 +88,7 @@ class TrainConfig:
             (1: the same rate as the weights). On short schedules a larger factor
             lets the windows travel to where the information is before they shrink.
         execution: how target layers train: ``"fast"`` (only ROI blocks are computed,
-            :mod:`tkn.engine.training`; layers it does not cover fall back to dense
+            :mod:`tkn.ops.fast_conv`; layers it does not cover fall back to dense
             by themselves), ``"dense"`` (the reference) or ``"auto"`` (the default:
             fast for a single process on the CPU; dense on a GPU, where the block
             convolutions measured 18x slower than one dense convolution, and in

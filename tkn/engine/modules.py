@@ -1,4 +1,4 @@
-"""The frozen executor: one target layer with fixed ROIs, run by a :class:`~tkn.engine.plan.LayerPlan`.
+"""The frozen executor: one target layer with fixed ROIs, run by a :class:`~tkn.ops.plan.LayerPlan`.
 
 ``"native"`` plans run the C++ kernel of :mod:`tkn.engine.native`: one call per
 layer computes every channel's exact ROI (channels in groups of one SIMD
@@ -9,7 +9,7 @@ epilogue fused; it needs the compiled kernel (:func:`tkn.engine.native.available
 ``"blocks"`` and ``"tiles"`` plans convolve each block's input crop (the
 kernel's halo read from the input, zero padding added only where the crop
 leaves the map) with the block's rows of the weight — padded with zero rows
-to a multiple of :data:`~tkn.engine.plan.PAD_CHANNELS`, the channel count the
+to a multiple of :data:`~tkn.ops.plan.PAD_CHANNELS`, the channel count the
 CPU kernels are fast at — multiply the result in place by the precomputed
 window·mask crop and write it into a ``channels_last`` output zero-filled
 once. ``"blocks"`` plans write by slice (their channels are contiguous in the
@@ -24,7 +24,7 @@ the ROIs the output is ``shift``), a ReLU and a ``pool``×``pool`` max-pool (str
 ``pool``) applied per block before the write, so the full-size activation is
 never materialised (on TKN6 at 56×56 that full map is 205 MB at batch 64, and
 pooling it costs more than the ROI convolution). Block boxes are aligned to
-the pool (:func:`~tkn.engine.plan.align_plan`): every pool window lies wholly
+the pool (:func:`~tkn.ops.plan.align_plan`): every pool window lies wholly
 inside or wholly outside a block, and outside it the activation is the
 channel's *fill value*, ``relu(shift)`` (0 without an affine map).
 
@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn import functional as TF
-from tkn.engine import native as _native
-from tkn.engine.plan import Block, LayerPlan, align_plan, dense_plan, padded_channels
+from tkn.engine import native as native_kernel
+from tkn.ops.plan import Block, LayerPlan, PlanMode, align_plan, dense_plan, input_span, padded_channels
 from tkn.layers import TargetConv2d
 
 __all__ = ["FrozenTargetConv2d", "FrozenSparseLinear", "GEMM_MAX_K", "native_plan"]
@@ -53,16 +53,9 @@ __all__ = ["FrozenTargetConv2d", "FrozenSparseLinear", "GEMM_MAX_K", "native_pla
 GEMM_MAX_K = 32
 
 
-def _span(lo: int, hi: int, stride: int, extent: int, pad_before: int, size: int) -> tuple[int, int, int, int]:
-    """Input range ``[a, b)`` for output range ``[lo, hi)``, clipped to ``[0, size)``, plus the zero padding needed."""
-    a = lo * stride - pad_before
-    b = (hi - 1) * stride + extent - pad_before
-    return max(a, 0), min(b, size), max(-a, 0), max(b - size, 0)
-
-
 def native_plan(channels: int) -> LayerPlan:
     """The plan that runs the layer with the native kernel (see :mod:`tkn.engine.native`)."""
-    return LayerPlan("native", list(range(channels)), [], channels, "native")
+    return LayerPlan(PlanMode.NATIVE, list(range(channels)), [], channels, "native")
 
 
 def _channel_vector(name: str, value: Tensor | None, channels: int) -> Tensor | None:
@@ -141,27 +134,25 @@ class FrozenTargetConv2d(nn.Module):
         self.kernel_extent = layer.kernel_extent
         self.groups, self.pad, self.padding_mode = layer.groups, layer.pad, layer.padding_mode
         plan = plan if plan is not None else dense_plan(layer.out_channels)
-        if plan.mode not in ("dense", "blocks", "tiles", "native"):
-            raise ValueError(f"plan.mode must be 'dense', 'blocks', 'tiles' or 'native', got {plan.mode!r}")
-        if plan.mode == "native":
+        if plan.mode is PlanMode.NATIVE:
             why = self.native_unsupported(layer, pool)
             if why:
                 raise ValueError(f"a native plan cannot run this layer: {why}")
             if plan.perm != list(range(self.out_channels)) or permute_output:
                 raise ValueError("native plans keep the original channel order (identity perm, no permute_output)")
-        if plan.mode != "dense" and self.groups != 1:
+        if plan.mode is not PlanMode.DENSE and self.groups != 1:
             raise ValueError(f"block and tile plans need groups=1, the layer has groups={self.groups}")
         if sorted(plan.perm) != list(range(self.out_channels)):
             raise ValueError(f"plan.perm must be a permutation of range({self.out_channels})")
-        if plan.mode == "tiles" and permute_output:
+        if plan.mode is PlanMode.TILES and permute_output:
             raise ValueError("tile plans keep the original channel order: permute_output must be False")
-        if output_order is not None and (plan.mode != "tiles" or sorted(output_order) != list(range(
+        if output_order is not None and (plan.mode is not PlanMode.TILES or sorted(output_order) != list(range(
                 self.out_channels))):
             raise ValueError(f"output_order must be a permutation of range({self.out_channels}), for tile plans")
         if in_perm is not None and (self.groups != 1 or sorted(in_perm) != list(range(self.in_channels))):
             raise ValueError(f"in_perm must be a permutation of range({self.in_channels}) (and groups 1)")
         if output_order is not None:  # a tile plan emitting its channels in another order: that is its perm
-            plan = LayerPlan(plan.mode, list(output_order), plan.blocks, plan.n_active, plan.label, plan.index)
+            plan = LayerPlan(plan.mode, list(output_order), plan.blocks, plan.n_active, plan.label, plan.index, plan.union)
             permute_output = True
         self.plan = align_plan(plan, pool, self.conv_hw)
         self.permute_output = bool(permute_output)
@@ -170,12 +161,14 @@ class FrozenTargetConv2d(nn.Module):
         #: seconds measured per candidate plan at freeze time (empty when not measured)
         self.timings: dict[str, float] = {}
         self.blocks: list[Block] = list(self.plan.blocks)
-        self._tiles = self.plan.mode == "tiles"
+        self._tiles = self.plan.mode is PlanMode.TILES
         scale = _channel_vector("scale", scale, self.out_channels)
         shift = _channel_vector("shift", shift, self.out_channels)
         #: whether a per-channel affine map is fused
         self.affine = scale is not None or shift is not None
-        self._native: _native.NativeConv | None = None
+        self._native: native_kernel.NativeConv | None = None
+        #: input channels ``[lo, hi)`` read per block (``None``: all of them); empty for dense and native plans
+        self.input_ranges: list[tuple[int, int] | None] = []
 
         perm = torch.tensor(self.plan.perm, dtype=torch.long, device=layer.weight.device)
         with torch.no_grad():
@@ -189,7 +182,7 @@ class FrozenTargetConv2d(nn.Module):
         self.register_buffer("inverse_perm", torch.argsort(perm))
         #: the boxes outside which the input channels are known to be zero (``None``: not known)
         self.input_support = None if input_support is None else input_support.detach().to(torch.int64).cpu()
-        self._identity = self.plan.perm == list(range(self.out_channels))
+        self.identity_order = self.plan.perm == list(range(self.out_channels))
         if self.affine:
             scale = torch.ones_like(wm[:, 0, 0]) if scale is None else scale.to(wm)
             shift = torch.zeros_like(wm[:, 0, 0]) if shift is None else shift.to(wm)
@@ -197,7 +190,7 @@ class FrozenTargetConv2d(nn.Module):
         fill = None if shift is None else (shift.relu() if self.relu else shift)
         # the value of each output channel (plan order) where nothing is computed; None: zero
         self.register_buffer("fill", fill)
-        if self.plan.mode == "native":
+        if self.plan.mode is PlanMode.NATIVE:
             for name in ("weight", "bias", "window_map", "scale", "shift"):
                 self.register_buffer(name, None)
             if input_support is not None and tuple(input_support.shape) != (self.in_channels, 4):
@@ -208,12 +201,11 @@ class FrozenTargetConv2d(nn.Module):
                 left, right, top, bottom = pad    # copies values from inside, so the supports do not hold
                 hw, pad = (hw[0] + top + bottom, hw[1] + left + right), (0, 0, 0, 0)
                 input_support = None
-            self._native = _native.NativeConv(
+            self._native = native_kernel.NativeConv(
                 weight, bias, wm, roi, conv_hw=self.conv_hw, input_hw=hw, stride=self.stride, dilation=self.dilation,
                 pad=pad, scale=scale, shift=shift, relu=self.relu, pool=pool, support=input_support)
-            self._inputs = []
             return
-        if self.plan.mode == "dense":
+        if self.plan.mode is PlanMode.DENSE:
             self.register_buffer("weight", weight[perm].contiguous())
             self.register_buffer("bias", None if bias is None else bias[perm].clone())
             self.register_buffer("window_map", wm[perm].contiguous())
@@ -228,8 +220,6 @@ class FrozenTargetConv2d(nn.Module):
         if input_support is not None and (input_support.dim() != 2 or tuple(input_support.shape) != (
                 self.in_channels, 4)):
             raise ValueError(f"input_support must be ({self.in_channels}, 4) boxes, got {tuple(input_support.shape)}")
-        #: input channels ``[lo, hi)`` read per block (``None``: all of them)
-        self._inputs: list[tuple[int, int] | None] = []
         for i, b in enumerate(self.blocks):
             idx = torch.tensor(self.plan.channels(b), dtype=torch.long, device=weight.device)
             padded = padded_channels(b.count)
@@ -238,7 +228,7 @@ class FrozenTargetConv2d(nn.Module):
             used = None if input_support is None or self._gemm else self._used_inputs(b, input_support)
             if used is not None:
                 w = w[:, used[0]:used[1]]
-            self._inputs.append(used)
+            self.input_ranges.append(used)
             if self._gemm:
                 w = w.reshape(padded, -1).t().contiguous()  # (C_in kH kW, padded rows): unfold's order
             else:
@@ -262,7 +252,7 @@ class FrozenTargetConv2d(nn.Module):
     def _used_inputs(self, b: Block, support: Tensor) -> tuple[int, int] | None:
         """The range ``[lo, hi)`` of input channels spanning those whose ``support`` box meets the block's
         input window (channels inside the range but not meeting it are read exactly: they only add work),
-        grown to a multiple of :data:`~tkn.engine.plan.PAD_CHANNELS`; ``None`` when it would skip less than an eighth.
+        grown to a multiple of :data:`~tkn.ops.plan.PAD_CHANNELS`; ``None`` when it would skip less than an eighth.
 
         A range, not a list: a slice of the ``channels_last`` input is copied at memory speed, while
         gathering scattered channels (``index_select`` on the innermost dimension) measured 5-20x slower
@@ -270,8 +260,8 @@ class FrozenTargetConv2d(nn.Module):
         the producer's channels by ROI position so that the ranges are short.
         """
         left, _, top, _ = self.pad
-        ya, yb, _, _ = _span(b.y0, b.y1, self.stride[0], self.kernel_extent[0], top, self.input_hw[0])
-        xa, xb, _, _ = _span(b.x0, b.x1, self.stride[1], self.kernel_extent[1], left, self.input_hw[1])
+        ya, yb, _, _ = input_span(b.y0, b.y1, self.stride[0], self.kernel_extent[0], top, self.input_hw[0])
+        xa, xb, _, _ = input_span(b.x0, b.x1, self.stride[1], self.kernel_extent[1], left, self.input_hw[1])
         s = support.to(torch.int64).cpu()
         meets = (s[:, 0] < yb) & (s[:, 1] > ya) & (s[:, 2] < xb) & (s[:, 3] > xa) & (s[:, 1] > s[:, 0]) & (
             s[:, 3] > s[:, 2])
@@ -286,14 +276,14 @@ class FrozenTargetConv2d(nn.Module):
     @staticmethod
     def native_unsupported(layer: TargetConv2d, pool: int = 1) -> str:
         """Why a native plan cannot run ``layer`` (with a fused ``pool``); ``""`` when it can."""
-        if not _native.available():
-            return f"the native kernel is not available ({_native.reason()})"
+        if not native_kernel.available():
+            return f"the native kernel is not available ({native_kernel.reason()})"
         if layer.groups != 1:
             return f"groups={layer.groups} (the kernel needs groups=1)"
         if layer.weight.dtype != torch.float32 or layer.weight.device.type != "cpu":
             return f"{layer.weight.dtype} on {layer.weight.device} (the kernel needs float32 on the CPU)"
-        if pool > _native.MAX_POOL:
-            return f"pool={pool} (the kernel fuses pools up to {_native.MAX_POOL})"
+        if pool > native_kernel.MAX_POOL:
+            return f"pool={pool} (the kernel fuses pools up to {native_kernel.MAX_POOL})"
         return ""
 
     # -- execution -------------------------------------------------------------------
@@ -332,9 +322,9 @@ class FrozenTargetConv2d(nn.Module):
             y = torch.mm(cols, w) if bias is None else torch.addmm(bias, cols, w)
             return y.view(x.shape[0], b.y1 - b.y0, b.x1 - b.x0, w.shape[1])
         h, w_in = hw  # Python ints (not x.shape: traced, they would make the crop bounds data-dependent)
-        ya, yb, pt, pb = _span(b.y0, b.y1, self.stride[0], self.kernel_extent[0], top, h)
-        xa, xb, pl, pr = _span(b.x0, b.x1, self.stride[1], self.kernel_extent[1], left, w_in)
-        lo, hi = self._inputs[i] or (0, x.shape[1])
+        ya, yb, pt, pb = input_span(b.y0, b.y1, self.stride[0], self.kernel_extent[0], top, h)
+        xa, xb, pl, pr = input_span(b.x0, b.x1, self.stride[1], self.kernel_extent[1], left, w_in)
+        lo, hi = self.input_ranges[i] or (0, x.shape[1])
         crop = x[:, lo:hi, ya:yb, xa:xb]
         if pt or pb or pl or pr:
             crop = F.pad(crop, (pl, pr, pt, pb))
@@ -407,8 +397,8 @@ class FrozenTargetConv2d(nn.Module):
             if self.padding_mode != "zeros":
                 x = TF.pad_input(x, self.pad, self.padding_mode)
             return self._native(x)
-        y = self._dense(x) if self.plan.mode == "dense" else self._blocks(x)
-        if self.permute_output or self._identity:
+        y = self._dense(x) if self.plan.mode is PlanMode.DENSE else self._blocks(x)
+        if self.permute_output or self.identity_order:
             return y
         return y.index_select(1, self.inverse_perm)
 
@@ -416,7 +406,7 @@ class FrozenTargetConv2d(nn.Module):
         """``(C_out, 4)`` boxes (output coordinates, in the order the channels are returned) outside which
         each output channel is zero: its ROI, through the fused pool (the whole map for a channel whose
         fill value ``relu(shift)`` is not zero)."""
-        roi = self.roi if (self.permute_output or self._identity) else self.roi[self.inverse_perm]
+        roi = self.roi if (self.permute_output or self.identity_order) else self.roi[self.inverse_perm]
         roi = roi.to(torch.int64).cpu()
         empty = (roi[:, 1] <= roi[:, 0]) | (roi[:, 3] <= roi[:, 2])
         p = self.pool
@@ -425,7 +415,7 @@ class FrozenTargetConv2d(nn.Module):
         box[:, 2:] = box[:, 2:].clamp(max=self.output_hw[1])
         box[empty] = 0
         if self.fill is not None:
-            fill = self.fill if (self.permute_output or self._identity) else self.fill[self.inverse_perm]
+            fill = self.fill if (self.permute_output or self.identity_order) else self.fill[self.inverse_perm]
             box[fill.cpu() != 0] = torch.tensor([0, self.output_hw[0], 0, self.output_hw[1]])
         return box
 
@@ -437,17 +427,24 @@ class FrozenTargetConv2d(nn.Module):
 
     def executed_macs(self) -> int:
         """Multiply–accumulates of one sample as this plan runs them: block boxes, channels padded to
-        :data:`~tkn.engine.plan.PAD_CHANNELS`, the input channel ranges read (compare :meth:`macs`, the ROIs' own)."""
+        :data:`~tkn.ops.plan.PAD_CHANNELS`, the input channel ranges read (compare :meth:`macs`, the ROIs' own)."""
         k = self.kernel_size[0] * self.kernel_size[1]
         if self._native is not None:
             return self._native.executed_macs
-        if self.plan.mode == "dense":
+        if self.plan.mode is PlanMode.DENSE:
             return self.dense_macs()
         total = 0
-        for b, used in zip(self.blocks, self._inputs):
+        for b, used in zip(self.blocks, self.input_ranges):
             padded = padded_channels(b.count)
             total += padded * b.area * (used[1] - used[0] if used else self.in_channels) * k
         return total
+
+    def work_units(self) -> tuple[int, str]:
+        """How many separate pieces of work one call runs, and what they are: the native kernel's channel
+        groups, or the plan's blocks (0 blocks for a dense plan)."""
+        if self._native is not None:
+            return len(self._native.groups), "channel groups"
+        return len(self.blocks), "blocks"
 
     def dense_macs(self, height: int | None = None, width: int | None = None) -> int:
         """Multiply–accumulates of the full convolution of one sample."""
@@ -457,7 +454,7 @@ class FrozenTargetConv2d(nn.Module):
     def extra_repr(self) -> str:
         p = self.plan
         s = f"{self.in_channels}, {self.out_channels}, input_hw={self.input_hw}, plan={p.mode}"
-        if p.mode in ("blocks", "tiles"):
+        if p.mode in (PlanMode.BLOCKS, PlanMode.TILES):
             s += f", blocks={len(self.blocks)}, active={p.n_active}"
         if self.affine:
             s += ", affine"

@@ -28,12 +28,13 @@ device, they are copied to the host once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Block", "LayerPlan", "CostModel", "plan_blocks", "plan_tiles", "plan_union_tiles", "plan_cost",
+__all__ = ["PlanMode", "Block", "LayerPlan", "input_span", "CostModel", "plan_blocks", "plan_tiles", "plan_union_tiles", "plan_cost",
            "align_plan", "dense_plan", "PAD_CHANNELS", "padded_channels"]
 
 #: The executors pad every block to a multiple of this many output channels (zero weight rows): oneDNN's
@@ -66,6 +67,30 @@ class Block:
         return (self.y1 - self.y0) * (self.x1 - self.x0)
 
 
+class PlanMode(str, Enum):
+    """How a target layer runs (see :class:`LayerPlan`); a ``str`` enum, so ``PlanMode("tiles")`` parses a name."""
+
+    DENSE = "dense"
+    BLOCKS = "blocks"
+    TILES = "tiles"
+    NATIVE = "native"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def input_span(lo: int, hi: int, stride: int, extent: int, pad_before: int, size: int) -> tuple[int, int, int, int]:
+    """Input rows ``[a, b)`` that output rows ``[lo, hi)`` read, clipped to ``[0, size)``, plus the zero padding
+    ``(before, after)`` that stands in for the clipped part: ``(a, b, before, after)``.
+
+    ``extent`` is the dilated kernel extent ``dilation * (k - 1) + 1`` and ``pad_before`` the convolution's
+    padding on that side.
+    """
+    a = lo * stride - pad_before
+    b = (hi - 1) * stride + extent - pad_before
+    return max(a, 0), min(b, size), max(-a, 0), max(b - size, 0)
+
+
 @dataclass
 class LayerPlan:
     """How one target layer runs: ``dense``, ``blocks`` over the channel order ``perm``, or ``tiles``.
@@ -77,18 +102,30 @@ class LayerPlan:
     * ``tiles``: the map is cut into tiles and each tile has its own blocks, so
       a channel's ROI may be split over several blocks. Block ``b`` computes
       channels ``index[b.c0:b.c1]`` (original indices); ``perm`` is the identity.
+      ``union`` marks the tiles of :func:`plan_union_tiles` (one block per tile).
+    * ``native``: the C++ kernel of :mod:`tkn.engine.native` computes every channel's exact ROI; no blocks.
+
+    ``mode`` accepts the names as strings and is stored as a :class:`PlanMode`.
     """
 
-    mode: str
+    mode: PlanMode
     perm: list[int]
     blocks: list[Block] = field(default_factory=list)
     n_active: int = 0
     label: str = ""
     index: list[int] = field(default_factory=list)
+    union: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            self.mode = PlanMode(self.mode)
+        except ValueError:
+            names = ", ".join(repr(m.value) for m in PlanMode)
+            raise ValueError(f"plan mode must be one of {names}, got {self.mode!r}") from None
 
     def channels(self, block: Block) -> list[int]:
         """Original indices of the channels ``block`` computes."""
-        return (self.index if self.mode == "tiles" else self.perm)[block.c0:block.c1]
+        return (self.index if self.mode is PlanMode.TILES else self.perm)[block.c0:block.c1]
 
     def macs_per_position(self) -> int:
         """``Σ count × area`` over the blocks (output positions computed, times channels)."""
@@ -110,7 +147,7 @@ class CostModel:
 
 def dense_plan(channels: int) -> LayerPlan:
     """The plan that runs the layer as one full convolution (then window and mask)."""
-    return LayerPlan("dense", list(range(channels)), [], channels, "dense")
+    return LayerPlan(PlanMode.DENSE, list(range(channels)), [], channels, "dense")
 
 
 def _halo(lo: np.ndarray, hi: np.ndarray, extent: int, stride: int) -> np.ndarray:
@@ -205,7 +242,7 @@ def plan_blocks(
     active = np.flatnonzero(nonempty)
     empty = np.flatnonzero(~nonempty)
     if active.size == 0:
-        return LayerPlan("blocks", list(range(channels)), [], 0, "empty")
+        return LayerPlan(PlanMode.BLOCKS, list(range(channels)), [], 0, "empty")
 
     uniq, inverse = np.unique(r[active], axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -274,7 +311,7 @@ def plan_blocks(
         blocks.append(Block(start, len(perm), y0, y1, x0, x1))
     n_active = len(perm)
     perm += empty.tolist()
-    return LayerPlan("blocks", perm, blocks, n_active, f"blocks(q={q}, copy={cost.copy_cost:g}, call={cost.call_cost:g})")
+    return LayerPlan(PlanMode.BLOCKS, perm, blocks, n_active, f"blocks(q={q}, copy={cost.copy_cost:g}, call={cost.call_cost:g})")
 
 
 def plan_cost(
@@ -291,7 +328,7 @@ def plan_cost(
     """Modelled per-sample cost of ``plan`` (same units as the planner's; a dense plan is one full convolution)."""
     per_mac = in_channels * kernel_size[0] * kernel_size[1]
     call = cost.call_cost / max(batch, 1)
-    if plan.mode == "dense":
+    if plan.mode is PlanMode.DENSE:
         return len(plan.perm) * output_hw[0] * output_hw[1] * per_mac + call
     total = 0.0
     q = cost.channel_quantum
@@ -312,7 +349,7 @@ def align_plan(plan: LayerPlan, align: int, output_hw: tuple[int, int]) -> Layer
     reads them); a block left with an empty box is dropped. Extending a box only
     adds positions whose window·mask value is zero, so the result is unchanged.
     """
-    if align <= 1 or plan.mode == "dense":
+    if align <= 1 or plan.mode is PlanMode.DENSE:
         return plan
     ly, lx = output_hw[0] // align * align, output_hw[1] // align * align
     blocks = []
@@ -321,7 +358,7 @@ def align_plan(plan: LayerPlan, align: int, output_hw: tuple[int, int]) -> Layer
         x0, x1 = _align_box(b.x0, b.x1, align, lx)
         if y1 > y0 and x1 > x0:
             blocks.append(Block(b.c0, b.c1, y0, y1, x0, x1, b.tile))
-    return LayerPlan(plan.mode, plan.perm, blocks, plan.n_active, plan.label, plan.index)
+    return LayerPlan(plan.mode, plan.perm, blocks, plan.n_active, plan.label, plan.index, plan.union)
 
 
 def _cuts(size: int, parts: int, align: int) -> list[int]:
@@ -405,7 +442,7 @@ def plan_tiles(
             blocks.append(Block(start, len(index), y0, y1, x0, x1, t))
     label = f"tiles({grid[0]}x{grid[1]}, q={cost.channel_quantum}, copy={cost.copy_cost:g}, call={cost.call_cost:g})"
     active = len({c for c in index})
-    return LayerPlan("tiles", list(range(channels)), blocks, active, label, index)
+    return LayerPlan(PlanMode.TILES, list(range(channels)), blocks, active, label, index)
 
 
 def plan_union_tiles(rois: Tensor, *, output_hw: tuple[int, int], grid: tuple[int, int], align: int = 1) -> LayerPlan:
@@ -440,4 +477,4 @@ def plan_union_tiles(rois: Tensor, *, output_hw: tuple[int, int], grid: tuple[in
         index += hit.tolist()
         blocks.append(Block(start, len(index), by0, by1, bx0, bx1, t))
     label = f"union-tiles({grid[0]}x{grid[1]})"
-    return LayerPlan("tiles", list(range(r.shape[0])), blocks, len(set(index)), label, index)
+    return LayerPlan(PlanMode.TILES, list(range(r.shape[0])), blocks, len(set(index)), label, index, union=True)

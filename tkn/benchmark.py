@@ -37,7 +37,7 @@ Variants are run round-robin (``dense, target, frozen, dense, ...``) for
 least disturbed run: the machine may be shared) and the median. Per-layer
 figures time each layer alone on the activations it receives. One training
 step is forward + cross-entropy + backward + SGD step, the dense CNN against
-the target model with ``execution="fast"`` (:mod:`tkn.engine.training`).
+the target model with ``execution="fast"`` (:mod:`tkn.ops.fast_conv`).
 
 Peak memory is measured in a fresh subprocess per variant with glibc's mmap
 threshold fixed at 64 KiB (every tensor buffer is then its own mapping, so
@@ -65,7 +65,7 @@ from torch import Tensor, nn
 
 from tkn.convert import target_layers
 from tkn.engine.freeze import freeze, plan_summary
-from tkn.engine.frozen import FrozenTargetConv2d
+from tkn.engine.modules import FrozenTargetConv2d
 from tkn.layers import TargetConv2d
 
 __all__ = [
@@ -266,8 +266,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         rows.append({
             "layer": name, "batch": batch, "flop_ratio": ratio, "times_s": t, "speedup_vs_dense": speedup,
             "efficiency": speedup / ratio, "plan": fl.plan.label,
-            "blocks": len(fl._native.groups) if fl._native is not None else len(fl.blocks),
-            "unit": "channel groups" if fl._native is not None else "blocks",
+            "blocks": fl.work_units()[0], "unit": fl.work_units()[1],
             "work": fl.executed_macs() / max(fl.macs(), 1),
             "epilogue": " ".join((["relu"] if fl.relu else []) + ([f"pool{fl.pool}"] if fl.pool > 1 else [])),
         })
@@ -296,7 +295,7 @@ def bench_train_step(model: nn.Module, input_size: Sequence[int], batch: int, re
             "speedup_vs_dense": times["dense"]["min"] / times["fast"]["min"]}
 
 
-def _memory_child(spec: dict[str, Any]) -> None:
+def memory_child(spec: dict[str, Any]) -> None:
     """Subprocess entry: build one variant, warm up, reset the peak-RSS counter, run once, print the peak delta."""
     from tkn.checkpoint import model_from_checkpoint
     from tkn.models import create_model
@@ -350,7 +349,7 @@ def peak_memory(spec: dict[str, Any], timeout: float = 300.0) -> float | None:
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    code = "import json,sys; from tkn.engine.benchmark import _memory_child; _memory_child(json.loads(sys.argv[1]))"
+    code = "import json,sys; from tkn.benchmark import memory_child; memory_child(json.loads(sys.argv[1]))"
     try:
         out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
                              env=env, timeout=timeout, check=True)

@@ -3,11 +3,11 @@
 ``fast_target_conv2d`` computes exactly ``y[c] = (conv(x, W)[c] * F_c) * 1[ROI_c]``
 (as :func:`tkn.functional.target_conv2d`) but convolves only blocks: one per
 tile of about 5×5 output pixels, holding the channels whose ROI meets the tile,
-over their bounding box there (:func:`~tkn.engine.plan.plan_union_tiles`;
+over their bounding box there (:func:`~tkn.ops.plan.plan_union_tiles`;
 vectorised integer work, a few milliseconds, redone every call because the
 ROIs move during training). On TKN6 (batch 64, 56×56) this made a training
 step 1.68–1.69× faster than CNN6's, against 1.24–1.31× with the agglomerative
-whole-ROI blocks of :func:`~tkn.engine.plan.plan_blocks` used before. Autograd differentiates the blocked
+whole-ROI blocks of :func:`~tkn.ops.plan.plan_blocks` used before. Autograd differentiates the blocked
 computation, so the gradients are those of the dense semantics: the weight
 and the input get the convolution's gradients over the ROIs only, and ``m``,
 ``s`` get theirs through the window ``F`` inside the ROI.
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tkn import functional as TF
-from tkn.engine.frozen import _span
-from tkn.engine.plan import Block, padded_channels, plan_union_tiles
+from tkn.validate import int_pair
+from tkn.ops.plan import Block, input_span, padded_channels, plan_union_tiles
 
 __all__ = ["fast_target_conv2d", "TRAIN_TILE", "train_grid"]
 
@@ -56,7 +56,7 @@ def _crop(x: Tensor, span: tuple[int, ...]) -> Tensor:
 
 
 def _padded_rows(t: Tensor, dim: int = 0) -> Tensor:
-    """``t`` with zeros appended along ``dim`` up to a multiple of :data:`~tkn.engine.plan.PAD_CHANNELS`
+    """``t`` with zeros appended along ``dim`` up to a multiple of :data:`~tkn.ops.plan.PAD_CHANNELS`
     (oneDNN runs other output-channel counts 1.5-2.5x slower per channel); ``t`` itself when already one."""
     extra = padded_channels(t.shape[dim]) - t.shape[dim]
     if not extra:
@@ -185,7 +185,7 @@ def fast_target_conv2d(
         True
     """
     window = TF.check_window(window)
-    stride, dilation = TF._pair("stride", stride), TF._pair("dilation", dilation)
+    stride, dilation = int_pair("stride", stride), int_pair("dilation", dilation)
     if groups != 1 or padding_mode != "zeros" or x.dim() != 4:
         return TF.target_conv2d(x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation,
                                 groups=groups, padding_mode=padding_mode, window=window, execution="dense",
@@ -217,8 +217,8 @@ def fast_target_conv2d(
     left, _, top, _ = pad
     spans = []
     for b in plan.blocks:
-        ya, yb, pt, pb = _span(b.y0, b.y1, stride[0], extents[0], top, h)
-        xa, xb, pl, pr = _span(b.x0, b.x1, stride[1], extents[1], left, w)
+        ya, yb, pt, pb = input_span(b.y0, b.y1, stride[0], extents[0], top, h)
+        xa, xb, pl, pr = input_span(b.x0, b.x1, stride[1], extents[1], left, w)
         spans.append((ya, yb, xa, xb, pt, pb, pl, pr))
     ys = _BlockConvs.apply(x, wp, bp, spans, [(b.c0, b.c1) for b in plan.blocks], stride, dilation)
     channels = [index[b.c0:b.c1] for b in plan.blocks]
