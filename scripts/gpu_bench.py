@@ -3,7 +3,7 @@
 Run from the repository root on a machine with CUDA: ``PYTHONPATH=. python scripts/gpu_bench.py``; prints one JSON
 line per batch size and writes ``gpu_bench.json`` into ``$OUT`` (default: the current folder).
 """
-import json, os, sys, time, copy
+import json, os, time, copy
 import torch, tkn
 from tkn.models import create_model
 from tkn.benchmark import synthetic_rois_, dense_baseline

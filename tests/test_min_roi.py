@@ -8,7 +8,6 @@ from torch import nn
 
 import tkn
 from reference import target_conv2d_ref
-from tkn import functional as TF
 from tkn.budget import max_speedup
 from tkn.models import create_model
 

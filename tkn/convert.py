@@ -11,7 +11,7 @@ from tkn import functional as TF
 from tkn.layers import TargetConv2d
 from tkn.validate import positive_number
 
-__all__ = ["targetize", "scale_penalty", "target_layers", "freeze", "clip_parameters_"]
+__all__ = ["targetize", "scale_penalty", "target_layers", "clip_parameters_"]
 
 
 def target_layers(model: nn.Module) -> list[tuple[str, TargetConv2d]]:
