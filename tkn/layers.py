@@ -9,6 +9,7 @@ from __future__ import annotations
 
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn import functional as TF
@@ -289,6 +290,22 @@ class TargetConv2d(nn.Module):
 
     # -- forward ------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        return self._run(x, relu=False, pool=1)
+
+    def forward_relu_pool(self, x: Tensor, pool: int = 1) -> Tensor:
+        """``max_pool2d(relu(self(x)), pool)`` (kernel = stride = ``pool``; ``pool=1``: the ReLU alone).
+
+        With ``execution="fast"`` the ReLU and the pool run on each ROI block and only the pooled map is
+        assembled (see :func:`tkn.ops.fast_conv.fast_target_conv2d`); the values and gradients are those of
+        the three operations in a row. Forward hooks of the layer do not run.
+
+        Shape:
+            - Input: ``(N, C_in, H, W)``
+            - Output: ``(N, C_out, H_out // pool, W_out // pool)``
+        """
+        return self._run(x, relu=True, pool=positive_int("pool", pool))
+
+    def _run(self, x: Tensor, relu: bool, pool: int) -> Tensor:
         _check_input(x, 4, self.in_channels, "(N, C_in, H, W)")
         if _params_are_checked():
             check_finite("m", self.m)
@@ -297,13 +314,15 @@ class TargetConv2d(nn.Module):
             return fast_target_conv2d(
                 x, self.weight, self.m, self.s, self.bias, stride=self.stride, padding=self.padding,
                 dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode, window=self.window,
-                min_roi=self.min_roi,
+                min_roi=self.min_roi, relu=relu, pool=pool,
             )
-        return TF.target_conv2d(
+        y = TF.target_conv2d(
             x, self.weight, self.m, self.s, self.bias,
             stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
             padding_mode=self.padding_mode, window=self.window, execution=self.execution, min_roi=self.min_roi,
         )
+        y = F.relu(y) if relu else y
+        return F.max_pool2d(y, pool) if pool > 1 else y
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -33,7 +33,7 @@ def test_values_and_gradients_equal_dense(kernel, hw, kwargs, window, monkeypatc
     original = training._Assemble.apply
     monkeypatch.setattr(training._Assemble, "apply", lambda *a: assembled.append(len(a[1])) or original(*a))
     # tiles of 3 pixels: several blocks, and channels split over tiles, even on these small maps
-    monkeypatch.setattr(training, "train_grid", lambda h, w: (max(1, round(h / 3)), max(1, round(w / 3))))
+    monkeypatch.setattr(training, "train_grid", lambda h, w, tile=3: (max(1, round(h / 3)), max(1, round(w / 3))))
     gen = torch.Generator().manual_seed(kernel * 7 + hw[0])
     c_in, c_out = 3, 14
     x = torch.randn(2, c_in, *hw, dtype=torch.float64, generator=gen).requires_grad_()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tkn import functional as TF
-from tkn.validate import int_pair
+from tkn.validate import int_pair, positive_int
 from tkn.ops.plan import Block, input_span, padded_channels, plan_union_tiles
 
 __all__ = ["fast_target_conv2d", "TRAIN_TILE", "train_grid"]
@@ -161,6 +161,8 @@ def fast_target_conv2d(
     window: str = "cauchy",
     dense_fraction: float = DENSE_FRACTION,
     min_roi: int | None = None,
+    relu: bool = False,
+    pool: int = 1,
 ) -> Tensor:
     """The target convolution computed over ROI blocks only; same values and gradients as the dense reference.
 
@@ -173,9 +175,12 @@ def fast_target_conv2d(
         dense_fraction: run densely when the blocks would cost more than this
             fraction of the dense multiply–accumulates.
         min_roi: minimum ROI width (see :class:`~tkn.layers.TargetConv2d`).
+        relu, pool: an epilogue computed per block: ``max_pool2d(relu(y), pool)`` (kernel = stride =
+            ``pool``) instead of ``y``; the blocks are aligned to the pool windows, so the result equals
+            the epilogue applied to the whole map, and the full-size map is never built.
 
     Shape:
-        - Output: ``(N, C_out, H_out, W_out)`` (``channels_last`` memory when blocks are used).
+        - Output: ``(N, C_out, H_out // pool, W_out // pool)`` (``channels_last`` memory when blocks are used).
 
     Example:
         >>> x, w = torch.randn(2, 3, 9, 9), torch.randn(8, 3, 3, 3)
@@ -186,10 +191,17 @@ def fast_target_conv2d(
     """
     window = TF.check_window(window)
     stride, dilation = int_pair("stride", stride), int_pair("dilation", dilation)
+    pool = positive_int("pool", pool)
+
+    def dense() -> Tensor:
+        y = TF.target_conv2d(x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation,
+                             groups=groups, padding_mode=padding_mode, window=window, execution="dense",
+                             min_roi=min_roi)
+        y = F.relu(y) if relu else y
+        return F.max_pool2d(y, pool) if pool > 1 else y
+
     if groups != 1 or padding_mode != "zeros" or x.dim() != 4:
-        return TF.target_conv2d(x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation,
-                                groups=groups, padding_mode=padding_mode, window=window, execution="dense",
-                                min_roi=min_roi)
+        return dense()
     ky, kx = weight.shape[-2:]
     pad = TF.resolve_padding(padding, (ky, kx), stride, dilation)
     n, _, h, w = x.shape
@@ -201,10 +213,12 @@ def fast_target_conv2d(
     floors = TF.roi_floor(extents, TF.check_min_roi(min_roi))
     roi = TF.rois(m, s, (ho, wo), floors)
     c_out = weight.shape[0]
-    plan = plan_union_tiles(roi, output_hw=(ho, wo), grid=train_grid(ho, wo))
+    if ho < pool or wo < pool:
+        raise ValueError(f"pool={pool} is larger than the convolution's output {(ho, wo)}")
+    plan = plan_union_tiles(roi, output_hw=(ho, wo), grid=train_grid(ho, wo, tile=max(TRAIN_TILE, pool)),
+                            align=pool)
     if not plan.blocks or plan.macs_per_position() > dense_fraction * c_out * ho * wo:
-        return TF.target_conv2d(x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation,
-                                window=window, execution="dense", min_roi=min_roi)
+        return dense()
     mc, sc = TF.clip_params(m, s, (ho, wo), floors)
     index = torch.tensor(plan.index, dtype=torch.long, device=weight.device)
     # separable window times separable ROI mask, per axis: each block takes its rows of these (C, H), (C, W)
@@ -224,4 +238,10 @@ def fast_target_conv2d(
     channels = [index[b.c0:b.c1] for b in plan.blocks]
     ys = [y * (fy.index_select(0, c)[:, b.y0:b.y1, None] * fx.index_select(0, c)[:, None, b.x0:b.x1])
           for b, c, y in zip(plan.blocks, channels, ys)]
-    return _Assemble.apply((n, c_out, ho, wo), plan.blocks, channels, *ys)
+    if relu:
+        ys = [F.relu(y) for y in ys]
+    blocks = plan.blocks
+    if pool > 1:  # the blocks are aligned to the pool windows and end inside the pooled extent
+        ys = [F.max_pool2d(y, pool) for y in ys]
+        blocks = [Block(b.c0, b.c1, b.y0 // pool, b.y1 // pool, b.x0 // pool, b.x1 // pool, b.tile) for b in blocks]
+    return _Assemble.apply((n, c_out, ho // pool, wo // pool), blocks, channels, *ys)

@@ -36,6 +36,7 @@ from tkn.checkpoint import load_checkpoint, save_checkpoint
 from tkn.convert import clip_parameters_, scale_penalty, target_layers
 from tkn.training import components, distributed, loaders
 from tkn.training.config import RESUMABLE_CHANGES, TrainConfig
+from tkn.training.fusion import fused_training_view
 from tkn.training.metrics import Meter, best_metric, compute_loss, evaluate, metric_names
 from tkn.training.records import RunWriter
 from tkn.training.state import capture_rng, restore_rng, seed_everything
@@ -270,6 +271,10 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     for _, layer in target_layers(model):
         layer.execution = execution
     net: nn.Module = model
+    if execution == "fast" and not ctx.distributed:
+        # the optimiser steps a view whose target layer + ReLU (+ pool) runs are computed per ROI block;
+        # the model itself is evaluated, counted and saved (tkn.training.fusion)
+        net, _ = fused_training_view(model)
     if ctx.distributed:
         if ctx.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
