@@ -24,6 +24,7 @@ COMMANDS = {
     "bench": "tkn.commands.bench",
     "show": "tkn.commands.show",
     "sweep": "tkn.commands.sweep",
+    "frontier": "tkn.commands.frontier",
     "export": "tkn.commands.export",
 }
 

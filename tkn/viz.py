@@ -395,3 +395,56 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def frontier_figure(rows: Sequence[dict], timings: Sequence[tuple[str, int]], *, title: str | None = None,
+                    ylabel: str = "test error (%)"):
+    """Test error against measured time per image: dense widths one curve, TKN budgets another (``tkn frontier``).
+
+    One panel per entry of ``timings``. Each point is annotated with its width
+    (``w=0.5``) or budget (``R=8``) and its MACs.
+
+    Args:
+        rows: dicts with ``kind`` (``"dense"`` or ``"tkn"``), ``width``, ``target_speedup``,
+            ``test_error``, ``macs`` and the timing columns, as written by ``tkn frontier``.
+            Rows whose error is missing (``None``) are skipped.
+        timings: ``(column, batch)`` pairs: ``row[column]`` is seconds per batch of ``batch``
+            images; the panel's x axis is milliseconds per image.
+        title: figure title.
+        ylabel: label of the error axes.
+    """
+    plt = require_matplotlib()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if not timings:
+        raise ValueError("frontier_figure needs at least one (column, batch) timing")
+    for key in ("kind", "test_error", "macs", *(column for column, _ in timings)):
+        missing = [i for i, r in enumerate(rows) if key not in r]
+        if missing:
+            raise ValueError(f"frontier rows {missing} lack the {key!r} column")
+    rows = [r for r in rows if r["test_error"] is not None]
+    fig, axes = plt.subplots(1, len(timings), figsize=(6.0 * len(timings), 4.6), layout="constrained", squeeze=False)
+    styles = (("dense", "o-", "dense, narrower (width w)", lambda r: f"w={r['width']:g}"),
+              ("tkn", "s-", "TKN, speed-up budget R", lambda r: f"R={r['target_speedup']:g}"))
+    for ax, (column, batch) in zip(axes[0], timings):
+        for kind, marker, label, name in styles:
+            pts = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r[column])
+            if not pts:
+                continue
+            xs = [1e3 * r[column] / batch for r in pts]
+            (line,) = ax.plot(xs, [r["test_error"] for r in pts], marker, label=label)
+            for r, xv in zip(pts, xs):
+                ax.annotate(f"{name(r)}\n{format_macs(r['macs'])} MACs", (xv, r["test_error"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
+        what = "latency" if batch == 1 else "time per image"
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"measured {what} at batch {batch} (ms per image, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if rows:
+            ax.legend(fontsize=8)
+    fig.suptitle(title or "test error against measured time", fontsize=10)
+    return fig

@@ -12,6 +12,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from tkn.models.base import PaperModel, block_l2, conv, he_init_
+from tkn.models.width import scale_channels
+from tkn.validate import positive_number
 
 __all__ = ["CNN6"]
 
@@ -46,17 +48,24 @@ class CNN6(PaperModel):
     Args:
         num_classes, in_channels, input_size: see :func:`tkn.models.create_model`;
             ``input_size`` fixes the width of the first FC layer
-            (``128 * (H // 4) * (W // 4)``).
+            (``C3 * (H // 4) * (W // 4)``, ``C3 = 128`` at width 1).
         targeted: build TKN6 (all three convolutions are :class:`~tkn.layers.TargetConv2d`).
         window, l2, beta: target layers' window, and scale penalty ``l2 * beta**block``
             for Convolution (1), (2), (3) (``block`` = 0, 1, 2). Ignored by CNN6.
         min_roi: target layers' minimum ROI width (``None``: the kernel's, 5 pixels).
         dropout: before the last FC layer (default 0.5).
+        width: channel multiplier (a finite number > 0; 1 = the paper's CNN6). Every
+            convolution and both hidden FC layers get ``max(1, round(c * width))``
+            units where the paper's model has ``c`` (256, 256, 128; 328, 192), so
+            width 0.5 is ``128, 128, 64; 164, 96``. The attribute ``width`` keeps it.
 
     Shape:
         - Input: ``(N, in_channels, H, W)`` with ``(H, W) == input_size``
-        - Features: ``(N, 128, H // 4, W // 4)``
+        - Features: ``(N, C3, H // 4, W // 4)`` with ``C3 = max(1, round(128 * width))``
         - Output: ``(N, num_classes)``
+
+    Raises:
+        ValueError: ``input_size`` below 4x4, or ``width`` not a finite number > 0.
     """
 
     def __init__(
@@ -71,15 +80,19 @@ class CNN6(PaperModel):
         beta: float = 2.0,
         dropout: float | None = None,
         min_roi: int | None = None,
+        width: float = 1.0,
     ) -> None:
         super().__init__(num_classes, in_channels, input_size)
         h, w = self.input_size
         if h < 4 or w < 4:
             raise ValueError(f"input_size must be at least 4x4 for CNN6 (two 2x2 poolings), got {self.input_size}")
         self.targeted = targeted
+        self.width = positive_number("width", width)
+        channels = [scale_channels(c, self.width) for c in CHANNELS]
+        fc = [scale_channels(c, self.width) for c in FC]
         layers: list[nn.Module] = []
         cin = in_channels
-        for block, cout in enumerate(CHANNELS):
+        for block, cout in enumerate(channels):
             layers.append(conv(cin, cout, KERNEL, targeted=targeted, window=window, l2=block_l2(l2, beta, block),
                                min_roi=min_roi))
             layers.append(nn.ReLU(inplace=True))
@@ -87,16 +100,16 @@ class CNN6(PaperModel):
                 layers.append(nn.MaxPool2d(2))
             cin = cout
         self.features = nn.Sequential(*layers)
-        self.feature_shape = (CHANNELS[-1], h // 4, w // 4)
-        flat = CHANNELS[-1] * (h // 4) * (w // 4)
+        self.feature_shape = (channels[-1], h // 4, w // 4)
+        flat = channels[-1] * (h // 4) * (w // 4)
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(flat, FC[0]),
+            nn.Linear(flat, fc[0]),
             nn.ReLU(inplace=True),
-            nn.Linear(FC[0], FC[1]),
+            nn.Linear(fc[0], fc[1]),
             nn.ReLU(inplace=True),
             nn.Dropout(DROPOUT if dropout is None else dropout),
-            nn.Linear(FC[1], num_classes),
+            nn.Linear(fc[1], num_classes),
         )
         he_init_(self)
 

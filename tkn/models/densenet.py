@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn.models.base import PaperModel, block_l2, conv, he_init_
+from tkn.models.width import scale_channels
+from tkn.validate import positive_number
 
 __all__ = ["DenseNet", "DenseLayer", "Transition", "bn_relu_conv", "dn10", "dn40"]
 
@@ -101,11 +103,21 @@ class DenseNet(PaperModel):
             ``l2 * beta**block`` for blocks 0, 1, 2.
         num_classes, in_channels, input_size, window, l2, beta: see
             :func:`tkn.models.create_model` (``input_size`` is only recorded).
+        width: channel multiplier (a finite number > 0; 1 = the paper's model). It
+            scales the growth rate to ``max(1, round(growth_rate * width))``
+            (kept in ``growth_rate``); every other width follows from the
+            structure as at width 1: the stem has 2 x growth channels, the
+            bottlenecks ``bottleneck`` x growth, each transition ``int(compression * C)``
+            of the ``C`` channels it receives. For DN10 at width 0.5: growth 6, stem
+            12, transitions 24 and 36 channels. The attribute ``width`` keeps it.
 
     Shape:
         - Input: ``(N, in_channels, H, W)``, ``H, W >= 4``
         - Features: ``(N, C, H // 4, W // 4)``
         - Output: ``(N, num_classes)``
+
+    Raises:
+        ValueError: ``width`` is not a finite number > 0.
     """
 
     def __init__(
@@ -124,9 +136,12 @@ class DenseNet(PaperModel):
         l2: float = 1e-4,
         beta: float = 2.0,
         min_roi: int | None = None,
+        width: float = 1.0,
     ) -> None:
         super().__init__(num_classes, in_channels, input_size)
         self.targeted = targeted
+        self.width = positive_number("width", width)
+        growth_rate = scale_channels(growth_rate, self.width)
         self.growth_rate = growth_rate
         channels = 2 * growth_rate
         self.stem = conv(in_channels, channels, 3)
@@ -172,11 +187,11 @@ class DenseNet(PaperModel):
         return self.classifier(features.mean(dim=(2, 3)))
 
 
-def dn10(*, targeted: bool = False, dropout: float | None = None, **kwargs) -> DenseNet:
+def dn10(*, targeted: bool = False, dropout: float | None = None, width: float = 1.0, **kwargs) -> DenseNet:
     """DN10 (or TDN10 when ``targeted``): 3 blocks of 2 plain 3x3 layers, growth 12, no compression.
 
     Layout: 3x3 conv 24 (stem) - [BN-ReLU-3x3 conv 12] x 2 - BN-ReLU-1x1 conv
-    40 - 2x2 avg pool - [..] x 2 - BN-ReLU-1x1 conv 64 - 2x2 avg pool -
+    48 - 2x2 avg pool - [..] x 2 - BN-ReLU-1x1 conv 72 - 2x2 avg pool -
     [..] x 2 - BN-ReLU - global avg pool - FC. Ten weight layers: stem, six
     3x3, two transitions, FC. No dropout.
 
@@ -200,14 +215,18 @@ def dn10(*, targeted: bool = False, dropout: float | None = None, **kwargs) -> D
 
     Only the first reading matches. TDN10 adds 4 parameters per channel of
     its six target layers (72 channels): 45,034 (paper: 45.0K).
+
+    ``width`` scales the growth rate (see :class:`DenseNet`): at width ``w`` the
+    net has growth ``g = max(1, round(12 w))``, stem ``2g`` and transitions
+    ``4g`` and ``6g`` channels.
     """
     return DenseNet(
         growth_rate=12, layers_per_block=2, bottleneck=None, compression=1.0,
-        dropout=0.0 if dropout is None else dropout, targeted=targeted, **kwargs,
+        dropout=0.0 if dropout is None else dropout, targeted=targeted, width=width, **kwargs,
     )
 
 
-def dn40(*, targeted: bool = False, dropout: float | None = None, **kwargs) -> DenseNet:
+def dn40(*, targeted: bool = False, dropout: float | None = None, width: float = 1.0, **kwargs) -> DenseNet:
     """DN40 (or TDN40 when ``targeted``): DenseNet-BC, 3 blocks of 6 bottleneck layers, growth 36, θ = 0.5.
 
     Layout: 3x3 conv 72 (stem) - 3 blocks of 6 x [BN-ReLU-1x1 conv 72 -
@@ -232,8 +251,11 @@ def dn40(*, targeted: bool = False, dropout: float | None = None, **kwargs) -> D
 
     (1) Pain, one output: 799.4M for grey input, 802.4M for 3-channel input
     (the stem is the only layer that sees the input channels).
+
+    ``width`` scales the growth rate (see :class:`DenseNet`); stem, bottlenecks
+    and transitions follow from it.
     """
     return DenseNet(
         growth_rate=36, layers_per_block=6, bottleneck=2, compression=0.5,
-        dropout=0.2 if dropout is None else dropout, targeted=targeted, **kwargs,
+        dropout=0.2 if dropout is None else dropout, targeted=targeted, width=width, **kwargs,
     )

@@ -6,12 +6,14 @@ baseline it is compared with (the paper's Fig. 5 speed-up is
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
 from tkn.models.base import resolve_args
+from tkn.validate import positive_number
 
 __all__ = ["ModelEntry", "register", "create_model", "list_models", "get_entry", "baseline_of"]
 
@@ -49,7 +51,8 @@ def register(
     Args:
         name: the name :func:`create_model` will accept.
         builder: called with the validated keyword arguments ``num_classes,
-            in_channels, input_size, window, l2, beta, dropout, min_roi``.
+            in_channels, input_size, window, l2, beta, dropout, min_roi``, and
+            ``width`` if its signature names that parameter.
         baseline: for a targeted model, the registered name of its dense baseline.
         description: one line shown by listings.
 
@@ -104,6 +107,7 @@ def create_model(
     beta: float = 2.0,
     dropout: float | None = None,
     min_roi: int | None = None,
+    width: float = 1.0,
 ) -> nn.Module:
     """Build a registered model by name.
 
@@ -120,12 +124,16 @@ def create_model(
         dropout: ``None`` for the paper's value of each model, or a rate in ``[0, 1)``.
         min_roi: minimum ROI width of the target layers in output pixels (``None``:
             each kernel's extent, the paper's text; see :class:`~tkn.layers.TargetConv2d`).
+        width: channel multiplier, a finite number > 0 (1: the paper's model). CNN6/TKN6 and the
+            DenseNets take it (see :class:`~tkn.models.cnn6.CNN6` and :class:`~tkn.models.densenet.DenseNet`
+            for what it scales); any other width is an error for the other models.
 
     Baselines accept ``window``, ``l2`` and ``beta`` and ignore them.
 
     Returns:
         The model, with ``model.spec = {"name": name, "kwargs": {...}}``, the
-        resolved arguments that rebuild it: ``create_model(spec["name"], **spec["kwargs"])``.
+        resolved arguments that rebuild it: ``create_model(spec["name"], **spec["kwargs"])``
+        (``width`` is among them only when it is not 1).
 
     Raises:
         ValueError: unknown name (the message lists the known ones) or an argument out of range.
@@ -141,7 +149,22 @@ def create_model(
         num_classes=num_classes, in_channels=in_channels, input_size=input_size,
         window=window, l2=l2, beta=beta, dropout=dropout, min_roi=min_roi,
     )
+    width = positive_number("width", width)
+    if width != 1.0:
+        if not _takes_width(entry.builder):
+            takers = ", ".join(n for n in list_models() if _takes_width(_REGISTRY[n].builder))
+            raise ValueError(f"model {entry.name!r} has no width multiplier (got width={width:g}); "
+                             f"models that take one: {takers}")
+        kwargs["width"] = width
     size = kwargs["input_size"]
     model = entry.builder(**{**kwargs, "input_size": (size, size) if isinstance(size, int) else tuple(size)})
     model.spec = {"name": entry.name, "kwargs": dict(kwargs)}
     return model
+
+
+def _takes_width(builder: Callable[..., nn.Module]) -> bool:
+    """Whether ``builder``'s signature names a ``width`` parameter."""
+    try:
+        return "width" in inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # a callable without a signature takes no width
+        return False

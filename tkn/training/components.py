@@ -62,6 +62,7 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
         l2=cfg.l2,
         beta=cfg.beta,
         min_roi=cfg.min_roi,
+        width=cfg.width,
         **cfg.model_kwargs,
     )
 

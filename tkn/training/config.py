@@ -79,6 +79,8 @@ class TrainConfig:
             per block), passed to :func:`tkn.models.create_model`.
         min_roi: target layers' minimum ROI width in output pixels (``None``: each
             kernel's extent, the paper's text).
+        width: channel multiplier of the model (``1``: the paper's; CNN6/TKN6 and the
+            DenseNets take it, see :func:`tkn.models.create_model`).
         target_speedup: train to this whole-network speed-up ``dense MACs / ROI MACs``
             with :class:`tkn.MacBudget` (``None``: no budget; the paper's recipes use
             ``l2``/``beta`` instead). Both may be combined.
@@ -127,6 +129,7 @@ class TrainConfig:
     l2: float = 1e-4
     beta: float = 2.0
     min_roi: int | None = None
+    width: float = 1.0
     target_speedup: float | None = None
     budget_ramp: float = 0.25
     window_lr_scale: float = 1.0
@@ -190,6 +193,7 @@ class TrainConfig:
         _float(self, "beta", positive=True)
         if self.min_roi is not None:
             _int(self, "min_roi", minimum=1)
+        _float(self, "width", positive=True)
         if self.target_speedup is not None:
             _float(self, "target_speedup", minimum=1.0)
         _float(self, "window_lr_scale", positive=True)

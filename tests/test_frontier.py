@@ -1,0 +1,130 @@
+"""``tkn frontier`` on a tiny setting: rows, checkpoints, budgets, timings, figure, ``--resume``, ``--no-train``."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tkn.checkpoint import load_checkpoint
+from tkn.cli import main
+from tkn.commands.frontier import Point, columns, plan_points
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WIDTHS = [0.5, 0.25]
+BUDGETS = [2.0, 4.0]
+UNREACHABLE = 100.0  # TKN6 at 28x28 with min_roi=3 reaches at most 15.16x
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return [
+        "frontier", "--model", "tkn6", "--data", "tlmnist28-5k", "--epochs", "1",
+        "--widths", *map(str, WIDTHS), "--target-speedup", *map(str, [*BUDGETS, UNREACHABLE]),
+        "--set", "max_train_samples=64", "--set", "max_test_samples=32", "--set", "batch_size=16",
+        "--batch", "1", "8", "--repeats", "2", "--out", str(out), *extra,
+    ]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _metrics_row(run: Path, epoch: int) -> dict[str, str]:
+    return next(r for r in _csv_rows(run / "metrics.csv") if int(r["epoch"]) == epoch)
+
+
+def _checkpoint_times(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("*/*.pt"))}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("frontier") / "study"
+    assert main(_args(out)) == 0
+    return out
+
+
+def test_rows_are_one_per_point_with_their_checkpoints_and_errors(study):
+    report = json.loads((study / "frontier.json").read_text())
+    table = _csv_rows(study / "frontier.csv")
+    assert list(table[0]) == columns([1, 8])
+    assert [(r["kind"], r["model"], r["width"], r["target_speedup"]) for r in report["rows"]] == [
+        ("dense", "cnn6", 0.5, None), ("dense", "cnn6", 0.25, None),
+        ("tkn", "tkn6", 1.0, 2.0), ("tkn", "tkn6", 1.0, 4.0),
+    ]
+    assert [float(r["width"]) for r in table] == [*WIDTHS, 1.0, 1.0]
+    for row in report["rows"]:
+        payload = load_checkpoint(row["checkpoint"])
+        assert Path(row["checkpoint"]).name == ("best.pt" if row["kind"] == "dense" else "last.pt")
+        assert row["epoch_rule"] == ("best" if row["kind"] == "dense" else "last")
+        assert row["epoch"] == payload["epoch"]
+        assert row["test_error"] == payload["metrics"]["test_error"]
+        assert row["test_error"] == pytest.approx(float(_metrics_row(Path(row["run"]), row["epoch"])["test_error"]))
+        last = load_checkpoint(Path(row["run"]) / "last.pt")["metrics"]
+        assert (row["epochs"], row["final_test_error"]) == (1, last["test_error"])
+        assert row["dense_macs"] == 368_406_912 and row["speedup"] == row["dense_macs"] / row["macs"]
+        assert row["config"]["width"] == row["width"] and row["config"]["epochs"] == 1
+        for column in ("latency_b1_s", "time_b8_s", "throughput_b8"):
+            assert math.isfinite(row[column]) and row[column] > 0
+        assert row["throughput_b8"] == pytest.approx(8 / row["time_b8_s"])
+    for row in report["rows"][2:]:  # the budget holds at the last epoch: MacBudget's [0.9R, 1.2R] band
+        assert 0.9 * row["target_speedup"] <= row["speedup"] <= 1.2 * row["target_speedup"]
+    widths = {r["width"]: r["macs"] for r in report["rows"][:2]}
+    assert widths[0.25] < widths[0.5] < report["dense_macs"]
+    assert report["conditions"]["threads"] >= 1 and report["batches"] == [1, 8]
+    assert report["arguments"]["sets"] == ["max_train_samples=64", "max_test_samples=32", "batch_size=16"]
+    assert (study / "frontier.png").stat().st_size > 0
+
+
+def test_an_unreachable_budget_is_skipped_with_its_maximum(study):
+    report = json.loads((study / "frontier.json").read_text())
+    (skipped,) = report["skipped"]
+    assert skipped["target_speedup"] == UNREACHABLE and skipped["min_roi"] == 3
+    assert skipped["max_speedup"] == pytest.approx(15.16, abs=0.01)
+    assert "reaches at most 15.16x" in skipped["reason"]
+    assert not (study / "tkn-speedup-100").exists()
+
+
+def test_resume_reuses_finished_runs(study, capsys):
+    before = _checkpoint_times(study)
+    assert main(_args(study, "--resume")) == 0
+    text = capsys.readouterr().out
+    assert text.count("nothing to do") == 4 and "reaches at most 15.16x" in text
+    assert _checkpoint_times(study) == before
+    assert len(json.loads((study / "frontier.json").read_text())["rows"]) == 4
+
+
+def test_no_train_measures_existing_runs_and_skips_missing_ones(study):
+    before = _checkpoint_times(study)
+    args = ["frontier", "--out", str(study), "--no-train", "--widths", "1", "0.25", "--target-speedup", "4",
+            "--batch", "1", "--repeats", "2", "--json"]
+    assert main(args) == 0
+    report = json.loads((study / "frontier.json").read_text())
+    assert [r["run"] for r in report["rows"]] == [str(study / "dense-w0.25"), str(study / "tkn-speedup-4")]
+    assert report["skipped"] == [{"kind": "dense", "model": "cnn6", "width": 1.0, "target_speedup": None,
+                                  "reason": "no run: best.pt missing"}]
+    assert "latency_b1_s" in report["rows"][0] and "time_b8_s" not in report["rows"][0]
+    assert _checkpoint_times(study) == before
+
+
+def test_points_and_their_folders():
+    points = plan_points("tdn10", [1, 0.5, 0.5], [8])
+    assert points == [Point("dense", "dn10", 1.0), Point("dense", "dn10", 0.5), Point("tkn", "tdn10", 1.0, 8.0)]
+    assert [p.folder for p in points] == ["dense-w1", "dense-w0.5", "tkn-speedup-8"]
+    assert points[2].overrides == {"model": "tdn10", "width": 1.0, "l2": 0.0, "target_speedup": 8.0}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "cnn6"], "--model must be a targeted model"),
+    (["--widths", "0"], "--widths needs one or more finite numbers > 0"),
+    (["--target-speedup", "0.5"], "--target-speedup needs one or more finite numbers >= 1"),
+    (["--set", "width=0.5"], "--set must not change width"),
+    (["--batch", "0"], "--batch sizes and --repeats must be >= 1"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
+    assert main(["frontier", "--out", str(tmp_path), "--no-train", *argv]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,528 @@
+"""``tkn frontier``: test error against measured time for narrower dense CNNs and for TKNs trained to a budget.
+
+For a targeted model (``--model tkn6``, whose dense twin is ``cnn6``;
+``tdn10`` -> ``dn10``) and one data set, trains with the same data and
+schedule (:func:`tkn.training.train`, the code of ``tkn train``):
+
+* the dense twin at every ``--widths`` multiplier (``width`` of
+  :func:`tkn.models.create_model`), run folders ``dense-w<width>/``;
+* the full-width TKN at every ``--target-speedup`` budget, trained to it with
+  :class:`tkn.MacBudget` and the paper's L2 set to 0 as ``tkn sweep
+  --target-speedup`` does, run folders ``tkn-speedup-<R>/``. A budget above the
+  model's reachable maximum (:func:`tkn.budget.max_speedup`, which depends on
+  ``min_roi``) is skipped, with its maximum logged and recorded.
+
+Each point is then read back from its checkpoint (the best epoch of a dense
+run, as the paper reports; the last epoch of a budget run, where the budget
+holds: the same choice as ``tkn sweep``), the TKNs are frozen with
+:func:`tkn.freeze`, and all points are timed in one interleaved run per
+``--batch`` size (every repetition runs every model once, in turn:
+``measure_interleaved`` of ``tkn demo``). Writes into ``--out``:
+``frontier.csv`` and ``frontier.json`` (one row per point, columns in
+:func:`columns`; the JSON adds the skipped budgets, the machine conditions
+and the arguments) and ``frontier.png`` (test error against time per image,
+one panel per batch size).
+
+Without ``--config`` the runs share a small CPU schedule (:data:`DEFAULTS`:
+the demo's choices, the lr divided by 10 for the last epoch).
+
+Examples::
+
+    tkn frontier --model tkn6 --data tlmnist28-5k --epochs 8 --out runs/frontier-tkn6-tlmnist28
+    tkn frontier --model tdn10 --data tlmnist-5k --config paper/tdn10-tlmnist-cauchy --epochs 6 \\
+        --target-speedup 2 3 --out runs/frontier-tdn10
+    tkn frontier --out runs/frontier-tkn6-tlmnist28 --no-train --batch 1 16 --repeats 30
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tkn.commands.demo import measure_interleaved
+from tkn.commands.sweep import baseline_macs
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from tkn.training import TrainConfig
+
+__all__ = [
+    "DEFAULTS", "Point", "plan_points", "split_reachable", "point_config", "load_point", "point_row",
+    "time_points", "columns", "time_column", "write_frontier", "run_frontier", "add_parser", "run",
+]
+
+#: The schedule shared by every run when no ``--config`` is given (``milestones``: the last epoch).
+DEFAULTS: dict[str, Any] = {
+    "model": "tkn6", "data": "tlmnist28-5k", "epochs": 8, "batch_size": 64, "lr": 0.02, "min_roi": 3,
+    "window_lr_scale": 10.0,
+}
+WIDTHS = (1.0, 0.5, 0.25, 0.125)
+SPEEDUPS = (2.0, 4.0, 8.0, 16.0, 32.0)
+BATCHES = (1, 64)
+
+#: Columns of ``frontier.csv`` before the timing columns (see :func:`columns`).
+HEAD = (
+    "kind", "model", "data", "width", "target_speedup", "speedup", "macs", "dense_macs", "params",
+    "metric", "test_error", "epoch", "epoch_rule", "final_test_error", "epochs",
+)
+TAIL = ("checkpoint", "run", "config_file")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of the frontier: a dense twin at a width, or the full-width TKN at a budget.
+
+    Attributes:
+        kind: ``"dense"`` or ``"tkn"``.
+        model: registry name of the network trained.
+        width: channel multiplier (1 for TKNs).
+        target_speedup: the budget of a TKN, ``None`` for dense points.
+    """
+
+    kind: str
+    model: str
+    width: float
+    target_speedup: float | None = None
+
+    @property
+    def folder(self) -> str:
+        """Run-folder name: ``dense-w0.5`` or ``tkn-speedup-8``."""
+        return f"dense-w{self.width:g}" if self.kind == "dense" else f"tkn-speedup-{self.target_speedup:g}"
+
+    @property
+    def epoch_rule(self) -> str:
+        """Which epoch the point reports: ``"best"`` (dense) or ``"last"`` (budget: it holds from its ramp's end)."""
+        return "best" if self.kind == "dense" else "last"
+
+    @property
+    def checkpoint_name(self) -> str:
+        """``best.pt`` or ``last.pt``, after :attr:`epoch_rule`."""
+        return f"{self.epoch_rule}.pt"
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """Config keys of this point (a budget run: ``l2 = 0`` and ``target_speedup``, as ``tkn sweep``)."""
+        if self.kind == "dense":
+            return {"model": self.model, "width": self.width}
+        return {"model": self.model, "width": 1.0, "l2": 0.0, "target_speedup": self.target_speedup}
+
+
+def _positive_finite(name: str, values: Sequence[float], minimum: float, strict: bool) -> list[float]:
+    """``values`` as floats without duplicates, or ``ValueError`` naming option ``--name``.
+
+    Args:
+        name: the option, for the message.
+        values: its values (at least one).
+        minimum: the bound; ``strict``: values must exceed it, else reach it.
+    """
+    out = [float(v) for v in values]
+    bad = [v for v in out if not math.isfinite(v) or v < minimum or (strict and v == minimum)]
+    if not out or bad:
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"--{name} needs one or more finite numbers {bound}, got {list(values)}")
+    return list(dict.fromkeys(out))
+
+
+def plan_points(targeted: str, widths: Sequence[float], speedups: Sequence[float]) -> list[Point]:
+    """The points of a study: the dense twin of ``targeted`` at ``widths``, ``targeted`` at ``speedups``.
+
+    Args:
+        targeted: a targeted registry name with a dense twin (``tkn6``, ``tdn10``...).
+        widths: channel multipliers of the dense twin (finite, > 0; duplicates dropped).
+        speedups: budgets ``R >= 1`` of the full-width TKN (duplicates dropped).
+
+    Raises:
+        ValueError: ``targeted`` has no dense twin, or a width or budget is out of range.
+    """
+    from tkn.models import baseline_of
+
+    dense = baseline_of(targeted)
+    if dense is None:
+        raise ValueError(f"--model must be a targeted model with a dense twin (e.g. tkn6, tdn10), got {targeted!r}")
+    points = [Point("dense", dense, w) for w in _positive_finite("widths", widths, 0.0, strict=True)]
+    points += [Point("tkn", targeted, 1.0, r) for r in _positive_finite("target-speedup", speedups, 1.0, False)]
+    return points
+
+
+def point_config(point: Point, base: dict[str, Any], out: Path, *, recipe: str | None = None,
+                 sets: Sequence[str] = ()) -> TrainConfig:
+    """The resolved :class:`~tkn.training.TrainConfig` of ``point``: ``base`` < ``point.overrides`` < ``sets``.
+
+    Args:
+        point: the point.
+        base: overrides shared by every run (``data``, ``epochs``...).
+        out: the study folder; the run goes to ``out / point.folder``.
+        recipe: YAML config or packaged recipe (as ``tkn train --config``).
+        sets: ``key=value`` overrides (as ``tkn train --set``).
+
+    Raises:
+        ValueError: ``sets`` change the model, width or budget that the point itself fixes.
+    """
+    from tkn.training import resolve_config
+
+    cfg = resolve_config(recipe, {**base, **point.overrides, "out": str(out / point.folder)}, sets)
+    clashes = [k for k, v in point.overrides.items() if getattr(cfg, k) != v]
+    if clashes:
+        raise ValueError(f"--set must not change {', '.join(clashes)}: each point fixes them "
+                         "(give dense widths with --widths, budgets with --target-speedup)")
+    return cfg
+
+
+def split_reachable(points: Sequence[Point], cfg: TrainConfig, num_classes: int, input_shape: Sequence[int],
+                    log: Callable[[str], None] = print) -> tuple[list[Point], list[dict[str, Any]]]:
+    """Drop the budgets above the largest speed-up the TKN of ``cfg`` can reach; log and return them.
+
+    Args:
+        points: the study's points.
+        cfg: the config of one TKN point (its model, ``min_roi`` and width decide the maximum).
+        num_classes, input_shape: the data's (``input_shape`` is ``(C, H, W)``).
+        log: receives one line per skipped budget, naming the maximum.
+
+    Returns:
+        ``(kept points, skipped rows)``; a skipped row has ``kind, model, target_speedup,
+        max_speedup, min_roi, reason``.
+    """
+    from tkn.budget import max_speedup
+    from tkn.training.components import build_model
+
+    if not any(p.kind == "tkn" for p in points):
+        return list(points), []
+    reach = max_speedup(build_model(cfg, num_classes, tuple(input_shape)), tuple(input_shape))
+    kept, skipped = [], []
+    for p in points:
+        if p.kind == "tkn" and p.target_speedup > reach:
+            shape = "x".join(map(str, input_shape))
+            reason = (f"{p.model} on {shape} inputs with min_roi={cfg.min_roi} reaches at most {reach:.2f}x "
+                      "(every ROI at its minimum width)")
+            log(f"target speed-up {p.target_speedup:g} skipped: {reason}")
+            skipped.append({"kind": p.kind, "model": p.model, "target_speedup": p.target_speedup,
+                            "max_speedup": reach, "min_roi": cfg.min_roi, "reason": reason})
+        else:
+            kept.append(p)
+    return kept, skipped
+
+
+def load_point(point: Point, out: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The network a point reports, its checkpoint, and the metrics of its run's last epoch.
+
+    Args:
+        point: the point.
+        out: the study folder.
+
+    Returns:
+        ``(model, payload, last)``: the model (``eval()``) and payload of ``best.pt`` or
+        ``last.pt`` (:attr:`Point.checkpoint_name`), and the ``metrics`` row of ``last.pt``.
+
+    Raises:
+        FileNotFoundError: the run lacks one of these checkpoints.
+    """
+    from tkn.checkpoint import load_checkpoint, model_from_checkpoint
+
+    run_dir = out / point.folder
+    for name in dict.fromkeys((point.checkpoint_name, "last.pt")):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{str(run_dir / name)!r} does not exist: train the point first "
+                                    "(without --no-train)")
+    model, payload = model_from_checkpoint(run_dir / point.checkpoint_name)
+    last = payload if point.checkpoint_name == "last.pt" else load_checkpoint(run_dir / "last.pt")
+    return model, payload, last["metrics"]
+
+
+def point_row(point: Point, model: nn.Module, payload: dict[str, Any], last: dict[str, Any], out: Path, metric: str,
+              dense_macs: int) -> dict[str, Any]:
+    """The row of one point (timing columns are added by the caller).
+
+    Args:
+        point: the point.
+        model: its network, loaded from ``payload``.
+        payload: its checkpoint (its ``metrics`` row gives the test error and epoch).
+        last: the metrics row of the run's last epoch (``final_test_error``, ``epochs``).
+        out: the study folder.
+        metric: ``"test_error"`` (in %) or ``"test_mse"``.
+        dense_macs: MACs of the width-1 dense twin: ``speedup = dense_macs / macs``.
+    """
+    from tkn.flops import count
+
+    report = count(model, tuple(payload["input_shape"]))
+    cfg = payload["config"]
+    run_dir = out / point.folder
+    return {
+        "kind": point.kind, "model": point.model, "data": cfg["data"], "width": point.width,
+        "target_speedup": point.target_speedup, "speedup": dense_macs / report.macs, "macs": report.macs,
+        "dense_macs": dense_macs, "params": report.params, "metric": metric,
+        "test_error": payload["metrics"][metric], "epoch": int(payload["epoch"]), "epoch_rule": point.epoch_rule,
+        "final_test_error": last[metric], "epochs": int(last["epoch"]),
+        "checkpoint": str(run_dir / point.checkpoint_name), "run": str(run_dir),
+        "config_file": str(run_dir / "config.yaml"), "config": cfg,
+    }
+
+
+def time_column(batch: int) -> str:
+    """Timing column of one batch size: ``latency_b1_s`` at batch 1, else ``time_b<B>_s`` (seconds per batch)."""
+    return "latency_b1_s" if batch == 1 else f"time_b{batch}_s"
+
+
+def columns(batches: Sequence[int]) -> list[str]:
+    """All columns of ``frontier.csv`` for these batch sizes (``throughput_b<B>``, images/s, for ``B > 1``)."""
+    timing = []
+    for b in batches:
+        timing += [time_column(b)] + ([f"throughput_b{b}"] if b > 1 else [])
+    return [*HEAD, *timing, *TAIL]
+
+
+def time_points(models: dict[str, tuple[Point, nn.Module]], input_shape: Sequence[int], batches: Sequence[int],
+                repeats: int, log: Callable[[str], None] = print) -> dict[str, dict[int, float]]:
+    """Median seconds per forward pass of every model at every batch size, all models interleaved.
+
+    TKNs are frozen (:func:`tkn.freeze`) once per batch size, for that batch;
+    dense points run as they are, in ``eval()`` mode.
+
+    Args:
+        models: ``name -> (point, model)``.
+        input_shape: ``(C, H, W)``.
+        batches: batch sizes; one interleaved run each.
+        repeats: timed repetitions (after 2 warm-up rounds).
+        log: progress lines.
+
+    Returns:
+        ``name -> {batch: seconds}``.
+    """
+    import torch
+
+    import tkn
+
+    times: dict[str, dict[int, float]] = {name: {} for name in models}
+    for b in batches:
+        example = torch.rand(b, *input_shape, generator=torch.Generator().manual_seed(0))
+        runnable = {name: tkn.freeze(model.eval(), example) if point.kind == "tkn" else model.eval()
+                    for name, (point, model) in models.items()}
+        log(f"timing {len(runnable)} models interleaved at batch {b} ({repeats} repeats)")
+        for name, seconds in measure_interleaved(runnable, tuple(input_shape), batch=b, repeats=repeats).items():
+            times[name][b] = seconds
+    return times
+
+
+def _add_times(row: dict[str, Any], times: dict[int, float]) -> None:
+    """Add the timing columns of ``times`` (``batch -> seconds``) to ``row``."""
+    for b, seconds in times.items():
+        row[time_column(b)] = seconds
+        if b > 1:
+            row[f"throughput_b{b}"] = b / seconds
+
+
+def write_frontier(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write ``frontier.csv`` (the rows) and ``frontier.json`` (the whole report) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = columns(report["batches"])
+    with open(out / "frontier.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
+        writer.writeheader()
+        for row in report["rows"]:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in names})
+    (out / "frontier.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return out / "frontier.csv", out / "frontier.json"
+
+
+def _train_points(points: Sequence[Point], base: dict[str, Any], out: Path, recipe: str | None,
+                  sets: Sequence[str], resume: bool, overwrite: bool, log: Callable[[str], None]) -> None:
+    """Train every point as ``tkn sweep`` trains its runs (a finished run resumed is not retrained).
+
+    Args:
+        points, base, out, recipe, sets: see :func:`point_config`.
+        resume, overwrite, log: see :func:`run_frontier`.
+    """
+    from tkn.training import train
+
+    for i, point in enumerate(points, 1):
+        cfg = point_config(point, base, out, recipe=recipe, sets=sets)
+        again = resume and (out / point.folder / "last.pt").exists()
+        log(f"[{i}/{len(points)}] {cfg.model} {point.folder}: {cfg.epochs} epochs -> {cfg.out}")
+        train(cfg, resume=again, overwrite=overwrite and not again, log=lambda line: log(f"    {line}"))
+
+
+def _existing(points: Sequence[Point], out: Path, log: Callable[[str], None]) -> tuple[list[Point], list[dict]]:
+    """``(points with a run in out, skipped rows of the others)``; logs each point left out.
+
+    Args:
+        points: the study's points.
+        out: the study folder.
+        log: receives one line per point without a run.
+    """
+    kept, skipped = [], []
+    for p in points:
+        if (out / p.folder / p.checkpoint_name).exists():
+            kept.append(p)
+        else:
+            log(f"{p.folder} skipped: no {p.checkpoint_name} in {out / p.folder}")
+            skipped.append({"kind": p.kind, "model": p.model, "width": p.width, "target_speedup": p.target_speedup,
+                            "reason": f"no run: {p.checkpoint_name} missing"})
+    return kept, skipped
+
+
+def run_frontier(
+    base: dict[str, Any],
+    out: str | Path,
+    *,
+    widths: Sequence[float] = WIDTHS,
+    speedups: Sequence[float] = SPEEDUPS,
+    batches: Sequence[int] = BATCHES,
+    repeats: int = 10,
+    recipe: str | None = None,
+    sets: Sequence[str] = (),
+    train: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train (unless ``train`` is false), read back and time every point; return the report.
+
+    Args:
+        base: config overrides shared by all runs (``model`` names the targeted model, ``data``, ``epochs``...).
+        out: study folder; each point's run goes to ``out / point.folder``.
+        widths: dense-twin widths.
+        speedups: TKN budgets; those above the reachable maximum are skipped and reported.
+        batches: batch sizes to time at (one interleaved run each).
+        repeats: timed repetitions per batch size.
+        recipe: YAML config or packaged recipe (as ``tkn train --config``).
+        sets: ``key=value`` overrides for every run (as ``tkn train --set``).
+        train: ``False``: measure the runs already in ``out`` only (points without one are skipped).
+        resume: continue runs whose folder holds a ``last.pt`` (a finished run is not retrained).
+        overwrite: start runs afresh even if their folder holds a run.
+        log: receives progress lines.
+
+    Returns:
+        ``{"model", "dense", "data", "input_shape", "metric", "dense_macs", "batches", "repeats",
+        "rows", "skipped", "conditions"}``; ``rows`` have the keys of :func:`columns` plus ``config``.
+    """
+    from tkn.benchmark import conditions
+    from tkn.training import resolve_config
+    from tkn.training.loaders import build_data
+
+    out = Path(out)
+    batches = [int(b) for b in dict.fromkeys(batches)]
+    if not batches or any(b < 1 for b in batches) or repeats < 1:
+        raise ValueError(f"--batch sizes and --repeats must be >= 1, got batch={batches} repeats={repeats}")
+    probe = resolve_config(recipe, {**base, "out": str(out / "probe")}, sets)
+    points = plan_points(probe.model, widths, speedups)
+    data = build_data(probe)
+    metric = "test_error" if data.task == "classification" else "test_mse"
+    tkn_points = [p for p in points if p.kind == "tkn"]
+    tkn_cfg = point_config(tkn_points[0], base, out, recipe=recipe, sets=sets)
+    points, skipped = split_reachable(points, tkn_cfg, data.num_classes, data.input_shape, log)
+    if train:
+        _train_points(points, base, out, recipe, sets, resume, overwrite, log)
+    else:
+        points, missing = _existing(points, out, log)
+        skipped += missing
+    if not points:
+        raise ValueError(f"no point to measure in {str(out)!r}")
+    dense_name, dense_macs = baseline_macs(probe.model, data.num_classes, data.input_shape)
+    rows, models = [], {}
+    for p in points:
+        model, payload, last = load_point(p, out)
+        rows.append(point_row(p, model, payload, last, out, metric, dense_macs))
+        models[p.folder] = (p, model)
+    times = time_points(models, data.input_shape, batches, repeats, log)
+    for row, p in zip(rows, points):
+        _add_times(row, times[p.folder])
+    return {
+        "model": probe.model, "dense": dense_name, "data": probe.data, "input_shape": list(data.input_shape),
+        "metric": metric, "dense_macs": dense_macs, "batches": batches, "repeats": repeats,
+        "rows": rows, "skipped": skipped, "conditions": conditions(),
+    }
+
+
+def _figure(report: dict[str, Any], out: Path, log: Callable[[str], None]) -> Path | None:
+    """Write ``frontier.png`` of ``report`` into ``out``; ``None`` (and a logged line) without matplotlib."""
+    from tkn import viz
+
+    label = "test MSE" if report["metric"] == "test_mse" else "test error (%)"
+    title = f"{report['dense']} widths vs {report['model']} budgets on {report['data']}"
+    try:
+        fig = viz.frontier_figure(report["rows"], [(time_column(b), b) for b in report["batches"]],
+                                  title=title, ylabel=label)
+        return viz.save_figure(fig, out / "frontier.png")
+    except RuntimeError as exc:  # matplotlib missing: the tables are still written
+        log(f"no figure: {exc}")
+        return None
+
+
+def _table(report: dict[str, Any]) -> str:
+    """One line per point: error, MACs, speed-up and milliseconds per batch at each batch size."""
+    b = report["batches"]
+    head = f"{'point':<18} {'error':>7} {'MACs':>9} {'speed-up':>8} " + " ".join(f"{'ms@b' + str(x):>9}" for x in b)
+    lines = [head]
+    for r in report["rows"]:
+        times = " ".join(f"{1e3 * r[time_column(x)]:>9.3f}" for x in b)
+        lines.append(f"{Path(r['run']).name:<18} {r['test_error']:>7.2f} {r['macs'] / 1e6:>8.2f}M "
+                     f"{r['speedup']:>7.2f}x {times}")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``tkn frontier`` on the ``tkn`` command line."""
+    p = subparsers.add_parser(
+        "frontier", help="train narrower dense CNNs and budgeted TKNs, time them all: error vs measured time",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML config or packaged recipe shared by every run "
+                                                    "(default: the small schedule of DEFAULTS)")
+    p.add_argument("--model", help="targeted model (default tkn6, or the config's); its dense twin gets --widths")
+    p.add_argument("--data", help="data set (default tlmnist28-5k, or the config's)")
+    p.add_argument("--widths", type=float, nargs="+", default=list(WIDTHS), metavar="W",
+                   help="widths of the dense twin (default 1 0.5 0.25 0.125)")
+    p.add_argument("--target-speedup", type=float, nargs="+", default=list(SPEEDUPS), metavar="R",
+                   help="speed-up budgets of the full-width TKN (default 2 4 8 16 32)")
+    p.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config key for every run (as tkn train --set); repeatable")
+    p.add_argument("--out", default="runs/frontier", metavar="DIR", help="study folder (default runs/frontier)")
+    p.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), metavar="B",
+                   help="batch sizes to time at (default 1 64)")
+    p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed repetitions per batch size (default 10)")
+    p.add_argument("--no-train", action="store_true", help="only read back, time and plot the runs already in --out")
+    p.add_argument("--resume", action="store_true", help="continue (or reuse) runs already in --out")
+    p.add_argument("--overwrite", action="store_true", help="start every run afresh")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="per-batch progress bars (default off: one line per epoch)")
+    p.add_argument("--json", action="store_true", help="print frontier.json's content on stdout")
+    p.set_defaults(func=run)
+    return p
+
+
+def _base(args: argparse.Namespace) -> dict[str, Any]:
+    """Config keys shared by every run: :data:`DEFAULTS` without ``--config``, then the flags given."""
+    base: dict[str, Any] = dict(DEFAULTS) if args.config is None else {}
+    for key in ("model", "data", "epochs"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
+    if args.config is None:
+        base["milestones"] = [base["epochs"] - 1] if base["epochs"] > 1 else []
+    base["progress"] = args.progress
+    return base
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``tkn frontier``; returns the exit code."""
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    report = run_frontier(_base(args), args.out, widths=args.widths, speedups=args.target_speedup,
+                          batches=args.batch, repeats=args.repeats, recipe=args.config, sets=args.sets,
+                          train=not args.no_train, resume=args.resume, overwrite=args.overwrite, log=log)
+    report["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
+    figure = _figure(report, Path(args.out), log)
+    report["figure"] = None if figure is None else str(figure)
+    csv_path, json_path = write_frontier(report, args.out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(_table(report))
+    print(f"wrote {csv_path}, {json_path}" + (f", {figure}" if figure else ""))
+    return 0
