@@ -333,3 +333,26 @@ def test_output_buffer_is_reused_only_once_released():
     torch.testing.assert_close(y3, F.conv2d(x2, w, padding=1), rtol=1e-4, atol=1e-4)
     for clone in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
         torch.testing.assert_close(clone(x1), kept)
+
+
+@needs_native
+@pytest.mark.parametrize("channels_last", [None, False])
+def test_frozen_resnet_runs_channels_last_when_native(channels_last):
+    """Residual adds between native layers: the frozen model converts its input once and keeps channels_last
+    everywhere (default), or stays in the model's layout when asked; the outputs are the same either way."""
+    from tkn.benchmark import synthetic_rois_
+    from tkn.models import create_model
+
+    torch.manual_seed(0)
+    model = synthetic_rois_(create_model("tresnet18", in_channels=3, input_size=(32, 32)), seed=1).eval()
+    x = torch.rand(3, 3, 32, 32)
+    frozen = freeze(model, x, measure=False, channels_last=channels_last)
+    convs = [m for m in frozen.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and any(m.plan.mode == "native" for m in frozen.modules() if isinstance(m, FrozenTargetConv2d))
+    expect_cl = channels_last is None
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) == expect_cl for c in convs if c.kernel_size != (1, 1))
+    assert bool(frozen._forward_pre_hooks) == expect_cl
+    with torch.no_grad():
+        want = model(x)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, :]):
+            torch.testing.assert_close(frozen(inp), want, rtol=1e-4, atol=1e-5)
