@@ -206,6 +206,9 @@ def test_tresnet18_freezes_with_every_norm_folded():
     layers = _frozen_layers(frozen)
     assert len(layers) == 16
     assert all(layers[n].relu == n.endswith("conv1") and layers[n].affine for n in layers)
+    # the stem's and the shortcut projections' batch norms are folded into their plain convolutions
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 16 + 1 + 3
     assert _rel_error(model, frozen, x) <= 1e-5
     assert _assert_supports_hold(model, frozen, x) == 8
 

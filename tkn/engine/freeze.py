@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from tkn.engine.modules import FrozenSparseLinear, FrozenTargetConv2d, native_plan
-from tkn.engine.graph import analyse, fold_batch_norm, rewrite
+from tkn.engine.graph import analyse, fold_batch_norm, fold_conv_batch_norm, rewrite
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
 from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
@@ -342,6 +342,11 @@ def freeze(
                     in_perms[route.consumer] = chosen.plan.perm
             else:
                 chosen.permute_output = False
+    if analysis is not None and fuse:  # plain convolutions too: conv -> batch norm is one convolution
+        for conv, bn in analysis.dense_batch_norms():
+            built_dense = fold_conv_batch_norm(frozen.get_submodule(conv), frozen.get_submodule(bn))
+            _set_submodule(frozen, conv, built_dense)
+            fused.append(bn)
     for name, module in [*built.items(), *((n, nn.Identity()) for n in fused)]:
         parent_name, _, child = name.rpartition(".")
         parent = frozen.get_submodule(parent_name) if parent_name else frozen
@@ -363,6 +368,11 @@ def freeze(
         frozen = frozen.to(memory_format=torch.channels_last)
         frozen.register_forward_pre_hook(channels_last_inputs)
     return frozen
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def channels_last_inputs(module: nn.Module, args: tuple) -> tuple:

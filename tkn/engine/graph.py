@@ -33,6 +33,7 @@ analysis.
 """
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from tkn.layers import TargetConv2d
 
-__all__ = ["Epilogue", "GraphAnalysis", "analyse", "fold_batch_norm", "rewrite"]
+__all__ = ["Epilogue", "GraphAnalysis", "analyse", "fold_batch_norm", "fold_conv_batch_norm", "rewrite"]
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _RELU_METHODS = {"relu", "relu_"}
@@ -127,6 +128,19 @@ class GraphAnalysis:
                     epi.nodes.append(nxt)
             if epi.nodes:
                 self.epilogues[name] = epi
+
+    def dense_batch_norms(self) -> list[tuple[str, str]]:
+        """``(convolution, batch norm)`` module names where a plain ``nn.Conv2d`` called once feeds, and only
+        feeds, an eval-foldable batch norm called once (e.g. ResNet's stem and shortcut projections)."""
+        pairs = []
+        for node in self.graph.nodes:
+            if node.op != "call_module" or type(self.modules[node.target]) is not nn.Conv2d:
+                continue
+            user = self._only_user(node)
+            if (self.calls.get(node.target) == 1 and user is not None and self._is_batch_norm(user)
+                    and self.calls.get(user.target) == 1):
+                pairs.append((node.target, user.target))
+        return pairs
 
     def _only_user(self, node: fx.Node) -> fx.Node | None:
         """The single node using ``node``, if it uses nothing else as a tensor and uses ``node`` once."""
@@ -291,6 +305,17 @@ def analyse(model: nn.Module, example: Tensor, *, fuse: bool = True) -> GraphAna
     if fuse:
         analysis.find_epilogues()
     return analysis
+
+
+@torch.no_grad()
+def fold_conv_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A copy of ``conv`` computing ``bn(conv(x))`` of an eval-mode batch norm (weights scaled, bias shifted)."""
+    scale, shift = fold_batch_norm(bn)
+    fused = copy.deepcopy(conv)
+    fused.weight.copy_(conv.weight * scale.to(conv.weight)[:, None, None, None])
+    bias = shift.to(conv.weight) if conv.bias is None else conv.bias * scale.to(conv.weight) + shift.to(conv.weight)
+    fused.bias = nn.Parameter(bias, requires_grad=False)
+    return fused
 
 
 @torch.no_grad()
