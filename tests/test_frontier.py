@@ -10,7 +10,7 @@ import pytest
 
 from tkn.checkpoint import load_checkpoint
 from tkn.cli import main
-from tkn.commands.frontier import Point, columns, plan_points
+from tkn.commands.frontier import Point, columns, plan_points, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,6 +116,49 @@ def test_points_and_their_folders():
     assert points == [Point("dense", "dn10", 1.0), Point("dense", "dn10", 0.5), Point("tkn", "tdn10", 1.0, 8.0)]
     assert [p.folder for p in points] == ["dense-w1", "dense-w0.5", "tkn-speedup-8"]
     assert points[2].overrides == {"model": "tdn10", "width": 1.0, "l2": 0.0, "target_speedup": 8.0}
+
+
+def test_seeds_are_separate_runs_summarized_by_mean_and_spread(study):
+    before = _checkpoint_times(study)
+    args = ["frontier", "--model", "tkn6", "--data", "tlmnist28-5k", "--epochs", "1", "--widths", "0.25",
+            "--target-speedup", "--seeds", "0", "1", "--set", "max_train_samples=64", "--set", "max_test_samples=32",
+            "--set", "batch_size=16", "--batch", "1", "--repeats", "2", "--out", str(study), "--resume",
+            "--name", "seeds"]
+    assert main(args) == 0
+    after = _checkpoint_times(study)
+    # seed 0 is the study's own dense-w0.25 run, reused; seed 1 is a new run
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(set(after) - set(before)) == ["dense-w0.25-seed1/best.pt", "dense-w0.25-seed1/last.pt"]
+    rows = _csv_rows(study / "seeds.csv")
+    assert [(r["run"], r["seed"]) for r in rows] == [(str(study / "dense-w0.25"), "0"),
+                                                     (str(study / "dense-w0.25-seed1"), "1")]
+    errors = [float(r["test_error"]) for r in rows]
+    assert load_checkpoint(study / "dense-w0.25-seed1" / "best.pt")["config"]["seed"] == 1
+    (summary,) = _csv_rows(study / "seeds-summary.csv")
+    mean = (errors[0] + errors[1]) / 2
+    assert summary["seeds"] == "2" and math.isclose(float(summary["test_error_mean"]), mean)
+    assert math.isclose(float(summary["test_error_std"]), abs(errors[0] - errors[1]) / math.sqrt(2))
+    assert (study / "seeds.png").exists() and (study / "frontier.csv").exists()
+
+
+def test_summarize_by_hand():
+    rows = [{"kind": "tkn", "model": "tkn6", "data": "d", "width": 1.0, "target_speedup": 4.0, "test_error": e,
+             "speedup": r, "latency_b1_s": t} for e, r, t in ((1.0, 4.0, 0.1), (2.0, 4.2, 0.3), (6.0, 3.8, 0.2))]
+    rows.append({"kind": "dense", "model": "cnn6", "data": "d", "width": 0.5, "target_speedup": None,
+                 "test_error": 5.0, "speedup": 3.9, "latency_b1_s": 0.05})
+    tkn, dense = summarize(rows, [1])
+    assert (tkn["seeds"], tkn["test_error_mean"], tkn["test_error_min"], tkn["test_error_max"]) == (3, 3.0, 1.0, 6.0)
+    assert math.isclose(tkn["test_error_std"], math.sqrt(((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2) / 2))
+    assert math.isclose(tkn["speedup_mean"], 4.0) and math.isclose(tkn["latency_b1_s"], 0.2)
+    assert (dense["seeds"], dense["test_error_std"], dense["width"]) == (1, 0.0, 0.5)
+
+
+def test_points_per_seed():
+    points = plan_points("tkn6", [], [4], seeds=[0, 2])
+    assert [p.folder for p in points] == ["tkn-speedup-4", "tkn-speedup-4-seed2"]
+    assert points[1].overrides["seed"] == 2 and points[0].overrides["seed"] == 0
+    with pytest.raises(ValueError, match="at least one point"):
+        plan_points("tkn6", [], [])
 
 
 @pytest.mark.parametrize("argv, message", [

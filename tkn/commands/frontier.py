@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULTS", "Point", "plan_points", "split_reachable", "point_config", "load_point", "point_row",
-    "time_points", "columns", "time_column", "write_frontier", "run_frontier", "add_parser", "run",
+    "time_points", "columns", "time_column", "summarize", "write_frontier", "run_frontier", "add_parser", "run",
 ]
 
 #: The schedule shared by every run when no ``--config`` is given (``milestones``: the last epoch).
@@ -69,7 +69,7 @@ BATCHES = (1, 64)
 
 #: Columns of ``frontier.csv`` before the timing columns (see :func:`columns`).
 HEAD = (
-    "kind", "model", "data", "width", "target_speedup", "speedup", "macs", "dense_macs", "params",
+    "kind", "model", "data", "width", "target_speedup", "seed", "speedup", "macs", "dense_macs", "params",
     "metric", "test_error", "epoch", "epoch_rule", "final_test_error", "epochs",
 )
 TAIL = ("checkpoint", "run", "config_file")
@@ -84,17 +84,20 @@ class Point:
         model: registry name of the network trained.
         width: channel multiplier (1 for TKNs).
         target_speedup: the budget of a TKN, ``None`` for dense points.
+        seed: the run's seed (``None``: the config's).
     """
 
     kind: str
     model: str
     width: float
     target_speedup: float | None = None
+    seed: int | None = None
 
     @property
     def folder(self) -> str:
-        """Run-folder name: ``dense-w0.5`` or ``tkn-speedup-8``."""
-        return f"dense-w{self.width:g}" if self.kind == "dense" else f"tkn-speedup-{self.target_speedup:g}"
+        """Run-folder name: ``dense-w0.5`` or ``tkn-speedup-8``, plus ``-seed<S>`` for a seed other than 0."""
+        name = f"dense-w{self.width:g}" if self.kind == "dense" else f"tkn-speedup-{self.target_speedup:g}"
+        return name + (f"-seed{self.seed}" if self.seed else "")
 
     @property
     def epoch_rule(self) -> str:
@@ -109,9 +112,10 @@ class Point:
     @property
     def overrides(self) -> dict[str, Any]:
         """Config keys of this point (a budget run: ``l2 = 0`` and ``target_speedup``, as ``tkn sweep``)."""
+        seed = {} if self.seed is None else {"seed": self.seed}
         if self.kind == "dense":
-            return {"model": self.model, "width": self.width}
-        return {"model": self.model, "width": 1.0, "l2": 0.0, "target_speedup": self.target_speedup}
+            return {"model": self.model, "width": self.width, **seed}
+        return {"model": self.model, "width": 1.0, "l2": 0.0, "target_speedup": self.target_speedup, **seed}
 
 
 def _positive_finite(name: str, values: Sequence[float], minimum: float, strict: bool) -> list[float]:
@@ -124,31 +128,39 @@ def _positive_finite(name: str, values: Sequence[float], minimum: float, strict:
     """
     out = [float(v) for v in values]
     bad = [v for v in out if not math.isfinite(v) or v < minimum or (strict and v == minimum)]
-    if not out or bad:
+    if bad:
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise ValueError(f"--{name} needs one or more finite numbers {bound}, got {list(values)}")
     return list(dict.fromkeys(out))
 
 
-def plan_points(targeted: str, widths: Sequence[float], speedups: Sequence[float]) -> list[Point]:
-    """The points of a study: the dense twin of ``targeted`` at ``widths``, ``targeted`` at ``speedups``.
+def plan_points(targeted: str, widths: Sequence[float], speedups: Sequence[float],
+                seeds: Sequence[int | None] = (None,)) -> list[Point]:
+    """The points of a study: the dense twin of ``targeted`` at ``widths``, ``targeted`` at ``speedups``,
+    each once per seed.
 
     Args:
         targeted: a targeted registry name with a dense twin (``tkn6``, ``tdn10``...).
-        widths: channel multipliers of the dense twin (finite, > 0; duplicates dropped).
-        speedups: budgets ``R >= 1`` of the full-width TKN (duplicates dropped).
+        widths: channel multipliers of the dense twin (finite, > 0; duplicates dropped; may be empty).
+        speedups: budgets ``R >= 1`` of the full-width TKN (duplicates dropped; may be empty).
+        seeds: seeds of every point (``None``: the config's).
 
     Raises:
-        ValueError: ``targeted`` has no dense twin, or a width or budget is out of range.
+        ValueError: ``targeted`` has no dense twin, a width, budget or seed is out of range, or there is no point.
     """
     from tkn.models import baseline_of
 
     dense = baseline_of(targeted)
     if dense is None:
         raise ValueError(f"--model must be a targeted model with a dense twin (e.g. tkn6, tdn10), got {targeted!r}")
-    points = [Point("dense", dense, w) for w in _positive_finite("widths", widths, 0.0, strict=True)]
-    points += [Point("tkn", targeted, 1.0, r) for r in _positive_finite("target-speedup", speedups, 1.0, False)]
-    return points
+    seeds = list(dict.fromkeys(seeds)) or [None]
+    if any(s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0) for s in seeds):
+        raise ValueError(f"--seeds must be non-negative ints, got {seeds}")
+    kinds = [("dense", dense, w, None) for w in _positive_finite("widths", widths, 0.0, strict=True)]
+    kinds += [("tkn", targeted, 1.0, r) for r in _positive_finite("target-speedup", speedups, 1.0, False)]
+    if not kinds:
+        raise ValueError("a study needs at least one point: give --widths or --target-speedup values")
+    return [Point(kind, model, w, r, seed) for kind, model, w, r in kinds for seed in seeds]
 
 
 def point_config(point: Point, base: dict[str, Any], out: Path, *, recipe: str | None = None,
@@ -255,7 +267,7 @@ def point_row(point: Point, model: nn.Module, payload: dict[str, Any], last: dic
     run_dir = out / point.folder
     return {
         "kind": point.kind, "model": point.model, "data": cfg["data"], "width": point.width,
-        "target_speedup": point.target_speedup, "speedup": dense_macs / report.macs, "macs": report.macs,
+        "target_speedup": point.target_speedup, "seed": cfg.get("seed"), "speedup": dense_macs / report.macs, "macs": report.macs,
         "dense_macs": dense_macs, "params": report.params, "metric": metric,
         "test_error": payload["metrics"][metric], "epoch": int(payload["epoch"]), "epoch_rule": point.epoch_rule,
         "final_test_error": last[metric], "epochs": int(last["epoch"]),
@@ -317,18 +329,50 @@ def _add_times(row: dict[str, Any], times: dict[int, float]) -> None:
             row[f"throughput_b{b}"] = b / seconds
 
 
-def write_frontier(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    """Write ``frontier.csv`` (the rows) and ``frontier.json`` (the whole report) into ``out``."""
+#: Columns of the summary over seeds (``<name>-summary.csv``) before its timing columns.
+SUMMARY_HEAD = ("kind", "model", "data", "width", "target_speedup", "seeds", "test_error_mean", "test_error_std",
+                "test_error_min", "test_error_max", "speedup_mean")
+
+
+def summarize(rows: Sequence[dict[str, Any]], batches: Sequence[int]) -> list[dict[str, Any]]:
+    """One row per point over its seeds: the test error's mean, sample standard deviation (0 for one seed),
+    minimum and maximum, the mean FLOP speed-up, and the mean of each timing column."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["model"], r["width"], r["target_speedup"]), []).append(r)
+    out = []
+    for (kind, model, width, target), group in groups.items():
+        errors = [r["test_error"] for r in group]
+        mean = sum(errors) / len(errors)
+        std = math.sqrt(sum((e - mean) ** 2 for e in errors) / (len(errors) - 1)) if len(errors) > 1 else 0.0
+        row = {"kind": kind, "model": model, "data": group[0]["data"], "width": width, "target_speedup": target,
+               "seeds": len(group), "test_error_mean": mean, "test_error_std": std, "test_error_min": min(errors),
+               "test_error_max": max(errors), "speedup_mean": sum(r["speedup"] for r in group) / len(group)}
+        for b in batches:
+            col = time_column(b)
+            row[col] = sum(r[col] for r in group) / len(group)
+        out.append(row)
+    return out
+
+
+def _write_csv(path: Path, names: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(names), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in names})
+
+
+def write_frontier(report: dict[str, Any], out: str | Path, name: str = "frontier") -> tuple[Path, Path]:
+    """Write ``<name>.csv`` (the rows), ``<name>-summary.csv`` (:func:`summarize`) and ``<name>.json``
+    (the whole report) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = columns(report["batches"])
-    with open(out / "frontier.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
-        writer.writeheader()
-        for row in report["rows"]:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in names})
-    (out / "frontier.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return out / "frontier.csv", out / "frontier.json"
+    _write_csv(out / f"{name}.csv", columns(report["batches"]), report["rows"])
+    summary_names = [*SUMMARY_HEAD, *(time_column(b) for b in report["batches"])]
+    _write_csv(out / f"{name}-summary.csv", summary_names, report["summary"])
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return out / f"{name}.csv", out / f"{name}.json"
 
 
 def _train_points(points: Sequence[Point], base: dict[str, Any], out: Path, recipe: str | None,
@@ -373,6 +417,7 @@ def run_frontier(
     *,
     widths: Sequence[float] = WIDTHS,
     speedups: Sequence[float] = SPEEDUPS,
+    seeds: Sequence[int | None] = (None,),
     batches: Sequence[int] = BATCHES,
     repeats: int = 10,
     recipe: str | None = None,
@@ -389,6 +434,7 @@ def run_frontier(
         out: study folder; each point's run goes to ``out / point.folder``.
         widths: dense-twin widths.
         speedups: TKN budgets; those above the reachable maximum are skipped and reported.
+        seeds: every point is trained once per seed (``None``: the config's seed).
         batches: batch sizes to time at (one interleaved run each).
         repeats: timed repetitions per batch size.
         recipe: YAML config or packaged recipe (as ``tkn train --config``).
@@ -400,7 +446,8 @@ def run_frontier(
 
     Returns:
         ``{"model", "dense", "data", "input_shape", "metric", "dense_macs", "batches", "repeats",
-        "rows", "skipped", "conditions"}``; ``rows`` have the keys of :func:`columns` plus ``config``.
+        "rows", "summary", "skipped", "conditions"}``; ``rows`` have the keys of :func:`columns` plus
+        ``config``; ``summary`` is :func:`summarize` of the rows.
     """
     from tkn.benchmark import conditions
     from tkn.training import resolve_config
@@ -411,12 +458,14 @@ def run_frontier(
     if not batches or any(b < 1 for b in batches) or repeats < 1:
         raise ValueError(f"--batch sizes and --repeats must be >= 1, got batch={batches} repeats={repeats}")
     probe = resolve_config(recipe, {**base, "out": str(out / "probe")}, sets)
-    points = plan_points(probe.model, widths, speedups)
+    points = plan_points(probe.model, widths, speedups, seeds)
     data = build_data(probe)
     metric = "test_error" if data.task == "classification" else "test_mse"
     tkn_points = [p for p in points if p.kind == "tkn"]
-    tkn_cfg = point_config(tkn_points[0], base, out, recipe=recipe, sets=sets)
-    points, skipped = split_reachable(points, tkn_cfg, data.num_classes, data.input_shape, log)
+    skipped: list[dict[str, Any]] = []
+    if tkn_points:
+        tkn_cfg = point_config(tkn_points[0], base, out, recipe=recipe, sets=sets)
+        points, skipped = split_reachable(points, tkn_cfg, data.num_classes, data.input_shape, log)
     if train:
         _train_points(points, base, out, recipe, sets, resume, overwrite, log)
     else:
@@ -436,12 +485,12 @@ def run_frontier(
     return {
         "model": probe.model, "dense": dense_name, "data": probe.data, "input_shape": list(data.input_shape),
         "metric": metric, "dense_macs": dense_macs, "batches": batches, "repeats": repeats,
-        "rows": rows, "skipped": skipped, "conditions": conditions(),
+        "rows": rows, "summary": summarize(rows, batches), "skipped": skipped, "conditions": conditions(),
     }
 
 
-def _figure(report: dict[str, Any], out: Path, log: Callable[[str], None]) -> Path | None:
-    """Write ``frontier.png`` of ``report`` into ``out``; ``None`` (and a logged line) without matplotlib."""
+def _figure(report: dict[str, Any], out: Path, name: str, log: Callable[[str], None]) -> Path | None:
+    """Write ``<name>.png`` of ``report`` into ``out``; ``None`` (and a logged line) without matplotlib."""
     from tkn import viz
 
     label = "test MSE" if report["metric"] == "test_mse" else "test error (%)"
@@ -449,7 +498,7 @@ def _figure(report: dict[str, Any], out: Path, log: Callable[[str], None]) -> Pa
     try:
         fig = viz.frontier_figure(report["rows"], [(time_column(b), b) for b in report["batches"]],
                                   title=title, ylabel=label)
-        return viz.save_figure(fig, out / "frontier.png")
+        return viz.save_figure(fig, out / f"{name}.png")
     except RuntimeError as exc:  # matplotlib missing: the tables are still written
         log(f"no figure: {exc}")
         return None
@@ -477,10 +526,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                     "(default: the small schedule of DEFAULTS)")
     p.add_argument("--model", help="targeted model (default tkn6, or the config's); its dense twin gets --widths")
     p.add_argument("--data", help="data set (default tlmnist28-5k, or the config's)")
-    p.add_argument("--widths", type=float, nargs="+", default=list(WIDTHS), metavar="W",
-                   help="widths of the dense twin (default 1 0.5 0.25 0.125)")
-    p.add_argument("--target-speedup", type=float, nargs="+", default=list(SPEEDUPS), metavar="R",
-                   help="speed-up budgets of the full-width TKN (default 2 4 8 16 32)")
+    p.add_argument("--widths", type=float, nargs="*", default=list(WIDTHS), metavar="W",
+                   help="widths of the dense twin (default 1 0.5 0.25 0.125; none: TKNs only)")
+    p.add_argument("--target-speedup", type=float, nargs="*", default=list(SPEEDUPS), metavar="R",
+                   help="speed-up budgets of the full-width TKN (default 2 4 8 16 32; none: dense widths only)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[None], metavar="S",
+                   help="train every point once per seed (default: the config's seed); <name>-summary.csv "
+                        "gives mean and spread")
+    p.add_argument("--name", default="frontier", metavar="NAME",
+                   help="base name of the written table, summary, JSON and figure (default frontier)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config key for every run (as tkn train --set); repeatable")
@@ -514,12 +568,12 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``tkn frontier``; returns the exit code."""
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     report = run_frontier(_base(args), args.out, widths=args.widths, speedups=args.target_speedup,
-                          batches=args.batch, repeats=args.repeats, recipe=args.config, sets=args.sets,
+                          seeds=args.seeds, batches=args.batch, repeats=args.repeats, recipe=args.config, sets=args.sets,
                           train=not args.no_train, resume=args.resume, overwrite=args.overwrite, log=log)
     report["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
-    figure = _figure(report, Path(args.out), log)
+    figure = _figure(report, Path(args.out), args.name, log)
     report["figure"] = None if figure is None else str(figure)
-    csv_path, json_path = write_frontier(report, args.out)
+    csv_path, json_path = write_frontier(report, args.out, args.name)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
