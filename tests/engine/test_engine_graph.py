@@ -1,6 +1,8 @@
 """freeze() on CNNs written the usual way: epilogues and input sparsity found on the torch.fx graph."""
 from __future__ import annotations
 
+import operator
+
 import json
 
 import pytest
@@ -205,12 +207,20 @@ def test_tresnet18_freezes_with_every_norm_folded():
     frozen = freeze(model, x, **OPTIONS)
     layers = _frozen_layers(frozen)
     assert len(layers) == 16
-    assert all(layers[n].relu == n.endswith("conv1") and layers[n].affine for n in layers)
+    # conv1: BN + ReLU; conv2: BN, and where it runs native also the residual addition and the block's ReLU
+    native = {n for n in layers if layers[n].plan.mode == "native"}
+    assert {"layer1.0.conv2", "layer2.1.conv2"} <= native and "layer4.1.conv2" not in native  # 2x2 maps: dense
+    for n, layer in layers.items():
+        fused_add = n.endswith("conv2") and n in native
+        assert (layer.affine, layer.residual, layer.relu) == (True, fused_add, n.endswith("conv1") or fused_add), n
+    adds = [n for n in frozen.graph.nodes if n.op == "call_function" and n.target in (operator.add, operator.iadd)]
+    assert len(adds) == sum(n.endswith("conv2") and n not in native for n in layers)
     # the stem's and the shortcut projections' batch norms are folded into their plain convolutions
     assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 16 + 1 + 3
     assert _rel_error(model, frozen, x) <= 1e-5
-    assert _assert_supports_hold(model, frozen, x) == 8
+    # every conv2 reads only where its conv1 left non-zeros, except on layer4's 2x2 maps (ROIs cover them)
+    assert _assert_supports_hold(model, frozen, x) == 6
 
 
 class Dense(nn.Module):
@@ -309,4 +319,7 @@ def test_bench_runs_tresnet18_with_its_synthetic_scale_range(capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)["models"][0]
     assert result["frozen_max_rel_error"] <= 1e-5
-    assert len(result["plans"]) == 16 and sum(p["relu"] for p in result["plans"]) == 8
+    plans = result["plans"]
+    # conv1: ReLU fused; conv2 running native: the residual addition and the ReLU after it fused
+    assert len(plans) == 16 and sum(p["relu"] and not p["residual"] for p in plans) == 8
+    assert all(p["residual"] == (p["relu"] and p["layer"].endswith("conv2")) for p in plans)

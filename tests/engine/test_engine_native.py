@@ -112,6 +112,37 @@ def test_kernel_matches_float64_loops(case):
 
 
 @needs_native
+@pytest.mark.parametrize("relu,affine,c_out", [(True, True, 33), (False, True, 16), (True, False, 21)])
+def test_residual_is_added_before_the_relu(relu, affine, c_out):
+    """``relu(affine(conv) + residual)`` at computed and uncomputed positions, any residual layout."""
+    g = torch.Generator().manual_seed(c_out)
+    c_in, hw, batch = 3, (9, 10), 3
+    x = torch.randn(batch, c_in, *hw, generator=g)
+    w = torch.randn(c_out, c_in, 3, 3, generator=g)
+    scale = torch.randn(c_out, generator=g) if affine else None
+    shift = torch.randn(c_out, generator=g) if affine else None
+    roi = _random_rois(c_out, *hw, g)
+    mask = torch.zeros(c_out, *hw)
+    for ch, (y0, y1, x0, x1) in enumerate(roi.tolist()):
+        mask[ch, y0:y1, x0:x1] = 1.0
+    window = (torch.rand(c_out, *hw, generator=g) + 0.5) * mask
+    opts = dict(conv_hw=hw, input_hw=hw, stride=(1, 1), dilation=(1, 1), pad=(1, 1, 1, 1), scale=scale, shift=shift)
+    conv = native.NativeConv(w, None, window, roi, relu=relu, residual=True, **opts)
+    residual = torch.randn(batch, c_out + 4, *hw, generator=g)[:, 2:2 + c_out]  # non-contiguous NCHW slice
+    ref = _reference(x, w, None, window, roi, (1, 1), (1, 1, 1, 1), (1, 1), scale, shift, False, 1) + residual.double()
+    ref = ref.clamp(min=0) if relu else ref
+    got = conv(x.contiguous(memory_format=torch.channels_last), residual)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
+    assert (ref < 0).any() != relu and (got == 0).any() == relu  # the ReLU acted (or not) after the sum
+    with pytest.raises(ValueError, match="adds a float32 residual of shape"):
+        conv(x)
+    with pytest.raises(ValueError, match="residual addition needs pool=1"):
+        native.NativeConv(w, None, window, roi, pool=2, residual=True, **opts)
+    with pytest.raises(ValueError, match="built without a residual"):
+        native.NativeConv(w, None, window, roi, **opts)(x, residual)
+
+
+@needs_native
 def test_input_support_reads_only_nonzero_channels():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 20, 12, 12, generator=g)

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from tkn.engine.modules import FrozenSparseLinear, FrozenTargetConv2d, native_plan
-from tkn.engine.graph import analyse, fold_batch_norm, fold_conv_batch_norm, rewrite
+from tkn.engine.graph import analyse, fold_batch_norm, fold_conv_batch_norm, rewrite, rewrite_residual
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
 from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
@@ -292,6 +292,15 @@ def freeze(
         if native and x.dtype == torch.float32 and not FrozenTargetConv2d.native_unsupported(layer, pool):
             chosen = _choose_native(layer, hw, x if in_perm is None else x[:, in_perm], in_perm, relu, pool,
                                     support, measure, repeats, scale, shift)
+            res = analysis.residuals.get(name) if analysis is not None and fuse and calls[name] == 1 else None
+            if res is not None and chosen.plan.mode is PlanMode.NATIVE and not relu and pool == 1:
+                # the addition (and the ReLU after it) run in the kernel's epilogue: one pass, not three
+                timings = chosen.timings
+                chosen = FrozenTargetConv2d(layer, hw, chosen.plan, in_perm=in_perm, relu=res.relu is not None,
+                                            input_support=support, scale=scale, shift=shift, residual=True)
+                chosen.timings = timings
+                rewrite_residual(analysis, name)
+                functional = True
             built[name] = chosen
             supports[name] = chosen.output_support()
             fused += names
@@ -570,7 +579,7 @@ def plan_summary(model: nn.Module) -> list[dict]:
             rows.append({
                 "layer": name, "mode": m.plan.mode, "plan": m.plan.label, "blocks": len(m.blocks),
                 "active_channels": m.plan.n_active, "channels": m.out_channels,
-                "relu": m.relu, "pool": m.pool, "input_ranges": sum(1 for r in m.input_ranges if r),
+                "relu": m.relu, "residual": m.residual, "pool": m.pool, "input_ranges": sum(1 for r in m.input_ranges if r),
                 "executed_macs": m.executed_macs(), "roi_macs": m.macs(),
                 "timings_s": dict(getattr(m, "timings", {})),
             })

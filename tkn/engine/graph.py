@@ -44,7 +44,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from tkn.layers import TargetConv2d
 
-__all__ = ["Epilogue", "GraphAnalysis", "analyse", "fold_batch_norm", "fold_conv_batch_norm", "rewrite"]
+__all__ = ["Epilogue", "Residual", "GraphAnalysis", "analyse", "fold_batch_norm", "fold_conv_batch_norm", "rewrite",
+           "rewrite_residual"]
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _RELU_METHODS = {"relu", "relu_"}
@@ -70,6 +71,17 @@ class Epilogue:
     def modules(self) -> list[str]:
         """Names of the fused modules (``call_module`` nodes)."""
         return [n.target for n in self.nodes if n.op == "call_module"]
+
+
+@dataclass
+class Residual:
+    """A target layer's output (after its folded batch norm) added to another tensor of the same shape, the
+    sum possibly followed by a ReLU: ``add`` and ``relu`` are the graph nodes, ``other`` the addend (as
+    found; :func:`rewrite_residual` reads it from ``add`` again)."""
+
+    add: fx.Node
+    other: fx.Node
+    relu: fx.Node | None = None
 
 
 class _Tracer(fx.Tracer):
@@ -102,6 +114,8 @@ class GraphAnalysis:
         self.nodes = {n.target: n for n in graph.nodes if n.op == "call_module"
                       and isinstance(self.modules[n.target], TargetConv2d) and self.calls[n.target] == 1}
         self.epilogues: dict[str, Epilogue] = {}
+        #: ``{target layer: Residual}``: layers whose epilogue (a batch norm at most) ends in an addition
+        self.residuals: dict[str, Residual] = {}
 
     # -- epilogues -----------------------------------------------------------------
     def find_epilogues(self) -> None:
@@ -113,6 +127,8 @@ class GraphAnalysis:
                 epi.batch_norm, cur = nxt.target, nxt
                 epi.nodes.append(nxt)
                 nxt = self._only_user(cur)
+            if nxt is None and (residual := self._residual(cur)) is not None:
+                self.residuals[name] = residual
             if nxt is not None and self._is_relu(nxt):
                 epi.relu, cur = True, nxt
                 epi.nodes.append(nxt)
@@ -128,6 +144,24 @@ class GraphAnalysis:
                     epi.nodes.append(nxt)
             if epi.nodes:
                 self.epilogues[name] = epi
+
+    def _residual(self, node: fx.Node) -> Residual | None:
+        """The addition that alone uses ``node`` once, with another node of the same shape (and the ReLU that
+        alone uses the sum, if any), or ``None``."""
+        users = list(node.users)
+        if len(users) != 1:
+            return None
+        add = users[0]
+        if (add.op != "call_function" or add.target not in _ADD_FUNCTIONS or len(add.args) != 2 or add.kwargs
+                or sum(a is node for a in add.args) != 1):
+            return None
+        other = add.args[1] if add.args[0] is node else add.args[0]
+        shape = self.shapes.get(node.name)
+        if not isinstance(other, fx.Node) or shape is None or not (
+                self.shapes.get(other.name) == shape == self.shapes.get(add.name)):
+            return None
+        relu = self._only_user(add)
+        return Residual(add, other, relu if relu is not None and self._is_relu(relu) else None)
 
     def dense_batch_norms(self) -> list[tuple[str, str]]:
         """``(convolution, batch norm)`` module names where a plain ``nn.Conv2d`` called once feeds, and only
@@ -222,7 +256,11 @@ class GraphAnalysis:
         node = self.nodes.get(name)
         if node is None or not node.args or not isinstance(node.args[0], fx.Node):
             return None
-        return self._support(node.args[0], supports, depth=0)
+        box = self._support(node.args[0], supports, depth=0)
+        shape = self.shapes.get(node.args[0].name)
+        if box is not None and shape is not None and len(shape) == 4 and torch.equal(box, _full(shape)):
+            return None  # zero nowhere: nothing to skip
+        return box
 
     def _support(self, node: fx.Node, supports: dict[str, Tensor], depth: int) -> Tensor | None:
         if depth > 64:
@@ -336,6 +374,30 @@ def fold_batch_norm(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     if bn.bias is not None:
         shift = shift + bn.bias.to(torch.float64)
     return scale.to(bn.running_mean.dtype), shift.to(bn.running_mean.dtype)
+
+
+def rewrite_residual(analysis: GraphAnalysis, name: str) -> None:
+    """Make target layer ``name`` take the addend of its :class:`Residual` as a second argument and remove the
+    addition (and its ReLU) from the graph: the layer's call moves to where the addition was, after the
+    addend is computed. The caller builds the layer with ``residual=True`` (and ``relu`` if the ReLU went)."""
+    res = analysis.residuals[name]
+    node = analysis.nodes[name]
+    if node not in res.add.args:
+        raise ValueError(f"{name}: its epilogue must be rewritten before its residual addition")
+    # the addend as the graph holds it now (an earlier rewrite may have replaced the node it was)
+    other = res.add.args[1] if res.add.args[0] is node else res.add.args[0]
+    last = res.relu or res.add
+    with analysis.graph.inserting_before(res.add):
+        call = analysis.graph.call_module(name, args=(node.args[0], other))
+    call.meta = dict(last.meta)
+    if last.name in analysis.shapes:
+        analysis.shapes[call.name] = analysis.shapes[last.name]
+    last.replace_all_uses_with(call)
+    for n in (res.relu, res.add, node):
+        if n is not None:
+            analysis.graph.erase_node(n)
+    analysis.nodes[name] = call
+    analysis.graph.lint()
 
 
 def rewrite(analysis: GraphAnalysis, layers: list[str]) -> bool:

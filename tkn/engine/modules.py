@@ -92,14 +92,16 @@ class FrozenTargetConv2d(nn.Module):
             directly.)
         output_order: for tile plans, return channel ``output_order[j]`` at position ``j`` (writes
             go to these positions directly; the consumer is permuted to match).
+        residual: native plans without pool: ``forward(x, residual)`` adds ``residual`` (the output's
+            shape) after the affine map and before the ReLU, as a ResNet block ends.
 
     Shape:
         - Input: ``(N, C_in, H, W)`` with ``(H, W) == input_hw``, any memory format.
         - Output: ``(N, C_out, H_out // pool, W_out // pool)``; ``channels_last`` for native, block and
           tile plans.
 
-    The output equals ``maxpool(relu(scale * layer.eval()(x) + shift))`` (each part only when asked
-    for; with the channel orders above).
+    The output equals ``maxpool(relu(scale * layer.eval()(x) + shift [+ residual]))`` (each part only
+    when asked for; with the channel orders above).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class FrozenTargetConv2d(nn.Module):
         output_order: list[int] | None = None,
         scale: Tensor | None = None,
         shift: Tensor | None = None,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(layer, TargetConv2d):
@@ -134,6 +137,11 @@ class FrozenTargetConv2d(nn.Module):
         self.kernel_extent = layer.kernel_extent
         self.groups, self.pad, self.padding_mode = layer.groups, layer.pad, layer.padding_mode
         plan = plan if plan is not None else dense_plan(layer.out_channels)
+        #: a tensor of the output's shape is added before the ReLU (``forward(x, residual)``; native plans only)
+        self.residual = bool(residual)
+        if self.residual and (plan.mode is not PlanMode.NATIVE or pool != 1):
+            raise ValueError(f"a residual addition is fused into native plans without pool only, got plan "
+                             f"{plan.mode.value!r} with pool={pool}")
         if plan.mode is PlanMode.NATIVE:
             why = self.native_unsupported(layer, pool)
             if why:
@@ -187,7 +195,7 @@ class FrozenTargetConv2d(nn.Module):
             scale = torch.ones_like(wm[:, 0, 0]) if scale is None else scale.to(wm)
             shift = torch.zeros_like(wm[:, 0, 0]) if shift is None else shift.to(wm)
             scale, shift = scale[perm].contiguous(), shift[perm].contiguous()
-        fill = None if shift is None else (shift.relu() if self.relu else shift)
+        fill = None if shift is None else (shift.relu() if self.relu and not self.residual else shift)
         # the value of each output channel (plan order) where nothing is computed; None: zero
         self.register_buffer("fill", fill)
         if self.plan.mode is PlanMode.NATIVE:
@@ -203,7 +211,8 @@ class FrozenTargetConv2d(nn.Module):
                 input_support = None
             self._native = native_kernel.NativeConv(
                 weight, bias, wm, roi, conv_hw=self.conv_hw, input_hw=hw, stride=self.stride, dilation=self.dilation,
-                pad=pad, scale=scale, shift=shift, relu=self.relu, pool=pool, support=input_support)
+                pad=pad, scale=scale, shift=shift, relu=self.relu, pool=pool, support=input_support,
+                residual=self.residual)
             return
         if self.plan.mode is PlanMode.DENSE:
             self.register_buffer("weight", weight[perm].contiguous())
@@ -385,7 +394,7 @@ class FrozenTargetConv2d(nn.Module):
                 out[:, rows, cols, b.c0:b.c1] = y[..., :b.count]
         return out.permute(0, 3, 1, 2)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if tuple(x.shape[-2:]) != self.input_hw:
             raise ValueError(
                 f"this frozen layer was planned for inputs of size {self.input_hw}, got {tuple(x.shape[-2:])}; "
@@ -396,7 +405,7 @@ class FrozenTargetConv2d(nn.Module):
         if self._native is not None:
             if self.padding_mode != "zeros":
                 x = TF.pad_input(x, self.pad, self.padding_mode)
-            return self._native(x)
+            return self._native(x, residual)
         y = self._dense(x) if self.plan.mode is PlanMode.DENSE else self._blocks(x)
         if self.permute_output or self.identity_order:
             return y
@@ -414,7 +423,9 @@ class FrozenTargetConv2d(nn.Module):
         box[:, :2] = box[:, :2].clamp(max=self.output_hw[0])
         box[:, 2:] = box[:, 2:].clamp(max=self.output_hw[1])
         box[empty] = 0
-        if self.fill is not None:
+        if self.residual:  # the residual may be non-zero anywhere
+            box[:] = torch.tensor([0, self.output_hw[0], 0, self.output_hw[1]])
+        elif self.fill is not None:
             fill = self.fill if (self.permute_output or self.identity_order) else self.fill[self.inverse_perm]
             box[fill.cpu() != 0] = torch.tensor([0, self.output_hw[0], 0, self.output_hw[1]])
         return box
@@ -458,6 +469,8 @@ class FrozenTargetConv2d(nn.Module):
             s += f", blocks={len(self.blocks)}, active={p.n_active}"
         if self.affine:
             s += ", affine"
+        if self.residual:
+            s += ", + residual"
         if self.relu:
             s += ", relu"
         if self.pool > 1:

@@ -157,7 +157,7 @@ def _open_locked(cxx: str, directory: Path) -> ctypes.CDLL:
             shutil.rmtree(directory, ignore_errors=True)
     f = handle.tkn_roi_conv
     f.restype = ctypes.c_int
-    f.argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_int] * 3
+    f.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int] * 3
     handle.tkn_vector_width.restype = ctypes.c_int
     return handle
 
@@ -271,19 +271,26 @@ class NativeConv:
         scale, shift: optional ``(C_out,)`` affine applied after window·mask (``shift`` alone: scale 1).
         relu: ReLU after the affine; ``pool``: max-pool size (stride ``pool``; 1 = none, at most :data:`MAX_POOL`).
         support: optional ``(C_in, 4)`` boxes outside which each input channel is zero (input sparsity).
+        residual: every call adds a tensor of the output's shape after the affine map, before the ReLU
+            (``relu(affine + residual)``: a ResNet block's ending); needs ``pool=1``.
 
     Shape:
         - Input: ``(N, C_in, H, W)`` float32, ``channels_last`` memory (a copy is made otherwise).
+        - Residual: ``(N, C_out, H_out, W_out)`` float32, any memory format.
         - Output: ``(N, C_out, H_out // pool, W_out // pool)`` in ``channels_last`` memory.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor, *,
                  conv_hw: tuple[int, int], input_hw: tuple[int, int], stride: tuple[int, int],
                  dilation: tuple[int, int], pad: tuple[int, int, int, int], scale: Tensor | None = None,
-                 shift: Tensor | None = None, relu: bool = False, pool: int = 1, support: Tensor | None = None):
+                 shift: Tensor | None = None, relu: bool = False, pool: int = 1, support: Tensor | None = None,
+                 residual: bool = False):
         vw = vector_width()
         if not 1 <= pool <= MAX_POOL:
             raise ValueError(f"the native kernel fuses max-pools of size 1..{MAX_POOL}, got {pool}")
+        if residual and pool != 1:
+            raise ValueError(f"a residual addition needs pool=1, got pool={pool}")
+        self.residual = bool(residual)
         c_out, c_in, kh, kw = weight.shape
         ho, wo = conv_hw
         self.conv_hw, self.input_hw, self.pool, self.relu = conv_hw, input_hw, pool, bool(relu)
@@ -315,7 +322,7 @@ class NativeConv:
         self.scale = None if scale is None else (scale.detach().to(**f32).cpu()[lanes] * real).contiguous()
         self.shift = None if shift is None else (shift.detach().to(**f32).cpu()[lanes] * real).contiguous()
         fill = torch.zeros(c_out) if shift is None else shift.detach().to(**f32).cpu().clone()
-        self.fill = fill.relu() if relu else fill
+        self.fill = fill.relu() if relu and not residual else fill
         self.support = None if support is None else support.to(torch.int32).cpu().contiguous()
         self.ranges = self._ranges(roi, groups, max(g_count, 1), pool, ho, wo)
         #: multiply–accumulates per sample the kernel executes (every lane of every computed position)
@@ -373,7 +380,7 @@ class NativeConv:
         r = self.ranges.to(torch.int64)
         return int((r[..., 1] - r[..., 0]).clamp(min=0).sum())
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise ValueError(f"the native kernel needs float32 CPU input, got {x.dtype} on {x.device}")
         n = x.shape[0]
@@ -384,6 +391,16 @@ class NativeConv:
         if not xl.is_contiguous():
             xl = xl.contiguous()
         hp, wp = self.output_hw
+        rl = None
+        if self.residual:
+            want = (n, self.c_out, hp, wp)
+            if residual is None or tuple(residual.shape) != want or residual.dtype != torch.float32:
+                got = None if residual is None else (tuple(residual.shape), residual.dtype)
+                raise ValueError(f"this layer adds a float32 residual of shape {want}, got {got}")
+            rl = residual.permute(0, 2, 3, 1)
+            rl = rl if rl.is_contiguous() else rl.contiguous()
+        elif residual is not None:
+            raise ValueError("this layer was built without a residual addition (residual=True)")
         out = self._output((n, hp, wp, self.c_out))
         if n and out.numel():
             dims = self.dims.clone()
@@ -391,7 +408,7 @@ class NativeConv:
             code = _load().tkn_roi_conv(  # type: ignore[union-attr]
                 _ptr(xl), _ptr(self.weight), _ptr(self.ranges), _ptr(self.window), _ptr(self.bias),
                 _ptr(self.scale), _ptr(self.shift), _ptr(self.index), _ptr(self.fill), _ptr(self.support),
-                _ptr(out), _ptr(dims), len(self.groups), int(self.relu), torch.get_num_threads())
+                _ptr(rl), _ptr(out), _ptr(dims), len(self.groups), int(self.relu), torch.get_num_threads())
             if code != 0:
                 raise RuntimeError(f"the native kernel rejected its arguments (code {code})")
         return out.permute(0, 3, 1, 2)

@@ -13,7 +13,9 @@
 // Epilogue, per position and lane: (acc + bias) * window_mask, then * scale + shift, then ReLU, then a
 // pool x pool max-pool with stride pool; written once into the channels_last output, whose other
 // positions hold each channel's fill value (its epilogue of 0). Positions of a pool window outside
-// every computed range also count as the fill value.
+// every computed range also count as the fill value. With a residual (pool 1 only), the residual's
+// value is added after the affine map and the ReLU comes last: relu(affine + residual), at computed
+// positions and at the others (fill + residual).
 //
 // Input sparsity: given a box per input channel outside which that channel is zero, each chunk of
 // positions reads only the input channels whose box meets its window on each kernel row (exact: the
@@ -203,12 +205,13 @@ int tkn_vector_width() { return VW; }
 // the conv columns [xa, xb) to compute on each conv row (xb <= xa: none), xb <= Wp * pool. Positions of a
 // pool window that are not computed hold the fill value. window: (G, Ho, Wo, VW). bias, scale, shift: (G, VW)
 // or null. index: (G, VW) output channel of each lane (-1: padding). fill: (C,) value of each output
-// channel where not computed. support: (Cin, 4) int32 boxes y0, y1, x0, x1 or null. out: (N, Hp, Wp, C).
+// channel where not computed. support: (Cin, 4) int32 boxes y0, y1, x0, x1 or null. residual: (N, Hp, Wp, C)
+// or null (pool 1 only; fill is then the value before the residual and the ReLU). out: (N, Hp, Wp, C).
 // Returns 0, or a negative code for an argument it cannot handle.
 int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, const float* window,
                  const float* bias, const float* scale, const float* shift, const int32_t* index,
-                 const float* fill, const int32_t* support, float* out, const int32_t* dims, int G, int relu,
-                 int nthreads) {
+                 const float* fill, const int32_t* support, const float* residual, float* out,
+                 const int32_t* dims, int G, int relu, int nthreads) {
     Geometry g;
     g.N = dims[0]; g.H = dims[1]; g.W = dims[2]; g.Cin = dims[3];
     g.kh = dims[4]; g.kw = dims[5]; g.sy = dims[6]; g.sx = dims[7]; g.dy = dims[8]; g.dx = dims[9];
@@ -216,6 +219,8 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
     g.Hp = dims[15]; g.Wp = dims[16]; g.C = dims[17];
     const int P = g.pool;
     if (P < 1 || P > NP_MAX || g.kh > 64 || g.Cin < 1) return -1;
+    if (residual && P != 1) return -3;
+    const bool relu_inner = relu && !residual;  // with a residual the ReLU comes after the addition
     if (nthreads < 1) nthreads = 1;
 
     bool zero = true;
@@ -269,10 +274,18 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
         // every output position first holds its channels' fill values (one parallel region: one fork)
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < positions; ++i) {
-            if (zero)
+            if (residual) {
+                const float* res = residual + i * g.C;
+                float* o = out + i * g.C;
+                for (int c = 0; c < g.C; ++c) {
+                    const float v = fill[c] + res[c];
+                    o[c] = (relu && v < 0.0f) ? 0.0f : v;
+                }
+            } else if (zero) {
                 std::memset(out + i * g.C, 0, sizeof(float) * g.C);
-            else
+            } else {
                 std::memcpy(out + i * g.C, fill, sizeof(float) * g.C);
+            }
         }
         std::vector<int> list_store((size_t)g.kh * g.Cin);
         std::vector<vf> mx;  // the pooled row's conv values, max-reduced over its conv rows
@@ -357,7 +370,7 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
                         if (bias) v += bv;
                         v *= loadu(wrow + (size_t)p * VW);
                         if (scale) v = v * scv + shv;
-                        if (relu) v = vmax(v, vf{});
+                        if (relu_inner) v = vmax(v, vf{});
                         m[p] = vmax(m[p], v);
                     }
                 }
@@ -369,7 +382,18 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
                 for (int y = r * P; y < r * P + P; ++y)
                     computed += std::max(0, std::min(rg[2 * y + 1], q * P + P) - std::max(rg[2 * y], q * P));
                 if (computed < P * P) o = vmax(o, fillv);
-                float* dst = out + (((int64_t)n * g.Hp + r) * g.Wp + q) * g.C;
+                const int64_t at = (((int64_t)n * g.Hp + r) * g.Wp + q) * g.C;
+                float* dst = out + at;
+                if (residual) {  // P == 1: every position in [A, B) is computed
+                    const float* res = residual + at;
+                    if (contiguous[gi]) {
+                        o += loadu(res + idx[0]);
+                    } else {
+                        for (int l = 0; l < VW; ++l)
+                            if (idx[l] >= 0) o[l] += res[idx[l]];
+                    }
+                    if (relu) o = vmax(o, vf{});
+                }
                 if (contiguous[gi]) {
                     storeu(dst + idx[0], o);
                 } else {
