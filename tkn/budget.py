@@ -240,7 +240,7 @@ class MacBudget:
         for c in self.calls:
             s = c.layer.s if scales is None else scales[id(c.layer)]
             roi = TF.rois(c.layer.m, s, c.hw, c.layer.roi_floor)
-            parts.append(((roi[:, 1] - roi[:, 0]) * (roi[:, 3] - roi[:, 2])).to(torch.float64) * c.pixel_macs)
+            parts.append(TF.roi_areas(roi).to(torch.float64) * c.pixel_macs)
         return torch.cat(parts)
 
     def _exact(self, scales: dict[int, Tensor] | None = None) -> float:

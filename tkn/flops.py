@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tkn.functional import roi_macs
 from tkn.layers import TargetConv2d
 
 __all__ = ["LayerCount", "FlopReport", "count", "parse_input_size"]
@@ -161,11 +162,6 @@ def _kernel_macs(module: nn.Module) -> int:
     return int(w.shape[1] * w.shape[2] * w.shape[3])
 
 
-def _roi_area(roi: Tensor) -> int:
-    roi = roi.to(torch.int64)
-    return int(((roi[:, 1] - roi[:, 0]).clamp(min=0) * (roi[:, 3] - roi[:, 2]).clamp(min=0)).sum())
-
-
 def _is_counted(module: nn.Module) -> bool:
     if isinstance(module, (TargetConv2d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
         return True
@@ -194,7 +190,7 @@ def _layer_macs(module: nn.Module, out: Tensor) -> tuple[int, int, bool]:
         return int(module.macs(h, w)), dense, True
     roi = getattr(module, "roi", None)
     if isinstance(roi, Tensor) and not isinstance(module, nn.Conv2d):
-        return _roi_area(roi) * _kernel_macs(module), dense, True
+        return roi_macs(roi, module.weight.shape[1], module.weight.shape[2:]), dense, True
     return dense, dense, False
 
 

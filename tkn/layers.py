@@ -283,9 +283,7 @@ class TargetConv2d(nn.Module):
 
     def macs(self, height: int, width: int) -> int:
         """Multiply–accumulates of one forward pass on one sample: only the ROIs are counted."""
-        roi = self.rois(height, width)
-        area = ((roi[:, 1] - roi[:, 0]) * (roi[:, 3] - roi[:, 2])).sum().item()
-        return int(area) * (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
+        return TF.roi_macs(self.rois(height, width), self.in_channels // self.groups, self.kernel_size)
 
     # -- forward ------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from tkn.convert import target_layers
+from tkn.functional import roi_areas
 from tkn.layers import TargetConv2d
 
 __all__ = ["example_input", "infer_in_channels", "target_geometry", "layer_row", "layer_table", "totals", "format_table",
@@ -112,7 +113,7 @@ def layer_row(name: str, layer: TargetConv2d, input_hw: Sequence[int], output_hw
     with torch.no_grad():
         m, s = layer.clipped(h, w)
         roi = layer.rois(h, w)
-    area = ((roi[:, 1] - roi[:, 0]) * (roi[:, 3] - roi[:, 2])).to(torch.float64) / (h * w)
+    area = roi_areas(roi).to(torch.float64) / (h * w)
     per_position = (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
     macs_dense = layer.out_channels * h * w * per_position
     macs_roi = layer.macs(h, w)
