@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from tkn.functional import roi_macs
 from tkn.layers import TargetConv2d
 
-__all__ = ["LayerCount", "FlopReport", "count", "parse_input_size"]
+__all__ = ["LayerCount", "FlopReport", "count", "format_count", "parse_input_size"]
 
 
 @dataclass(frozen=True)
@@ -118,18 +118,24 @@ class FlopReport:
         out = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
         out.append("")
         out.append(f"input      {'x'.join(map(str, self.input_size))}")
-        out.append(f"params     {self.params:,} ({_human(self.params)})")
-        out.append(f"MACs       {self.macs:,} ({_human(self.macs)})")
+        out.append(f"params     {self.params:,} ({format_count(self.params)})")
+        out.append(f"MACs       {self.macs:,} ({format_count(self.macs)})")
         if self.dense_macs != self.macs:
-            out.append(f"dense MACs {self.dense_macs:,} ({_human(self.dense_macs)})")
+            out.append(f"dense MACs {self.dense_macs:,} ({format_count(self.dense_macs)})")
         return "\n".join(out)
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(int(n))
+def format_count(n: float) -> str:
+    """A count (MACs, parameters) to three significant digits with K, M, G or T, as the paper writes them.
+
+    >>> [format_count(n) for n in (368406912, 4586642, 45034, 999999, 12, 0)]
+    ['368M', '4.59M', '45K', '1M', '12', '0']
+    """
+    for unit, scale in (("", 1.0), ("K", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
+        value = float(f"{n / scale:.3g}")  # rounded first, so that 999,999 is 1M and not 1e+03K
+        if abs(value) < 1000:
+            break
+    return f"{value:g}{unit}"
 
 
 def parse_input_size(input_size: Any) -> tuple[int, int, int]:

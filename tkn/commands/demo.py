@@ -120,21 +120,16 @@ def measure_interleaved(models: dict[str, Any], example_shape: tuple[int, int, i
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:g}"
-
-
 def format_table(report: dict[str, Any]) -> str:
     """The side-by-side comparison as a Markdown table."""
+    from tkn.flops import format_count
+
     a, b = report["models"][report["dense"]], report["models"][report["targeted"]]
     tb = report["schedule"]["throughput_batch"]
     rows = [
         ("test error (%)", f"{a['test_error']:.2f}", f"{b['test_error']:.2f}"),
         ("params", f"{a['params']:,}", f"{b['params']:,}"),
-        ("MACs / image", _human(a["macs"]), _human(b["macs"])),
+        ("MACs / image", format_count(a["macs"]), format_count(b["macs"])),
         ("FLOP ratio (dense MACs / MACs)", "1.00x", f"{b['speedup_macs']:.2f}x"),
         ("CPU latency, batch 1 (ms)", f"{1e3 * a['latency_s']:.2f}", f"{1e3 * b['latency_s']:.2f}"),
         (f"CPU throughput, batch {tb} (img/s)", f"{a['throughput']:.0f}", f"{b['throughput']:.0f}"),

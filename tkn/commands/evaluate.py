@@ -122,6 +122,8 @@ def evaluate_checkpoint(
 
 def format_report(result: dict[str, Any]) -> str:
     """Human-readable lines for :func:`evaluate_checkpoint`'s result."""
+    from tkn.flops import format_count
+
     lines = [
         f"checkpoint  {result['checkpoint']} (model {result['model']}, epoch {result['epoch']})",
         f"data        {result['data']}/{result['split']}, {result['samples']} samples",
@@ -133,7 +135,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines += [f"mse         {result['mse']:.4f}", f"mae         {result['mae']:.4f}"]
     lines += [
         f"params      {result['params']:,}",
-        f"MACs        {result['macs']:,} ({result['macs'] / 1e6:.2f}M; dense {result['dense_macs'] / 1e6:.2f}M)",
+        f"MACs        {result['macs']:,} ({format_count(result['macs'])}; dense {format_count(result['dense_macs'])})",
         f"speed-up    {result['speedup']:.2f}x (dense MACs / ROI MACs)",
     ]
     paper = result.get("paper") or {}
