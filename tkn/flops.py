@@ -36,8 +36,9 @@ from torch import Tensor, nn
 
 from tkn.functional import roi_macs
 from tkn.layers import TargetConv2d
+from tkn.validate import chw
 
-__all__ = ["LayerCount", "FlopReport", "count", "format_count", "parse_input_size"]
+__all__ = ["LayerCount", "FlopReport", "count", "format_count"]
 
 
 @dataclass(frozen=True)
@@ -138,27 +139,6 @@ def format_count(n: float) -> str:
     return f"{value:g}{unit}"
 
 
-def parse_input_size(input_size: Any) -> tuple[int, int, int]:
-    """Normalise ``(C, H, W)``, ``(N, C, H, W)`` (e.g. a tensor's ``.shape``) or a string ``"C,H,W"``.
-
-    Raises:
-        ValueError: not 3 or 4 positive integers.
-    """
-    if isinstance(input_size, str):
-        try:
-            input_size = tuple(int(v) for v in input_size.replace("x", ",").split(","))
-        except ValueError:
-            raise ValueError(f"input_size must look like C,H,W (e.g. 1,28,28), got {input_size!r}") from None
-    if isinstance(input_size, Tensor):
-        raise TypeError("input_size must be a shape (C, H, W), not a tensor: pass tensor.shape")
-    if not isinstance(input_size, Sequence) or len(input_size) not in (3, 4):
-        raise ValueError(f"input_size must be (C, H, W) or (N, C, H, W), got {input_size!r}")
-    dims = tuple(input_size)[-3:]
-    if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
-        raise ValueError(f"input_size must hold positive ints, got {tuple(input_size)!r}")
-    return dims  # type: ignore[return-value]
-
-
 # -- per-layer rules -----------------------------------------------------------------
 
 
@@ -247,7 +227,7 @@ def count(model: nn.Module, input_size: Any = None) -> FlopReport:
         if channels is None or size is None:
             raise ValueError("input_size is required for a model without in_channels/input_size attributes")
         input_size = (channels, *size) if isinstance(size, (tuple, list)) else (channels, size, size)
-    dims = parse_input_size(input_size)
+    dims = chw("input_size", input_size)
     first = next(model.parameters(), None)
     factory = {"device": first.device, "dtype": first.dtype} if first is not None else {}
     x = torch.zeros(1, *dims, **factory)

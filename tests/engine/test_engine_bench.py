@@ -45,7 +45,7 @@ def test_interleaved_reports_min_and_median():
 
 
 def test_bench_command_json(capsys):
-    code = main(["bench", "--input", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--json"])
+    code = main(["bench", "--input-size", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     from tkn.flops import count
@@ -64,7 +64,7 @@ def test_bench_command_json(capsys):
 
 
 def test_bench_ablation_flags_reach_freeze(capsys):
-    code = main(["bench", "--input", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--layers",
+    code = main(["bench", "--input-size", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--layers",
                  "--no-input-sparsity", "--no-fuse"])
     assert code == 0
     text = capsys.readouterr().out
@@ -73,7 +73,7 @@ def test_bench_ablation_flags_reach_freeze(capsys):
 
 
 def test_bench_ablations_share_the_rounds(capsys):
-    code = main(["bench", "--input", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--ablations",
+    code = main(["bench", "--input-size", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--ablations",
                  "--json"])
     assert code == 0
     times = json.loads(capsys.readouterr().out)["models"][0]["times_s"]
@@ -104,9 +104,9 @@ def test_layer_rows_and_training_step():
 
 
 def test_bench_command_errors(capsys):
-    assert main(["bench", "--input", "1,12"]) == 2
+    assert main(["bench", "--input-size", "1,12"]) == 2
     assert "C,H,W" in capsys.readouterr().err
-    assert main(["bench", "--model", "cnn6", "--input", "1,12,12", "--no-memory"]) == 2
+    assert main(["bench", "--model", "cnn6", "--input-size", "1,12,12", "--no-memory"]) == 2
     assert "no target layers" in capsys.readouterr().err
 
 

@@ -7,7 +7,7 @@ model's ROI-aware MACs.
 
 Example::
 
-    tkn eval runs/tdn10/best.pt --data tlmnist-5k --json
+    tkn eval --checkpoint runs/tdn10/best.pt --data tlmnist-5k --json
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``tkn eval`` on the ``tkn`` command line."""
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: error, params, MACs, speed-up",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a .pt file written by tkn train (last.pt or best.pt)")
+    p.add_argument("--checkpoint", metavar="PATH", required=True,
+                   help="a .pt file written by tkn train (last.pt or best.pt)")
     p.add_argument("--data", help="data set name (default: the one the checkpoint was trained on)")
     p.add_argument("--data-root", help="folder holding the data set's files")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
