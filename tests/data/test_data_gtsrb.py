@@ -1,12 +1,15 @@
 """GTSRB official layout: inclusive ROI crops, the 32x32 resize, labels, the test ground truth, errors."""
 from __future__ import annotations
 
+import gzip
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 import tkn.data as data
-from tkn.data.imageio import read_ppm
+from tkn.data.imageio import read_png_grey, read_ppm
 from tkn_data_formats import write_gtsrb_csv, write_ppm
 
 RED, BLUE, GREY = (200, 10, 30), (5, 60, 250), (90, 90, 90)
@@ -127,21 +130,43 @@ def test_read_ppm_header_variants(tmp_path):
     np.testing.assert_array_equal(read_ppm(tmp_path / "a.ppm"), pixels)
     (tmp_path / "b.ppm").write_bytes(b"P6\n3 2\n15\n" + np.full((2, 3, 3), 15, np.uint8).tobytes())
     np.testing.assert_array_equal(read_ppm(tmp_path / "b.ppm"), np.full((2, 3, 3), 255, np.uint8))
+    # plain (ASCII) PPM and 16-bit samples: Pillow reads them too (16 bit rescaled to 8)
+    (tmp_path / "c.ppm").write_text("P3\n3 2\n255\n" + " ".join(map(str, pixels.ravel())) + "\n")
+    np.testing.assert_array_equal(read_ppm(tmp_path / "c.ppm"), pixels)
+    (tmp_path / "d.ppm").write_bytes(b"P6\n1 1\n65535\n" + bytes([0xFF, 0xFF, 0x80, 0x00, 0, 1]))
+    np.testing.assert_array_equal(read_ppm(tmp_path / "d.ppm"), [[[255, 128, 0]]])
 
 
 @pytest.mark.parametrize(
     "content,message",
     [
-        (b"P3\n1 1\n255\n0 0 0\n", r"expected a binary PPM file \(magic 'P6'\), found b'P3'"),
-        (b"P6\n2 2\n255\n" + bytes(5), r"PPM header declares 2x2 RGB \(12 bytes\) but 5 follow"),
-        (b"P6\n2 2\n65535\n" + bytes(24), r"expected an 8-bit PPM with positive size, got 2x2, max value 65535"),
-        (b"P6\n2", r"malformed PPM header"),
+        (b"P6\n2 2\n255\n" + bytes(5), r"cannot read as a PPM image: image file is truncated"),
+        (b"P6\n2", r"cannot read as a PPM image: .*EOF while reading header"),
+        (b"not an image", r"cannot read as a PPM image: cannot identify image file"),
+        (gzip.compress(b"P6\n1 1\n255\n\0\0\0"), r"cannot read as a PPM image: cannot identify image file"),
     ],
 )
 def test_bad_ppm(tmp_path, content, message):
     (tmp_path / "x.ppm").write_bytes(content)
     with pytest.raises(ValueError, match=message):
         read_ppm(tmp_path / "x.ppm")
+
+
+def test_ppm_that_is_another_format_or_missing(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "x.ppm", format="PNG")
+    with pytest.raises(ValueError, match="expected a PPM file, found PNG"):
+        read_ppm(tmp_path / "x.ppm")
+    with pytest.raises(FileNotFoundError):
+        read_ppm(tmp_path / "missing.ppm")
+
+
+def test_reading_images_without_pillow_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # "import PIL" now fails as if Pillow were not installed
+    for read in (read_ppm, read_png_grey):
+        with pytest.raises(ImportError, match=r"needs Pillow: pip install 'tkn\[data\]'"):
+            read(tmp_path / "x.ppm")
 
 
 def test_test_labels_missing_with_a_hint(tmp_path):
