@@ -159,8 +159,6 @@ def roi_mac_measure(layer: TargetConv2d, height: int, width: int) -> Tensor:
     return (wy * wx).sum() * pixel
 
 
-
-
 class MacBudget:
     """Train a TKN to a whole-network speed-up factor ``target_speedup`` in ``total_steps`` optimiser steps.
 

@@ -75,10 +75,6 @@ def check_window(kind: str) -> str:
     return kind.lower()
 
 
-
-
-
-
 def check_min_roi(min_roi) -> int | None:
     """Validate a minimum ROI width: ``None`` (the kernel's extent) or an int ``>= 1`` (output pixels per axis)."""
     if min_roi is None:

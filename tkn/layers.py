@@ -18,10 +18,6 @@ from tkn.validate import check_finite, int_pair, positive_int, positive_number
 __all__ = ["AttentiveRegularization1d", "AttentiveRegularization2d", "TargetConv2d"]
 
 
-
-
-
-
 def _check_input(x, rank: int, channels: int, layout: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"input must be a torch.Tensor {layout}, got {type(x).__name__}")

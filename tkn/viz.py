@@ -111,8 +111,6 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None):
     return [(n, layer) for n, layer in pairs if n in set(layers)]
 
 
-
-
 def _caption(name: str, row: dict, shown: int) -> str:
     h, w = row["output_size"]
     more = f" (first {shown} shown)" if shown < row["out_channels"] else ""

@@ -4,7 +4,7 @@ One idea per module:
 
 * :mod:`~tkn.training.config`: :class:`TrainConfig` and its layering (defaults < YAML < flags < ``--set``),
   the packaged paper recipes;
-* :mod:`~tkn.training.components`: model, optimiser, scheduler, loss, MAC counting;
+* :mod:`~tkn.training.components`: model, optimiser, scheduler, loss;
 * :mod:`~tkn.training.loaders`: data subsets, ``(seed, epoch)`` shuffling, sharding;
 * :mod:`~tkn.training.metrics`: losses, metric accumulation, :func:`evaluate`;
 * :mod:`~tkn.training.loop`: :func:`train` and :func:`train_one_epoch`;

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tkn.budget import MacBudget
 from tkn.checkpoint import load_checkpoint, save_checkpoint
 from tkn.convert import clip_parameters_, scale_penalty, target_layers
+from tkn.flops import count
 from tkn.training import components, distributed, loaders
 from tkn.training.config import RESUMABLE_CHANGES, TrainConfig
 from tkn.training.metrics import Meter, best_metric, compute_loss, evaluate, metric_names
@@ -318,7 +319,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
         rng = capture_rng()
         wrap = (lambda it: progress(it, desc=f"epoch {epoch + 1}/{cfg.epochs} test")) if progress else None
         test_m = evaluate(model, test_data, data.task, device=ctx.device, loss=loss, ctx=ctx, amp=amp, progress=wrap)
-        counted = components.count_macs(model, data.input_shape) if ctx.is_main else None
+        counted = count(model, data.input_shape) if ctx.is_main else None  # eval mode, no grad; modes restored
         macs, speedup = (None, None) if counted is None else (counted.macs, counted.dense_macs / counted.macs)
         penalty = float(scale_penalty(model).detach())
         restore_rng(rng)
