@@ -217,7 +217,8 @@ def test_dataloader_batches(archive):
     ds = data.load("pain", "train", root=root, holdout=2, augment=True)
     x, y = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     assert x.shape == (4, 1, 48, 48) and x.dtype == torch.float32
-    assert y.shape == (4,) and y.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.std()) > 0
+    assert y.dtype == torch.float32 and y.tolist() == [float(ds[i][1]) for i in range(4)]  # augmentation keeps PSPI
 
 
 def test_warp_affine_against_naive_bilinear():
