@@ -56,7 +56,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (expected a .pt file written by tkn train)")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt, truncated or not a tkn checkpoint (not a PyTorch archive)")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is corrupt, truncated or not a tkn checkpoint (not a PyTorch archive)"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files; keep one line

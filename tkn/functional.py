@@ -80,7 +80,9 @@ def check_min_roi(min_roi) -> int | None:
     if min_roi is None:
         return None
     if isinstance(min_roi, bool) or not isinstance(min_roi, int) or min_roi < 1:
-        raise ValueError(f"min_roi must be None (the kernel's extent) or a positive int (output pixels), got {min_roi!r}")
+        raise ValueError(
+            f"min_roi must be None (the kernel's extent) or a positive int (output pixels), got {min_roi!r}"
+        )
     return min_roi
 
 

@@ -36,7 +36,8 @@ from tkn.flops import format_count
 from tkn.functional import roi_areas
 from tkn.layers import TargetConv2d
 
-__all__ = ["example_input", "infer_in_channels", "target_geometry", "layer_row", "layer_table", "totals", "format_table"]
+__all__ = ["example_input", "infer_in_channels", "target_geometry", "layer_row", "layer_table", "totals",
+           "format_table"]
 
 
 def infer_in_channels(model: nn.Module) -> int:

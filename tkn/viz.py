@@ -188,7 +188,8 @@ def attention_figure(
 def _footer_text(fig, rows: Sequence[dict]) -> None:
     t = totals(rows)
     fig.text(
-        0.5, 0.15 / fig.get_figheight(), f"shown target layers: {t['channels']} channels, {format_count(t['macs_roi'])} of "
+        0.5, 0.15 / fig.get_figheight(),
+        f"shown target layers: {t['channels']} channels, {format_count(t['macs_roi'])} of "
         f"{format_count(t['macs_dense'])} MACs over ROIs ({t['speedup']:.2f}x fewer than dense)",
         ha="center", va="bottom", fontsize=9,
     )

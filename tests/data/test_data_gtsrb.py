@@ -72,7 +72,8 @@ def test_dropping_the_last_row_and_column_is_caught(tmp_path):
     image[63, :] = BLUE
     image[:, 63] = BLUE
     write_ppm(tmp_path / "Final_Test" / "Images" / "00000.ppm", image)
-    write_gtsrb_csv(tmp_path / "Final_Test" / "Images" / "GT-final_test.csv", [("00000.ppm", 64, 64, x1, y1, x2, y2, 1)])
+    write_gtsrb_csv(tmp_path / "Final_Test" / "Images" / "GT-final_test.csv",
+                    [("00000.ppm", 64, 64, x1, y1, x2, y2, 1)])
     out = data.load("gtsrb", "test", root=tmp_path)[0][0]
     assert float(out[2, 31, 31]) > float(out[2, 15, 15]) + 0.2  # blue at the bottom-right corner
 
@@ -173,7 +174,8 @@ def test_test_labels_missing_with_a_hint(tmp_path):
     write_tree(tmp_path)
     images = tmp_path / "Final_Test" / "Images"
     (images / "GT-final_test.csv").rename(images / "GT-final_test.test.csv")
-    with pytest.raises(FileNotFoundError, match=r"expected the test labels GT-final_test.csv in .* \(GT-final_test.test.csv has no labels\).*GTSRB_Final_Test_GT.zip"):
+    with pytest.raises(FileNotFoundError, match=r"expected the test labels GT-final_test.csv in .* "
+                       r"\(GT-final_test.test.csv has no labels\).*GTSRB_Final_Test_GT.zip"):
         data.load("gtsrb", "test", root=tmp_path)
 
 
@@ -188,7 +190,8 @@ def test_missing_folders_and_files(tmp_path):
     (tmp_path / "Final_Training" / "Images" / "00003").mkdir()
     with pytest.raises(FileNotFoundError, match=r"expected the annotations of class 00003 at .*00003/GT-00003.csv"):
         data.load("gtsrb", "train", root=tmp_path)
-    write_gtsrb_csv(tmp_path / "Final_Training" / "Images" / "00003" / "GT-00003.csv", [("gone.ppm", 10, 10, 0, 0, 9, 9, 3)])
+    write_gtsrb_csv(tmp_path / "Final_Training" / "Images" / "00003" / "GT-00003.csv",
+                    [("gone.ppm", 10, 10, 0, 0, 9, 9, 3)])
     with pytest.raises(FileNotFoundError, match=r"expected the image listed in GT-00003.csv at .*gone.ppm"):
         data.load("gtsrb", "train", root=tmp_path)
 
@@ -219,7 +222,8 @@ def test_bad_csv_header_and_empty_csv(tmp_path):
     images = tmp_path / "Final_Test" / "Images"
     images.mkdir(parents=True)
     (images / "GT-final_test.csv").write_text("Filename,Width,Height,Roi.X1,Roi.Y1,Roi.X2,Roi.Y2,ClassId\n")
-    with pytest.raises(ValueError, match=r"expected the semicolon-separated columns Filename;Width;.*;ClassId, missing \['Filename'"):
+    with pytest.raises(ValueError, match=r"expected the semicolon-separated columns Filename;Width;.*;ClassId, "
+                                         r"missing \['Filename'"):
         data.load("gtsrb", "test", root=tmp_path)
     write_gtsrb_csv(images / "GT-final_test.csv", [])
     with pytest.raises(ValueError, match=r"GT-final_test.csv lists no images"):

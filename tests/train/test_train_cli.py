@@ -35,7 +35,8 @@ def _error(capsys, argv, *needles):
     (["--set", "lr"], ["--set expects key=value"]),
     (["--set", "learning_rate=1"], ["unknown config key", "learning_rate"]),
     (["--data", "svhn"], ["'svhn' needs --data-root"]),
-    (["--data", "svhn", "--data-root", "/nonexistent/svhn"], ["data root '/nonexistent/svhn' is not an existing folder"]),
+    (["--data", "svhn", "--data-root", "/nonexistent/svhn"],
+     ["data root '/nonexistent/svhn' is not an existing folder"]),
     (["--config", "nope/never"], ["neither a file nor a packaged recipe"]),
 ])
 def test_train_config_errors(capsys, tmp_path, extra, needles):
@@ -99,7 +100,8 @@ def test_eval_json_matches_training_metrics(capsys, tiny_run):
     from tkn.checkpoint import model_from_checkpoint
 
     _, run = tiny_run
-    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--max-samples", "32", "--seed", "4", "--json", "--no-progress"]) == 0
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--max-samples", "32", "--seed", "4", "--json",
+                 "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     with open(run / "metrics.csv", newline="") as f:
         last = list(csv.DictReader(f))[-1]

@@ -74,7 +74,8 @@ def evaluate_checkpoint(
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1):
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 1):
         raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
     model, payload = model_from_checkpoint(load_checkpoint(checkpoint))
     cfg = payload.get("config") if isinstance(payload.get("config"), dict) else {}

