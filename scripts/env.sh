@@ -8,7 +8,7 @@ fi
 STAMP="$VENV/.tkn-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"   # tkn, pytest, ruff and the optional packages the tests use
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -116,7 +116,8 @@ def test_targetize_errors(kwargs, exc, match):
 
 
 def test_scale_penalty_is_l2_times_sum_of_squared_raw_scales():
-    net = nn.Sequential(TargetConv2d(1, 3, 3, l2=1e-3), nn.ReLU(), TargetConv2d(3, 2, 3, l2=4e-3), TargetConv2d(2, 2, 1))
+    net = nn.Sequential(TargetConv2d(1, 3, 3, l2=1e-3), nn.ReLU(), TargetConv2d(3, 2, 3, l2=4e-3),
+                        TargetConv2d(2, 2, 1))
     with torch.no_grad():
         net[0].s.copy_(torch.tensor([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]))
         net[2].s.copy_(torch.tensor([[1.0, 2.0], [0.5, 0.25]]))

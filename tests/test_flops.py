@@ -295,7 +295,7 @@ def _run_json(capsys, argv):
 
 
 def test_cli_json_agrees_with_the_python_api(capsys):
-    out = _run_json(capsys, ["flops", "stn", "--input", "3,32,32", "--num-classes", "43", "--json"])
+    out = _run_json(capsys, ["flops", "--model", "stn", "--input-size", "3,32,32", "--num-classes", "43", "--json"])
     report = count(create_model("stn", in_channels=3, input_size=32, num_classes=43), (3, 32, 32))
     assert out["params"] == report.params and out["macs"] == report.macs
     assert out["input_size"] == [3, 32, 32] and out["baseline"] is None and out["speedup"] is None
@@ -318,11 +318,15 @@ def test_cli_speedup_of_a_trained_checkpoint(capsys, tmp_path):
 
 
 def test_cli_table_and_errors(capsys):
-    assert main(["flops", "tdn10"]) == 0
+    assert main(["flops", "--model", "tdn10"]) == 0
     text = capsys.readouterr().out
     assert "speed-up   1.00x" in text and "baseline   dn10" in text
-    assert main(["flops", "resnet"]) == 2
+    assert main(["flops", "--model", "resnet"]) == 2
     assert "known models" in capsys.readouterr().err
-    assert main(["flops", "cnn6", "--input", "1,28"]) == 2
-    assert "--input" in capsys.readouterr().err
-    assert main(["flops"]) == 2
+    assert main(["flops", "--model", "cnn6", "--input-size", "1,28"]) == 2
+    assert "--input-size" in capsys.readouterr().err
+    for argv in (["flops"], ["flops", "--model", "tkn6", "--checkpoint", "x.pt"]):  # exactly one model source
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    assert "--model" in capsys.readouterr().err

@@ -99,6 +99,21 @@ def test_roi_mask_is_the_rectangle():
     np.testing.assert_array_equal(mask.numpy(), expected)
 
 
+def test_roi_macs_match_a_naive_count():
+    """Every pixel of every ROI (empty and inverted ones included) costs in/groups x kH x kW MACs."""
+    g = torch.Generator().manual_seed(5)
+    roi = torch.randint(0, 9, (30, 4), generator=g)  # some with hi <= lo: empty
+    for in_per_group, kernel in [(1, (1, 1)), (3, (3, 3)), (8, (5, 3))]:
+        per_channel = []
+        for y0, y1, x0, x1 in roi.tolist():
+            pixels = sum(1 for y in range(y0, y1) for x in range(x0, x1))
+            per_channel.append(pixels * in_per_group * kernel[0] * kernel[1])
+        assert TF.roi_macs(roi, in_per_group, kernel) == sum(per_channel)
+        assert (TF.roi_areas(roi) * in_per_group * kernel[0] * kernel[1]).tolist() == per_channel
+        assert TF.roi_areas(roi).tolist() == TF.roi_mask(roi.clamp(0, 9), 9, 9).sum((1, 2)).tolist()
+    assert TF.roi_macs(torch.zeros(0, 4, dtype=torch.int64), 3, (3, 3)) == 0
+
+
 def test_clip_passes_gradient_inside_and_stops_outside():
     m = torch.tensor([[0.5, 1.5]], requires_grad=True)
     s = torch.tensor([[0.5, 1e-6]], requires_grad=True)

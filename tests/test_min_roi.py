@@ -55,7 +55,8 @@ def test_min_roi_is_validated(bad):
 
 
 def test_targetize_and_builders_pass_min_roi():
-    net = tkn.targetize(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 5, padding=2)), min_roi=2)
+    net = tkn.targetize(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 5, padding=2)),
+                        min_roi=2)
     assert [layer.min_roi for _, layer in tkn.target_layers(net)] == [2, 2]
     for name in ("tkn6", "tdn10", "tstn", "tresnet18"):
         kwargs = {"in_channels": 3, "input_size": 32, "num_classes": 43} if name == "tstn" else {}

@@ -13,7 +13,7 @@ from tkn.budget import MacBudget
 
 #: Subpackages loaded on first attribute access (``tkn.models.create_model``, ``tkn.flops.count``, ...).
 _SUBMODULES = ("benchmark", "budget", "checkpoint", "convert", "data", "engine", "export", "flops", "functional",
-               "layers", "models", "ops", "rescale", "summary", "training", "validate", "viz")
+               "io", "layers", "models", "ops", "rescale", "summary", "training", "validate", "viz")
 
 
 def __getattr__(name: str):

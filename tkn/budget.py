@@ -47,6 +47,7 @@ that it needs every ROI on its narrowest integer width (see there).
 Example:
     >>> import torch, tkn
     >>> from tkn.models import create_model
+    >>> _ = torch.manual_seed(0)
     >>> model = create_model("tkn6", input_size=28, l2=0.0)
     >>> budget = tkn.MacBudget(model, input_size=(1, 28, 28), target_speedup=3.0, total_steps=4)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -159,8 +160,6 @@ def roi_mac_measure(layer: TargetConv2d, height: int, width: int) -> Tensor:
     return (wy * wx).sum() * pixel
 
 
-
-
 class MacBudget:
     """Train a TKN to a whole-network speed-up factor ``target_speedup`` in ``total_steps`` optimiser steps.
 
@@ -240,7 +239,7 @@ class MacBudget:
         for c in self.calls:
             s = c.layer.s if scales is None else scales[id(c.layer)]
             roi = TF.rois(c.layer.m, s, c.hw, c.layer.roi_floor)
-            parts.append(((roi[:, 1] - roi[:, 0]) * (roi[:, 3] - roi[:, 2])).to(torch.float64) * c.pixel_macs)
+            parts.append(TF.roi_areas(roi).to(torch.float64) * c.pixel_macs)
         return torch.cat(parts)
 
     def _exact(self, scales: dict[int, Tensor] | None = None) -> float:
@@ -274,7 +273,8 @@ class MacBudget:
             self._project(budget)
 
     def _clamp_raw(self) -> None:
-        """Raw ``m`` into ``[0, 1]`` and ``s`` into the range the forward pass clips to (same output, live gradients)."""
+        """Raw ``m`` into ``[0, 1]`` and ``s`` into the range the forward pass clips to (same output, live
+        gradients)."""
         for c in self.calls:
             lo, hi = self._scale_bounds(c)
             c.layer.m.clamp_(0.0, 1.0)

@@ -20,13 +20,14 @@ key                 value
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from tkn.io import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
 
@@ -35,31 +36,13 @@ VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+    """Write ``payload`` to ``path`` atomically (:func:`tkn.io.atomic_write`: a temporary file, fsync, rename).
 
     A reader (or a crash) never sees a half-written file: either the old
     checkpoint or the new one is there.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
@@ -73,7 +56,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (expected a .pt file written by tkn train)")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt, truncated or not a tkn checkpoint (not a PyTorch archive)")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is corrupt, truncated or not a tkn checkpoint (not a PyTorch archive)"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files; keep one line

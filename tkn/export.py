@@ -42,7 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FORMATS", "ExportResult", "MissingDependency", "export_model", "export_torchscript", "export_onnx", "verify_onnx",
+__all__ = ["FORMATS", "ExportResult", "MissingDependency", "export_model", "export_torchscript", "export_onnx",
+           "verify_onnx",
            "verify_torchscript"]
 
 FORMATS = ("torchscript", "onnx")

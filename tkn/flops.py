@@ -34,9 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tkn.functional import roi_macs
 from tkn.layers import TargetConv2d
+from tkn.validate import chw
 
-__all__ = ["LayerCount", "FlopReport", "count", "parse_input_size"]
+__all__ = ["LayerCount", "FlopReport", "count", "format_count"]
 
 
 @dataclass(frozen=True)
@@ -117,39 +119,24 @@ class FlopReport:
         out = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
         out.append("")
         out.append(f"input      {'x'.join(map(str, self.input_size))}")
-        out.append(f"params     {self.params:,} ({_human(self.params)})")
-        out.append(f"MACs       {self.macs:,} ({_human(self.macs)})")
+        out.append(f"params     {self.params:,} ({format_count(self.params)})")
+        out.append(f"MACs       {self.macs:,} ({format_count(self.macs)})")
         if self.dense_macs != self.macs:
-            out.append(f"dense MACs {self.dense_macs:,} ({_human(self.dense_macs)})")
+            out.append(f"dense MACs {self.dense_macs:,} ({format_count(self.dense_macs)})")
         return "\n".join(out)
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(int(n))
+def format_count(n: float) -> str:
+    """A count (MACs, parameters) to three significant digits with K, M, G or T, as the paper writes them.
 
-
-def parse_input_size(input_size: Any) -> tuple[int, int, int]:
-    """Normalise ``(C, H, W)``, ``(N, C, H, W)`` (e.g. a tensor's ``.shape``) or a string ``"C,H,W"``.
-
-    Raises:
-        ValueError: not 3 or 4 positive integers.
+    >>> [format_count(n) for n in (368406912, 4586642, 45034, 999999, 12, 0)]
+    ['368M', '4.59M', '45K', '1M', '12', '0']
     """
-    if isinstance(input_size, str):
-        try:
-            input_size = tuple(int(v) for v in input_size.replace("x", ",").split(","))
-        except ValueError:
-            raise ValueError(f"input_size must look like C,H,W (e.g. 1,28,28), got {input_size!r}") from None
-    if isinstance(input_size, Tensor):
-        raise TypeError("input_size must be a shape (C, H, W), not a tensor: pass tensor.shape")
-    if not isinstance(input_size, Sequence) or len(input_size) not in (3, 4):
-        raise ValueError(f"input_size must be (C, H, W) or (N, C, H, W), got {input_size!r}")
-    dims = tuple(input_size)[-3:]
-    if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
-        raise ValueError(f"input_size must hold positive ints, got {tuple(input_size)!r}")
-    return dims  # type: ignore[return-value]
+    for unit, scale in (("", 1.0), ("K", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
+        value = float(f"{n / scale:.3g}")  # rounded first, so that 999,999 is 1M and not 1e+03K
+        if abs(value) < 1000:
+            break
+    return f"{value:g}{unit}"
 
 
 # -- per-layer rules -----------------------------------------------------------------
@@ -159,11 +146,6 @@ def _kernel_macs(module: nn.Module) -> int:
     """``in_channels / groups × kH × kW`` of a conv-like module with a 4-D weight."""
     w = module.weight
     return int(w.shape[1] * w.shape[2] * w.shape[3])
-
-
-def _roi_area(roi: Tensor) -> int:
-    roi = roi.to(torch.int64)
-    return int(((roi[:, 1] - roi[:, 0]).clamp(min=0) * (roi[:, 3] - roi[:, 2]).clamp(min=0)).sum())
 
 
 def _is_counted(module: nn.Module) -> bool:
@@ -194,7 +176,7 @@ def _layer_macs(module: nn.Module, out: Tensor) -> tuple[int, int, bool]:
         return int(module.macs(h, w)), dense, True
     roi = getattr(module, "roi", None)
     if isinstance(roi, Tensor) and not isinstance(module, nn.Conv2d):
-        return _roi_area(roi) * _kernel_macs(module), dense, True
+        return roi_macs(roi, module.weight.shape[1], module.weight.shape[2:]), dense, True
     return dense, dense, False
 
 
@@ -245,7 +227,7 @@ def count(model: nn.Module, input_size: Any = None) -> FlopReport:
         if channels is None or size is None:
             raise ValueError("input_size is required for a model without in_channels/input_size attributes")
         input_size = (channels, *size) if isinstance(size, (tuple, list)) else (channels, size, size)
-    dims = parse_input_size(input_size)
+    dims = chw("input_size", input_size)
     first = next(model.parameters(), None)
     factory = {"device": first.device, "dtype": first.dtype} if first is not None else {}
     x = torch.zeros(1, *dims, **factory)

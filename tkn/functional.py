@@ -45,6 +45,8 @@ __all__ = [
     "clip_params",
     "rois",
     "roi_mask",
+    "roi_areas",
+    "roi_macs",
     "attention2d",
     "attention2d_correlated",
     "conv_output_size",
@@ -73,16 +75,14 @@ def check_window(kind: str) -> str:
     return kind.lower()
 
 
-
-
-
-
 def check_min_roi(min_roi) -> int | None:
     """Validate a minimum ROI width: ``None`` (the kernel's extent) or an int ``>= 1`` (output pixels per axis)."""
     if min_roi is None:
         return None
     if isinstance(min_roi, bool) or not isinstance(min_roi, int) or min_roi < 1:
-        raise ValueError(f"min_roi must be None (the kernel's extent) or a positive int (output pixels), got {min_roi!r}")
+        raise ValueError(
+            f"min_roi must be None (the kernel's extent) or a positive int (output pixels), got {min_roi!r}"
+        )
     return min_roi
 
 
@@ -179,6 +179,31 @@ def roi_mask(roi: Tensor, height: int, width: int) -> Tensor:
     in_y = (iy[None, :] >= roi[:, 0:1]) & (iy[None, :] < roi[:, 1:2])
     in_x = (ix[None, :] >= roi[:, 2:3]) & (ix[None, :] < roi[:, 3:4])
     return in_y[:, :, None] & in_x[:, None, :]
+
+
+def roi_areas(roi: Tensor) -> Tensor:
+    """Pixels of each ROI ``(C, 4)`` (``y0, y1, x0, x1``, half-open) as an ``int64`` tensor ``(C,)``;
+    an empty ROI (``hi <= lo`` on an axis) has 0.
+
+    >>> roi_areas(torch.tensor([[0, 2, 1, 4], [3, 3, 0, 5]])).tolist()
+    [6, 0]
+    """
+    roi = roi.to(torch.int64)
+    return (roi[:, 1] - roi[:, 0]).clamp(min=0) * (roi[:, 3] - roi[:, 2]).clamp(min=0)
+
+
+def roi_macs(roi: Tensor, in_per_group: int, kernel_size: Sequence[int]) -> int:
+    """Exact multiply–accumulates of a convolution computed over the ROIs ``(C, 4)`` only, for one sample.
+
+    ``Σ_c area(ROI_c) × in_per_group × kH × kW`` (``in_per_group`` = input channels / groups): the count
+    of :meth:`tkn.TargetConv2d.macs`, :func:`tkn.flops.count` and the frozen layers. The per-channel
+    counts are ``roi_areas(roi) * in_per_group * kH * kW``.
+
+    >>> roi_macs(torch.tensor([[0, 2, 1, 4], [3, 3, 0, 5]]), 4, (3, 3))
+    216
+    """
+    kh, kw = kernel_size
+    return int(roi_areas(roi).sum()) * int(in_per_group) * int(kh) * int(kw)
 
 
 def attention2d(m: Tensor, s: Tensor, height: int, width: int, kind: str = "cauchy") -> Tensor:

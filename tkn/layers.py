@@ -19,10 +19,6 @@ from tkn.validate import check_finite, int_pair, positive_int, positive_number
 __all__ = ["AttentiveRegularization1d", "AttentiveRegularization2d", "TargetConv2d"]
 
 
-
-
-
-
 def _check_input(x, rank: int, channels: int, layout: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"input must be a torch.Tensor {layout}, got {type(x).__name__}")
@@ -284,9 +280,7 @@ class TargetConv2d(nn.Module):
 
     def macs(self, height: int, width: int) -> int:
         """Multiply–accumulates of one forward pass on one sample: only the ROIs are counted."""
-        roi = self.rois(height, width)
-        area = ((roi[:, 1] - roi[:, 0]) * (roi[:, 3] - roi[:, 2])).sum().item()
-        return int(area) * (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
+        return TF.roi_macs(self.rois(height, width), self.in_channels // self.groups, self.kernel_size)
 
     # -- forward ------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:

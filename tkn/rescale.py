@@ -41,8 +41,6 @@ from tkn.validate import int_pair, positive_int
 __all__ = ["attention_at", "rois_at", "grid_positions", "score_map"]
 
 
-
-
 def attention_at(layer: TargetConv2d, height: int, width: int) -> Tensor:
     """The windows ``F_att`` ``(C, height, width)`` a target layer applies on a ``height × width`` output map.
 
@@ -60,8 +58,6 @@ def rois_at(layer: TargetConv2d, height: int, width: int) -> Tensor:
     if not isinstance(layer, TargetConv2d):
         raise TypeError(f"layer must be a tkn.TargetConv2d, got {type(layer).__name__}")
     return layer.rois(positive_int("height", height), positive_int("width", width))
-
-
 
 
 def grid_positions(image_size: Sequence[int], window_size, stride) -> tuple[Tensor, Tensor]:

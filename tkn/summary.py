@@ -32,10 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from tkn.convert import target_layers
+from tkn.flops import format_count
+from tkn.functional import roi_areas
 from tkn.layers import TargetConv2d
 
-__all__ = ["example_input", "infer_in_channels", "target_geometry", "layer_row", "layer_table", "totals", "format_table",
-           "format_macs"]
+__all__ = ["example_input", "infer_in_channels", "target_geometry", "layer_row", "layer_table", "totals",
+           "format_table"]
 
 
 def infer_in_channels(model: nn.Module) -> int:
@@ -112,7 +114,7 @@ def layer_row(name: str, layer: TargetConv2d, input_hw: Sequence[int], output_hw
     with torch.no_grad():
         m, s = layer.clipped(h, w)
         roi = layer.rois(h, w)
-    area = ((roi[:, 1] - roi[:, 0]) * (roi[:, 3] - roi[:, 2])).to(torch.float64) / (h * w)
+    area = roi_areas(roi).to(torch.float64) / (h * w)
     per_position = (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
     macs_dense = layer.out_channels * h * w * per_position
     macs_roi = layer.macs(h, w)
@@ -183,14 +185,6 @@ def totals(rows: Sequence[dict]) -> dict:
     }
 
 
-def format_macs(v: float) -> str:
-    """``1234567 -> "1.23M"`` (K, M, G with two decimals)."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.2f}{unit}"
-    return f"{v:g}"
-
-
 def format_table(rows: Sequence[dict]) -> str:
     """A fixed-width text table of :func:`layer_table` rows plus a total line."""
     head = ["layer", "ch", "map", "m_y mean [min,max]", "m_x mean [min,max]", "s_y mean [min,max]",
@@ -202,12 +196,12 @@ def format_table(rows: Sequence[dict]) -> str:
     body = [
         [r["layer"], str(r["out_channels"]), f"{r['output_size'][0]}x{r['output_size'][1]}",
          rng(r, "m_y"), rng(r, "m_x"), rng(r, "s_y"), rng(r, "s_x"), f"{100 * r['roi_area_mean']:.1f}%",
-         format_macs(r["macs_dense"]), format_macs(r["macs_roi"]), f"{r['speedup']:.2f}x"]
+         format_count(r["macs_dense"]), format_count(r["macs_roi"]), f"{r['speedup']:.2f}x"]
         for r in rows
     ]
     t = totals(rows)
     body.append(["total (target layers)", str(t["channels"]), "", "", "", "", "", "",
-                 format_macs(t["macs_dense"]), format_macs(t["macs_roi"]), f"{t['speedup']:.2f}x"])
+                 format_count(t["macs_dense"]), format_count(t["macs_roi"]), f"{t['speedup']:.2f}x"])
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(wd) for cell, wd in zip(line, widths)).rstrip() for line in [head, *body]]
     lines.insert(1, "  ".join("-" * wd for wd in widths))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["positive_int", "int_pair", "positive_number", "check_finite"]
+__all__ = ["positive_int", "int_pair", "chw", "positive_number", "check_finite"]
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -46,6 +46,35 @@ def int_pair(name: str, value: Any) -> tuple[int, int]:
             or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
         raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
     return int(value[0]), int(value[1])
+
+
+def chw(name: str, value: Any) -> tuple[int, int, int]:
+    """An input shape ``(C, H, W)`` of positive ints from ``"C,H,W"`` (or ``"CxHxW"``, as typed on the command
+    line), a sequence of three ints, or of four (``(N, C, H, W)``, e.g. a tensor's ``.shape``: ``N`` is dropped).
+
+    >>> chw("--input-size", "1,28,28")
+    (1, 28, 28)
+    >>> chw("input_size", torch.zeros(8, 3, 32, 32).shape)
+    (3, 32, 32)
+    >>> chw("--input-size", "1,28")
+    Traceback (most recent call last):
+    ...
+    ValueError: --input-size must be C,H,W: three positive ints (e.g. 1,28,28), got '1,28'
+    """
+    if isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a shape (C, H, W), not a tensor: pass tensor.shape")
+    dims: Any = ()
+    if isinstance(value, str):
+        try:
+            dims = tuple(int(v) for v in value.replace("x", ",").split(","))
+        except ValueError:
+            pass
+        dims = dims if len(dims) == 3 else ()
+    elif isinstance(value, (tuple, list)) and len(value) in (3, 4):
+        dims = tuple(value)[-3:]
+    if len(dims) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+        raise ValueError(f"{name} must be C,H,W: three positive ints (e.g. 1,28,28), got {value!r}")
+    return int(dims[0]), int(dims[1]), int(dims[2])
 
 
 def positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn.convert import target_layers
+from tkn.flops import format_count
 from tkn.validate import positive_int
-from tkn.summary import format_macs, example_input, layer_row, target_geometry, totals
+from tkn.summary import example_input, layer_row, target_geometry, totals
 
 __all__ = [
     "require_matplotlib",
@@ -110,13 +111,11 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None):
     return [(n, layer) for n, layer in pairs if n in set(layers)]
 
 
-
-
 def _caption(name: str, row: dict, shown: int) -> str:
     h, w = row["output_size"]
     more = f" (first {shown} shown)" if shown < row["out_channels"] else ""
     return (f"{name or '<model>'}\n{row['out_channels']} channels{more}, {h}x{w} map, "
-            f"ROI MACs {format_macs(row['macs_roi'])} of {format_macs(row['macs_dense'])} "
+            f"ROI MACs {format_count(row['macs_roi'])} of {format_count(row['macs_dense'])} "
             f"({row['speedup']:.2f}x fewer), mean ROI {100 * row['roi_area_mean']:.0f}% of the map")
 
 
@@ -189,8 +188,9 @@ def attention_figure(
 def _footer_text(fig, rows: Sequence[dict]) -> None:
     t = totals(rows)
     fig.text(
-        0.5, 0.15 / fig.get_figheight(), f"shown target layers: {t['channels']} channels, {format_macs(t['macs_roi'])} of "
-        f"{format_macs(t['macs_dense'])} MACs over ROIs ({t['speedup']:.2f}x fewer than dense)",
+        0.5, 0.15 / fig.get_figheight(),
+        f"shown target layers: {t['channels']} channels, {format_count(t['macs_roi'])} of "
+        f"{format_count(t['macs_dense'])} MACs over ROIs ({t['speedup']:.2f}x fewer than dense)",
         ha="center", va="bottom", fontsize=9,
     )
 
@@ -434,7 +434,7 @@ def frontier_figure(rows: Sequence[dict], timings: Sequence[tuple[str, int]], *,
             xs = [1e3 * r[column] / batch for r in pts]
             (line,) = ax.plot(xs, [r["test_error"] for r in pts], marker, label=label)
             for r, xv in zip(pts, xs):
-                ax.annotate(f"{name(r)}\n{format_macs(r['macs'])} MACs", (xv, r["test_error"]),
+                ax.annotate(f"{name(r)}\n{format_count(r['macs'])} MACs", (xv, r["test_error"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
         what = "latency" if batch == 1 else "time per image"
         ax.set_xscale("log")

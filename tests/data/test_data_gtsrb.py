@@ -1,12 +1,15 @@
 """GTSRB official layout: inclusive ROI crops, the 32x32 resize, labels, the test ground truth, errors."""
 from __future__ import annotations
 
+import gzip
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 import tkn.data as data
-from tkn.data.imageio import read_ppm
+from tkn.data.imageio import read_png_grey, read_ppm
 from tkn_data_formats import write_gtsrb_csv, write_ppm
 
 RED, BLUE, GREY = (200, 10, 30), (5, 60, 250), (90, 90, 90)
@@ -69,7 +72,8 @@ def test_dropping_the_last_row_and_column_is_caught(tmp_path):
     image[63, :] = BLUE
     image[:, 63] = BLUE
     write_ppm(tmp_path / "Final_Test" / "Images" / "00000.ppm", image)
-    write_gtsrb_csv(tmp_path / "Final_Test" / "Images" / "GT-final_test.csv", [("00000.ppm", 64, 64, x1, y1, x2, y2, 1)])
+    write_gtsrb_csv(tmp_path / "Final_Test" / "Images" / "GT-final_test.csv",
+                    [("00000.ppm", 64, 64, x1, y1, x2, y2, 1)])
     out = data.load("gtsrb", "test", root=tmp_path)[0][0]
     assert float(out[2, 31, 31]) > float(out[2, 15, 15]) + 0.2  # blue at the bottom-right corner
 
@@ -127,15 +131,20 @@ def test_read_ppm_header_variants(tmp_path):
     np.testing.assert_array_equal(read_ppm(tmp_path / "a.ppm"), pixels)
     (tmp_path / "b.ppm").write_bytes(b"P6\n3 2\n15\n" + np.full((2, 3, 3), 15, np.uint8).tobytes())
     np.testing.assert_array_equal(read_ppm(tmp_path / "b.ppm"), np.full((2, 3, 3), 255, np.uint8))
+    # plain (ASCII) PPM and 16-bit samples: Pillow reads them too (16 bit rescaled to 8)
+    (tmp_path / "c.ppm").write_text("P3\n3 2\n255\n" + " ".join(map(str, pixels.ravel())) + "\n")
+    np.testing.assert_array_equal(read_ppm(tmp_path / "c.ppm"), pixels)
+    (tmp_path / "d.ppm").write_bytes(b"P6\n1 1\n65535\n" + bytes([0xFF, 0xFF, 0x80, 0x00, 0, 1]))
+    np.testing.assert_array_equal(read_ppm(tmp_path / "d.ppm"), [[[255, 128, 0]]])
 
 
 @pytest.mark.parametrize(
     "content,message",
     [
-        (b"P3\n1 1\n255\n0 0 0\n", r"expected a binary PPM file \(magic 'P6'\), found b'P3'"),
-        (b"P6\n2 2\n255\n" + bytes(5), r"PPM header declares 2x2 RGB \(12 bytes\) but 5 follow"),
-        (b"P6\n2 2\n65535\n" + bytes(24), r"expected an 8-bit PPM with positive size, got 2x2, max value 65535"),
-        (b"P6\n2", r"malformed PPM header"),
+        (b"P6\n2 2\n255\n" + bytes(5), r"cannot read as a PPM image: image file is truncated"),
+        (b"P6\n2", r"cannot read as a PPM image: .*EOF while reading header"),
+        (b"not an image", r"cannot read as a PPM image: cannot identify image file"),
+        (gzip.compress(b"P6\n1 1\n255\n\0\0\0"), r"cannot read as a PPM image: cannot identify image file"),
     ],
 )
 def test_bad_ppm(tmp_path, content, message):
@@ -144,11 +153,29 @@ def test_bad_ppm(tmp_path, content, message):
         read_ppm(tmp_path / "x.ppm")
 
 
+def test_ppm_that_is_another_format_or_missing(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "x.ppm", format="PNG")
+    with pytest.raises(ValueError, match="expected a PPM file, found PNG"):
+        read_ppm(tmp_path / "x.ppm")
+    with pytest.raises(FileNotFoundError):
+        read_ppm(tmp_path / "missing.ppm")
+
+
+def test_reading_images_without_pillow_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # "import PIL" now fails as if Pillow were not installed
+    for read in (read_ppm, read_png_grey):
+        with pytest.raises(ImportError, match=r"needs Pillow: pip install 'tkn\[data\]'"):
+            read(tmp_path / "x.ppm")
+
+
 def test_test_labels_missing_with_a_hint(tmp_path):
     write_tree(tmp_path)
     images = tmp_path / "Final_Test" / "Images"
     (images / "GT-final_test.csv").rename(images / "GT-final_test.test.csv")
-    with pytest.raises(FileNotFoundError, match=r"expected the test labels GT-final_test.csv in .* \(GT-final_test.test.csv has no labels\).*GTSRB_Final_Test_GT.zip"):
+    with pytest.raises(FileNotFoundError, match=r"expected the test labels GT-final_test.csv in .* "
+                       r"\(GT-final_test.test.csv has no labels\).*GTSRB_Final_Test_GT.zip"):
         data.load("gtsrb", "test", root=tmp_path)
 
 
@@ -163,7 +190,8 @@ def test_missing_folders_and_files(tmp_path):
     (tmp_path / "Final_Training" / "Images" / "00003").mkdir()
     with pytest.raises(FileNotFoundError, match=r"expected the annotations of class 00003 at .*00003/GT-00003.csv"):
         data.load("gtsrb", "train", root=tmp_path)
-    write_gtsrb_csv(tmp_path / "Final_Training" / "Images" / "00003" / "GT-00003.csv", [("gone.ppm", 10, 10, 0, 0, 9, 9, 3)])
+    write_gtsrb_csv(tmp_path / "Final_Training" / "Images" / "00003" / "GT-00003.csv",
+                    [("gone.ppm", 10, 10, 0, 0, 9, 9, 3)])
     with pytest.raises(FileNotFoundError, match=r"expected the image listed in GT-00003.csv at .*gone.ppm"):
         data.load("gtsrb", "train", root=tmp_path)
 
@@ -194,7 +222,8 @@ def test_bad_csv_header_and_empty_csv(tmp_path):
     images = tmp_path / "Final_Test" / "Images"
     images.mkdir(parents=True)
     (images / "GT-final_test.csv").write_text("Filename,Width,Height,Roi.X1,Roi.Y1,Roi.X2,Roi.Y2,ClassId\n")
-    with pytest.raises(ValueError, match=r"expected the semicolon-separated columns Filename;Width;.*;ClassId, missing \['Filename'"):
+    with pytest.raises(ValueError, match=r"expected the semicolon-separated columns Filename;Width;.*;ClassId, "
+                                         r"missing \['Filename'"):
         data.load("gtsrb", "test", root=tmp_path)
     write_gtsrb_csv(images / "GT-final_test.csv", [])
     with pytest.raises(ValueError, match=r"GT-final_test.csv lists no images"):

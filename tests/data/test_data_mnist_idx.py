@@ -47,7 +47,8 @@ def test_torchvision_layout_and_dotted_names(tmp_path):
 def test_missing_file_names_what_and_where(tmp_path):
     x, y = fake_mnist(3, 4)
     write_mnist(tmp_path, "train", x, y)
-    with pytest.raises(FileNotFoundError, match=r"MNIST: expected t10k-images-idx3-ubyte or t10k-images-idx3-ubyte.gz in .*download=True"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"MNIST: expected t10k-images-idx3-ubyte or t10k-images-idx3-ubyte.gz in .*download=True"):
         data.load("mnist", "test", root=tmp_path)
 
 
@@ -95,7 +96,8 @@ def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("no route to host")
 
     monkeypatch.setattr(mnist_mod.urllib.request, "urlopen", offline)
-    with pytest.raises(RuntimeError, match=r"could not download train-images-idx3-ubyte.gz into .*is the machine online\?.*no route to host"):
+    with pytest.raises(RuntimeError, match=r"could not download train-images-idx3-ubyte.gz into "
+                                           r".*is the machine online\?.*no route to host"):
         data.load("mnist", "train", root=tmp_path / "new", download=True)
     assert not any((tmp_path / "new").iterdir())
 
@@ -103,7 +105,8 @@ def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
 def test_download_rejects_a_wrong_checksum(tmp_path, monkeypatch):
     import io
 
-    monkeypatch.setattr(mnist_mod.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(gzip.compress(b"junk")))
+    monkeypatch.setattr(mnist_mod.urllib.request, "urlopen",
+                        lambda url, timeout=None: io.BytesIO(gzip.compress(b"junk")))
     with pytest.raises(RuntimeError, match=r"MD5 [0-9a-f]{32}, expected f68b3c2dcbeaaa9fbdd348bbdeb94873"):
         data.load("mnist", "train", root=tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []

@@ -63,7 +63,8 @@ def archive(tmp_path_factory):
         sequence = subject.split("-")[1] + "t1aaaff"
         for f in range(2):
             frame = f"{sequence}{f + 1:03d}"
-            A = similarity(rng.uniform(-0.4, 0.4), rng.uniform(0.7, 1.0), (64 + rng.uniform(-6, 6), 60 + rng.uniform(-6, 6)))
+            A = similarity(rng.uniform(-0.4, 0.4), rng.uniform(0.7, 1.0),
+                           (64 + rng.uniform(-6, 6), 60 + rng.uniform(-6, 6)))
             landmarks = face.apply_affine(A, base_face())
             pixels = render(landmarks[list(MARKED)], background=20 + 10 * s)
             if s == 1 and f == 1:  # one colour frame: read as grey with Pillow's L weights
@@ -217,7 +218,8 @@ def test_dataloader_batches(archive):
     ds = data.load("pain", "train", root=root, holdout=2, augment=True)
     x, y = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     assert x.shape == (4, 1, 48, 48) and x.dtype == torch.float32
-    assert y.shape == (4,) and y.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.std()) > 0
+    assert y.dtype == torch.float32 and y.tolist() == [float(ds[i][1]) for i in range(4)]  # augmentation keeps PSPI
 
 
 def test_warp_affine_against_naive_bilinear():
@@ -248,7 +250,8 @@ def test_warp_affine_integer_shift_is_exact_and_outside_is_zero():
 def test_procrustes_mean_recovers_the_shape():
     rng = np.random.default_rng(3)
     base = base_face()
-    shapes = np.stack([face.apply_affine(similarity(rng.uniform(-3, 3), rng.uniform(0.2, 5), rng.normal(size=2) * 50), base)
+    shapes = np.stack([face.apply_affine(similarity(rng.uniform(-3, 3), rng.uniform(0.2, 5),
+                                                    rng.normal(size=2) * 50), base)
                        for _ in range(12)])
     mean = face.procrustes_mean(shapes)
     aligned = face.apply_affine(face.similarity_transform(base, mean), base)
@@ -260,7 +263,8 @@ def test_procrustes_mean_recovers_the_shape():
 
 
 def test_layout_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"pain: expected the folder .*Images \(Images/<subject>/<sequence>/<frame>.png, AAM_landmarks"):
+    with pytest.raises(FileNotFoundError, match=r"pain: expected the folder .*Images "
+                                                r"\(Images/<subject>/<sequence>/<frame>.png, AAM_landmarks"):
         data.load("pain", "train", root=tmp_path)
     (tmp_path / "Images").mkdir()
     with pytest.raises(FileNotFoundError, match=r"found no frames matching .*Images/<subject>/<sequence>/<frame>.png"):
@@ -283,7 +287,8 @@ def one_frame_archive(root, landmarks_text=None, pspi_text=None, n_subjects=3):
 @pytest.mark.parametrize(
     "landmarks_text,pspi_text,error,message",
     [
-        ("1 2\n" * 65, None, ValueError, r"seq001_aam.txt: expected 66 lines 'x y' of finite numbers, found 130 numbers"),
+        ("1 2\n" * 65, None, ValueError,
+         r"seq001_aam.txt: expected 66 lines 'x y' of finite numbers, found 130 numbers"),
         ("1 x\n" * 66, None, ValueError, r"seq001_aam.txt: expected 66 lines 'x y' of numbers"),
         ("nan 1\n" * 66, None, ValueError, r"expected 66 lines 'x y' of finite numbers"),
         (None, "17.0\n", ValueError, r"seq001_facs.txt: expected a PSPI in 0..16, found 17.0"),
@@ -300,11 +305,13 @@ def test_malformed_annotation_files(tmp_path, landmarks_text, pspi_text, error, 
 def test_missing_annotation_files(tmp_path):
     aam, label = one_frame_archive(tmp_path)
     label.unlink()
-    with pytest.raises(FileNotFoundError, match=r"pain: expected the PSPI label file .*Frame_Labels/PSPI/000-ab000/seq/seq001_facs.txt"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"pain: expected the PSPI label file .*Frame_Labels/PSPI/000-ab000/seq/seq001_facs.txt"):
         pain_index(tmp_path)
     aam.unlink()
     (tmp_path / "Images" / "new").mkdir()  # the scan is cached by the Images folder's mtime
-    with pytest.raises(FileNotFoundError, match=r"pain: expected the landmark file .*AAM_landmarks/000-ab000/seq/seq001_aam.txt"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"pain: expected the landmark file .*AAM_landmarks/000-ab000/seq/seq001_aam.txt"):
         pain_index(tmp_path)
 
 
@@ -315,7 +322,8 @@ def test_bad_split_arguments(tmp_path):
         data.load("pain", "train", root=tmp_path)
     with pytest.raises(ValueError, match=r"holdout: expected an integer in 1..2 .*got 0"):
         PainDataset(index, "train", holdout=0)
-    with pytest.raises(ValueError, match=r"test_subjects: expected a non-empty proper subset of the archive's subjects \['000-ab000'"):
+    with pytest.raises(ValueError, match=r"test_subjects: expected a non-empty proper subset of the archive's "
+                                         r"subjects \['000-ab000'"):
         PainDataset(index, "train", test_subjects=["999-zz999"])
     with pytest.raises(ValueError, match=r"test_subjects: expected a non-empty proper subset"):
         PainDataset(index, "train", test_subjects=["000-ab000", "001-ab001", "002-ab002"])

@@ -68,7 +68,8 @@ def test_unexpected_keyword():
 
 
 def test_download_only_for_mnist():
-    with pytest.raises(ValueError, match=r"download: only mnist and tlmnist can be downloaded; put the svhn files in root"):
+    with pytest.raises(ValueError,
+                       match=r"download: only mnist and tlmnist can be downloaded; put the svhn files in root"):
         data.load("svhn", "train", root=".", download=True)
 
 

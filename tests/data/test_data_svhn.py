@@ -38,17 +38,21 @@ def test_pixels_axes_and_labels(tmp_path, split):
 
 def test_missing_file(tmp_path):
     write_svhn(tmp_path, "train", *make(0, 2))
-    with pytest.raises(FileNotFoundError, match=r"svhn: expected the test split \(test_32x32.mat\) at .*test_32x32.mat"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"svhn: expected the test split \(test_32x32.mat\) at .*test_32x32.mat"):
         data.load("svhn", "test", root=tmp_path)
 
 
 @pytest.mark.parametrize(
     "x,y,message",
     [
-        (np.zeros((32, 32, 1, 2), np.uint8), np.ones((2, 1)), r"expected X of shape \(32, 32, 3, N\), got \(32, 32, 1, 2\)"),
-        (np.zeros((3, 32, 32, 2), np.uint8), np.ones((2, 1)), r"expected X of shape \(32, 32, 3, N\), got \(3, 32, 32, 2\)"),
+        (np.zeros((32, 32, 1, 2), np.uint8), np.ones((2, 1)),
+         r"expected X of shape \(32, 32, 3, N\), got \(32, 32, 1, 2\)"),
+        (np.zeros((3, 32, 32, 2), np.uint8), np.ones((2, 1)),
+         r"expected X of shape \(32, 32, 3, N\), got \(3, 32, 32, 2\)"),
         (np.zeros((32, 32, 3, 2), np.uint8), np.ones((3, 1)), r"expected y of shape \(2, 1\) to match X, got \(3, 1\)"),
-        (np.zeros((32, 32, 3, 2), np.uint8), np.array([[0], [4]]), r"expected labels 1..10 in y \(10 meaning 0\), found 0..4"),
+        (np.zeros((32, 32, 3, 2), np.uint8), np.array([[0], [4]]),
+         r"expected labels 1..10 in y \(10 meaning 0\), found 0..4"),
         (np.full((32, 32, 3, 2), 300.0), np.ones((2, 1)), r"expected uint8 pixels in X, got float64"),
     ],
 )

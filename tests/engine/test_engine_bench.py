@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -37,34 +39,60 @@ def test_dense_baseline_is_plain_convolution_with_the_same_weights():
     assert isinstance(net[0], TargetConv2d)  # the original is untouched
 
 
-def test_interleaved_reports_min_and_median():
+def test_interleaved_times_each_callable_round_robin():
     calls = []
-    out = B.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
-    assert calls == ["a", "b"] * 4
-    assert set(out) == {"a", "b"} and all(0 <= v["min"] <= v["median"] for v in out.values())
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.02)
+
+    out = B.interleaved({"fast": lambda: calls.append("fast"), "slow": slow}, repeats=3, warmup=1)
+    assert calls == ["fast", "slow"] * 4
+    assert set(out) == {"fast", "slow"}
+    assert 0.02 <= out["slow"]["min"] <= out["slow"]["median"] < 1.0  # the sleep is measured, in seconds
+    assert out["fast"]["median"] < 0.02 <= out["slow"]["min"]
 
 
-def test_bench_command_json(capsys):
-    code = main(["bench", "--input", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--json"])
+#: Times (s) a scripted ``interleaved`` reports per variant: the minimum; the median is 10x, so that a
+#: speed-up taken from the medians, or upside down, shows.
+SCRIPTED = {"dense": 0.8, "target": 0.4, "frozen": 0.2, "fast": 0.5}
+
+
+@pytest.fixture
+def scripted_times(monkeypatch):
+    """``tkn.benchmark.interleaved`` replaced: each callable still runs once, the times are :data:`SCRIPTED`."""
+    def fake(fns, repeats, warmup=1):
+        for f in fns.values():
+            f()
+        return {k: {"min": SCRIPTED.get(k, 0.1), "median": 10 * SCRIPTED.get(k, 0.1)} for k in fns}
+
+    monkeypatch.setattr(B, "interleaved", fake)
+
+
+def test_bench_command_json(capsys, scripted_times):
+    code = main(["bench", "--input-size", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     from tkn.flops import count
 
     model = B.synthetic_rois_(create_model("tkn6", input_size=12), seed=0)
     flops = count(model, (1, 12, 12))
-    assert [m["batch"] for m in report["models"]] == [2]
-    for m in report["models"]:
-        assert m["flop_ratio"] == pytest.approx(flops.dense_macs / flops.macs)
-        assert m["frozen_max_rel_error"] < 1e-4
-        assert m["speedup_vs_dense"] == pytest.approx(m["times_s"]["dense"]["min"] / m["times_s"]["frozen"]["min"])
-        assert m["efficiency"] == pytest.approx(m["speedup_vs_dense"] / m["flop_ratio"])
+    ratio = flops.dense_macs / flops.macs
+    assert ratio > 1.2  # the synthetic ROIs leave work out
+    [m] = report["models"]
+    assert m["batch"] == 2 and m["flop_ratio"] == pytest.approx(ratio)
+    assert m["frozen_max_rel_error"] < 1e-4
+    assert m["speedup_vs_dense"] == pytest.approx(0.8 / 0.2)  # dense / frozen minima
+    assert m["speedup_vs_target"] == pytest.approx(0.4 / 0.2)
+    assert m["efficiency"] == pytest.approx(4.0 / ratio)
+    assert m["throughput_per_s"] == pytest.approx({"dense": 2 / 0.8, "target": 2 / 0.4, "frozen": 2 / 0.2})
     assert report["layers"] == [] and report["train"] is None
     assert report["conditions_start"]["torch"] == torch.__version__
     assert report["freeze_options"] == {"input_sparsity": True, "fuse": True, "native": True}
 
 
 def test_bench_ablation_flags_reach_freeze(capsys):
-    code = main(["bench", "--input", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--layers",
+    code = main(["bench", "--input-size", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--layers",
                  "--no-input-sparsity", "--no-fuse"])
     assert code == 0
     text = capsys.readouterr().out
@@ -73,7 +101,7 @@ def test_bench_ablation_flags_reach_freeze(capsys):
 
 
 def test_bench_ablations_share_the_rounds(capsys):
-    code = main(["bench", "--input", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--ablations",
+    code = main(["bench", "--input-size", "1,12,12", "--batch", "2", "--repeats", "1", "--no-memory", "--ablations",
                  "--json"])
     assert code == 0
     times = json.loads(capsys.readouterr().out)["models"][0]["times_s"]
@@ -87,15 +115,21 @@ def _tiny_tkn() -> nn.Sequential:
     return B.synthetic_rois_(net, seed=1).eval()
 
 
-def test_layer_rows_and_training_step():
+def test_layer_rows_and_training_step(scripted_times):
+    from tkn.flops import count
+
     net = _tiny_tkn()
     rows = B.bench_layers(net, (1, 12, 12), batch=2, repeats=1)
     assert [r["layer"] for r in rows] == ["0", "3"]
+    counted = {row.name: row for row in count(net, (1, 12, 12)).layers}
     for r in rows:
-        assert r["efficiency"] == pytest.approx(r["speedup_vs_dense"] / r["flop_ratio"])
-        assert r["flop_ratio"] > 1
+        layer = net.get_submodule(r["layer"])
+        h, w = counted[r["layer"]].output_shape[-2:]
+        ratio = counted[r["layer"]].dense_macs / layer.macs(h, w)
+        assert r["flop_ratio"] == pytest.approx(ratio) and ratio > 1
+        assert r["speedup_vs_dense"] == pytest.approx(4.0) and r["efficiency"] == pytest.approx(4.0 / ratio)
     step = B.bench_train_step(net, (1, 12, 12), batch=2, repeats=1)
-    assert step["speedup_vs_dense"] == pytest.approx(step["times_s"]["dense"]["min"] / step["times_s"]["fast"]["min"])
+    assert step["speedup_vs_dense"] == pytest.approx(0.8 / 0.5)  # dense step / fast step
     text = __import__("tkn.commands.bench", fromlist=["format_report"]).format_report({
         "model": "tiny", "input": [1, 12, 12], "rois": "synthetic", "repeats": 1,
         "conditions_start": B.conditions(), "conditions_end": B.conditions(), "models": [], "layers": rows,
@@ -104,14 +138,16 @@ def test_layer_rows_and_training_step():
 
 
 def test_bench_command_errors(capsys):
-    assert main(["bench", "--input", "1,12"]) == 2
+    assert main(["bench", "--input-size", "1,12"]) == 2
     assert "C,H,W" in capsys.readouterr().err
-    assert main(["bench", "--model", "cnn6", "--input", "1,12,12", "--no-memory"]) == 2
+    assert main(["bench", "--model", "cnn6", "--input-size", "1,12,12", "--no-memory"]) == 2
     assert "no target layers" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_peak_memory_subprocess():
-    mib = B.peak_memory({"model": "tkn6", "checkpoint": None, "input": [1, 16, 16], "batch": 2, "seed": 0,
-                         "threads": 1, "variant": "frozen"})
-    assert mib is None or mib > 0
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the measurement needs Linux's clear_refs")
+def test_peak_memory_grows_with_the_batch():
+    spec = {"model": "tkn6", "checkpoint": None, "input": [1, 32, 32], "seed": 0, "threads": 1, "variant": "dense"}
+    small, large = (B.peak_memory({**spec, "batch": batch}) for batch in (2, 32))
+    assert small is not None and large is not None  # None: the subprocess failed
+    assert 0 < small < large

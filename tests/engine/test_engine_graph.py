@@ -314,7 +314,7 @@ def test_a_layer_called_twice_is_not_fused():
 def test_bench_runs_tresnet18_with_its_synthetic_scale_range(capsys):
     from tkn.cli import main
 
-    code = main(["bench", "--model", "tresnet18", "--input", "3,16,16", "--batch", "2", "--repeats", "1",
+    code = main(["bench", "--model", "tresnet18", "--input-size", "3,16,16", "--batch", "2", "--repeats", "1",
                  "--no-memory", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)["models"][0]

@@ -35,7 +35,8 @@ def _error(capsys, argv, *needles):
     (["--set", "lr"], ["--set expects key=value"]),
     (["--set", "learning_rate=1"], ["unknown config key", "learning_rate"]),
     (["--data", "svhn"], ["'svhn' needs --data-root"]),
-    (["--data", "svhn", "--data-root", "/nonexistent/svhn"], ["data root '/nonexistent/svhn' is not an existing folder"]),
+    (["--data", "svhn", "--data-root", "/nonexistent/svhn"],
+     ["data root '/nonexistent/svhn' is not an existing folder"]),
     (["--config", "nope/never"], ["neither a file nor a packaged recipe"]),
 ])
 def test_train_config_errors(capsys, tmp_path, extra, needles):
@@ -80,16 +81,16 @@ def test_resume_of_a_finished_run_does_nothing(capsys, tiny_run):
 
 
 def test_eval_errors(capsys, tmp_path, tiny_run):
-    _error(capsys, ["eval", str(tmp_path / "missing.pt")], "does not exist")
+    _error(capsys, ["eval", "--checkpoint", str(tmp_path / "missing.pt")], "does not exist")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"PK\x03\x04 truncated zip")
-    _error(capsys, ["eval", str(junk)], "corrupt")
+    _error(capsys, ["eval", "--checkpoint", str(junk)], "corrupt")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    _error(capsys, ["eval", str(foreign)], "not a tkn checkpoint")
+    _error(capsys, ["eval", "--checkpoint", str(foreign)], "not a tkn checkpoint")
     _, run = tiny_run
-    _error(capsys, ["eval", str(run / "best.pt"), "--data", "cifar"], "unknown data set 'cifar'")
-    _error(capsys, ["eval", str(run / "best.pt"), "--data", "gtsrb"], "needs --data-root")
+    _error(capsys, ["eval", "--checkpoint", str(run / "best.pt"), "--data", "cifar"], "unknown data set 'cifar'")
+    _error(capsys, ["eval", "--checkpoint", str(run / "best.pt"), "--data", "gtsrb"], "needs --data-root")
 
 
 def test_eval_json_matches_training_metrics(capsys, tiny_run):
@@ -99,7 +100,8 @@ def test_eval_json_matches_training_metrics(capsys, tiny_run):
     from tkn.checkpoint import model_from_checkpoint
 
     _, run = tiny_run
-    assert main(["eval", str(run / "last.pt"), "--max-samples", "32", "--seed", "4", "--json", "--no-progress"]) == 0
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--max-samples", "32", "--seed", "4", "--json",
+                 "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     with open(run / "metrics.csv", newline="") as f:
         last = list(csv.DictReader(f))[-1]
@@ -130,7 +132,7 @@ def test_demo_rejects_bad_epochs(capsys, tmp_path):
     (["train", "--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
     (["train", "--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     (["train", "--window", "box"], "argument --window: invalid choice: 'box'"),
-    (["eval"], "the following arguments are required: checkpoint"),
+    (["eval"], "the following arguments are required: --checkpoint"),
     (["demo", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
 ])
 def test_argument_errors_are_one_line(capsys, argv, needle):

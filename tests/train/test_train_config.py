@@ -21,7 +21,8 @@ def test_layering_order_defaults_config_flags_set(tmp_path):
 
 def test_defaults_are_the_paper_mnist_recipe():
     cfg = TrainConfig().validate()
-    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.momentum, cfg.nesterov) == (20, 128, 0.1, "sgd", 0.9, True)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.momentum, cfg.nesterov) == (
+        20, 128, 0.1, "sgd", 0.9, True)
     assert (cfg.weight_decay, cfg.milestones, cfg.gamma) == (1e-4, [10, 15], 0.1)
 
 
@@ -97,7 +98,8 @@ def test_config_file_errors(tmp_path):
 def test_recipe_names_resolve_with_and_without_suffix():
     assert "paper/tdn10-tlmnist-cauchy" in list_recipes()
     a = load_config_file("paper/tdn10-tlmnist-cauchy")
-    assert a == load_config_file("paper/tdn10-tlmnist-cauchy.yaml") == load_config_file("configs/paper/tdn10-tlmnist-cauchy.yaml")
+    assert a == load_config_file("paper/tdn10-tlmnist-cauchy.yaml")
+    assert a == load_config_file("configs/paper/tdn10-tlmnist-cauchy.yaml")
 
 
 def test_config_roundtrips_through_dict():

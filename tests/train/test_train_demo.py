@@ -39,4 +39,5 @@ def test_demo_quick(tmp_path, capsys):
     model, _ = model_from_checkpoint(tmp_path / "tkn6" / "last.pt")
     assert {layer.min_roi for _, layer in target_layers(model)} == {3}
     assert report["schedule"]["epochs"] == 1 and report["data"] == "tlmnist28-5k"
-    assert report["targeted_label"] == "TKN6 (Cauchy, budget 2.5x, min ROI 3 px)" and report["targeted_label"][:-1] in md
+    assert report["targeted_label"] == "TKN6 (Cauchy, budget 2.5x, min ROI 3 px)"
+    assert report["targeted_label"][:-1] in md

@@ -181,7 +181,8 @@ def test_tiny_run_writes_metrics_and_checkpoints(tiny_run):
     assert best["epoch"] == 1 + errors.index(min(errors))
     model, _ = model_from_checkpoint(out / "last.pt")
     assert int(rows[-1]["macs"]) == flops.count(model, (1, 28, 28)).macs
-    penalty = sum(layer.l2 * float((layer.s.detach().double() ** 2).sum()) for layer in model.modules() if hasattr(layer, "l2"))
+    penalty = sum(layer.l2 * float((layer.s.detach().double() ** 2).sum())
+                  for layer in model.modules() if hasattr(layer, "l2"))
     assert float(rows[-1]["penalty"]) == pytest.approx(penalty, rel=1e-5)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved == last["config"] and saved["model"] == "tdn10" and saved["epochs"] == 3

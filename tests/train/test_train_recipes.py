@@ -71,7 +71,8 @@ def test_recipe_matches_paper(row):
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r[2] in ("mnist", "tlmnist", "svhn")], ids=lambda r: r[0])
 def test_recipe_builds_a_model_of_the_paper_size(row):
-    """The recipe's model, sized by its data set, has the paper's parameter count (within one unit of its last digit)."""
+    """The recipe's model, sized by its data set, has the paper's parameter count (within one unit of its last
+    digit)."""
     import tkn.data
     from tkn.training.components import build_model
 

@@ -74,7 +74,7 @@ def test_onnx_roundtrip_under_onnxruntime(roi_tkn, tmp_path, options):
 
 def test_export_cli_torchscript(tdn10_checkpoint, capsys):
     path, model = tdn10_checkpoint
-    assert main(["export", str(path), "--format", "torchscript", "--json"]) == 0
+    assert main(["export", "--checkpoint", str(path), "--format", "torchscript", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     out = path.with_name("best.torchscript.pt")
     assert report["path"] == str(out) and report["input_shape"] == [2, 1, 16, 16] and report["frozen"]
@@ -90,5 +90,5 @@ def test_export_errors(small_tkn, tmp_path, tdn10_checkpoint, capsys):
     with pytest.raises(ValueError, match="example"):
         export_model(small_tkn, torch.rand(1, 16, 16), tmp_path / "m.pt")
     path, _ = tdn10_checkpoint
-    assert main(["export", str(path), "--format", "onnx", "--input", "1,16"]) == 2
-    assert "--input must be C,H,W" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--input-size", "1,16"]) == 2
+    assert "--input-size must be C,H,W" in capsys.readouterr().err

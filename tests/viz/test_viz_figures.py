@@ -89,20 +89,20 @@ def test_save_figure_rejects_unknown_suffix(small_tkn, tmp_path):
 
 def test_show_writes_figures_next_to_the_checkpoint(tdn10_checkpoint, tmp_path, capsys):
     path, _ = tdn10_checkpoint
-    assert main(["show", str(path), "--max-channels", "6"]) == 0
+    assert main(["show", "--checkpoint", str(path), "--max-channels", "6"]) == 0
     assert f"wrote {path.parent / 'attention.png'}" in capsys.readouterr().out
     check_png(path.parent / "attention.png")
     sample = tmp_path / "digit.npy"
     np.save(sample, np.random.default_rng(0).random((20, 20)).astype(np.float32))  # resized to 16x16
     out = tmp_path / "act.png"
-    assert main(["show", str(path), "--input", str(sample), "--out", str(out), "--layers",
+    assert main(["show", "--checkpoint", str(path), "--sample", str(sample), "--out", str(out), "--layers",
                  "blocks.0.layer1.conv3x3.2", "blocks.2.layer2.conv3x3.2"]) == 0
     check_png(out)
 
 
 def test_show_input_index_needs_data(tdn10_checkpoint, capsys):
     path, _ = tdn10_checkpoint
-    assert main(["show", str(path), "--input", "3", "--out", "x.png"]) == 2
+    assert main(["show", "--checkpoint", str(path), "--sample", "3", "--out", "x.png"]) == 2
     assert "--data" in capsys.readouterr().err
 
 

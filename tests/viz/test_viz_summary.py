@@ -72,7 +72,7 @@ def test_layer_selection_and_errors(small_tkn):
 
 def test_show_json_equals_the_checkpoint_parameters(tdn10_checkpoint, capsys):
     path, model = tdn10_checkpoint
-    assert main(["show", str(path), "--json"]) == 0
+    assert main(["show", "--checkpoint", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == "tdn10" and report["input_shape"] == [1, 16, 16]
     names = [n for n, _ in tkn.target_layers(model)]
@@ -93,14 +93,14 @@ def test_show_json_equals_the_checkpoint_parameters(tdn10_checkpoint, capsys):
 
 def test_show_table_prints_every_layer(tdn10_checkpoint, capsys):
     path, model = tdn10_checkpoint
-    assert main(["show", str(path), "--table", "--layers", "blocks.1.layer1.conv3x3.2"]) == 0
+    assert main(["show", "--checkpoint", str(path), "--table", "--layers", "blocks.1.layer1.conv3x3.2"]) == 0
     out = capsys.readouterr().out
     assert "blocks.1.layer1.conv3x3.2" in out and "blocks.0.layer1" not in out
 
 
 def test_show_errors_are_one_line(tmp_path, capsys):
-    assert main(["show", str(tmp_path / "missing.pt")]) == 2
+    assert main(["show", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err
-    assert "neither a checkpoint file nor a model name" in err and "Traceback" not in err
-    assert main(["show", "dn10", "--table"]) == 2
+    assert "missing.pt' does not exist" in err and "Traceback" not in err
+    assert main(["show", "--model", "dn10", "--table"]) == 2
     assert "no target layers" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tkn.commands import parse_chw
+from tkn.commands import add_model_arguments, input_size
 
 __all__ = ["add_parser", "run"]
 
@@ -35,9 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default="tkn6", help="registered targeted model (default tkn6)")
-    parser.add_argument("--checkpoint", metavar="PATH", help="benchmark a trained model (its own ROIs)")
-    parser.add_argument("--input", metavar="C,H,W", default=None, help="input size (default 1,56,56)")
+    add_model_arguments(parser, default="tkn6", model_help="registered targeted model (default tkn6)",
+                        checkpoint_help="benchmark a trained model (its own ROIs)")
+    parser.add_argument("--input-size", metavar="C,H,W", help="input size (default 1,56,56)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64], metavar="N", help="batch sizes (default 1 64)")
     parser.add_argument("--repeats", type=int, default=5, metavar="R", help="timed rounds per variant (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic ROIs and inputs")
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from tkn.convert import target_layers
     from tkn import benchmark as B
 
-    dims = parse_chw(args.input) or (1, 56, 56)
+    dims = input_size(args) or (1, 56, 56)
     if any(b < 1 for b in args.batch):
         raise ValueError(f"--batch values must be positive ints, got {args.batch}")
     if args.repeats < 1:

@@ -120,21 +120,16 @@ def measure_interleaved(models: dict[str, Any], example_shape: tuple[int, int, i
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:g}"
-
-
 def format_table(report: dict[str, Any]) -> str:
     """The side-by-side comparison as a Markdown table."""
+    from tkn.flops import format_count
+
     a, b = report["models"][report["dense"]], report["models"][report["targeted"]]
     tb = report["schedule"]["throughput_batch"]
     rows = [
         ("test error (%)", f"{a['test_error']:.2f}", f"{b['test_error']:.2f}"),
         ("params", f"{a['params']:,}", f"{b['params']:,}"),
-        ("MACs / image", _human(a["macs"]), _human(b["macs"])),
+        ("MACs / image", format_count(a["macs"]), format_count(b["macs"])),
         ("FLOP ratio (dense MACs / MACs)", "1.00x", f"{b['speedup_macs']:.2f}x"),
         ("CPU latency, batch 1 (ms)", f"{1e3 * a['latency_s']:.2f}", f"{1e3 * b['latency_s']:.2f}"),
         (f"CPU throughput, batch {tb} (img/s)", f"{a['throughput']:.0f}", f"{b['throughput']:.0f}"),
@@ -143,7 +138,11 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     head = ("", "CNN6 (dense)", report["targeted_label"][:-1] + "; frozen)")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
-    fmt = lambda r: "| " + " | ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths))) + " |"
+
+    def fmt(r):
+        cells = (f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths)))
+        return "| " + " | ".join(cells) + " |"
+
     sep = "| " + " | ".join(("-" * w) if i == 0 else ("-" * (w - 1) + ":") for i, w in enumerate(widths)) + " |"
     return "\n".join([fmt(head), sep, *map(fmt, rows)])
 
@@ -290,7 +289,8 @@ def _markdown(report: dict[str, Any], table: str) -> str:
         f"{s['train_samples'] or 'all'} training images, batch {s['batch_size']}, SGD Nesterov 0.9, lr {s['lr']}"
         f"{' divided by 10 at epoch ' + str(s['milestones'][0]) if s['milestones'] else ''}, seed {s['seed']}. "
         f"TKN6 trained to a {s['target_speedup']:g}x MAC budget (`tkn.MacBudget`), ROIs down to "
-        f"{s['min_roi']} output pixels, its windows learning at {s['window_lr_scale']:g}x the weights' rate. Both models as they are after the last epoch (where the budget holds); "
+        f"{s['min_roi']} output pixels, its windows learning at {s['window_lr_scale']:g}x the weights' rate. "
+        "Both models as they are after the last epoch (where the budget holds); "
         f"test error on the {report['data']} test split"
         f"{'' if s['test_samples'] is None else ' subset of ' + str(s['test_samples'])}.\n\n"
         f"{table}\n\n"

@@ -7,7 +7,7 @@ model's ROI-aware MACs.
 
 Example::
 
-    tkn eval runs/tdn10/best.pt --data tlmnist-5k --json
+    tkn eval --checkpoint runs/tdn10/best.pt --data tlmnist-5k --json
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``tkn eval`` on the ``tkn`` command line."""
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: error, params, MACs, speed-up",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a .pt file written by tkn train (last.pt or best.pt)")
+    p.add_argument("--checkpoint", metavar="PATH", required=True,
+                   help="a .pt file written by tkn train (last.pt or best.pt)")
     p.add_argument("--data", help="data set name (default: the one the checkpoint was trained on)")
     p.add_argument("--data-root", help="folder holding the data set's files")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
@@ -73,7 +74,8 @@ def evaluate_checkpoint(
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1):
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 1):
         raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
     model, payload = model_from_checkpoint(load_checkpoint(checkpoint))
     cfg = payload.get("config") if isinstance(payload.get("config"), dict) else {}
@@ -122,6 +124,8 @@ def evaluate_checkpoint(
 
 def format_report(result: dict[str, Any]) -> str:
     """Human-readable lines for :func:`evaluate_checkpoint`'s result."""
+    from tkn.flops import format_count
+
     lines = [
         f"checkpoint  {result['checkpoint']} (model {result['model']}, epoch {result['epoch']})",
         f"data        {result['data']}/{result['split']}, {result['samples']} samples",
@@ -133,7 +137,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines += [f"mse         {result['mse']:.4f}", f"mae         {result['mae']:.4f}"]
     lines += [
         f"params      {result['params']:,}",
-        f"MACs        {result['macs']:,} ({result['macs'] / 1e6:.2f}M; dense {result['dense_macs'] / 1e6:.2f}M)",
+        f"MACs        {result['macs']:,} ({format_count(result['macs'])}; dense {format_count(result['dense_macs'])})",
         f"speed-up    {result['speedup']:.2f}x (dense MACs / ROI MACs)",
     ]
     paper = result.get("paper") or {}

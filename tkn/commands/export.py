@@ -2,30 +2,32 @@
 
 Examples::
 
-    tkn export runs/tdn10/best.pt --format torchscript          # runs/tdn10/best.torchscript.pt
-    tkn export runs/tdn10/best.pt --format onnx --out tdn10.onnx
-    tkn export runs/tdn10/best.pt --format onnx --input 1,112,112   # planned for another resolution
+    tkn export --checkpoint runs/tdn10/best.pt --format torchscript     # runs/tdn10/best.torchscript.pt
+    tkn export --checkpoint runs/tdn10/best.pt --format onnx --out tdn10.onnx
+    tkn export --checkpoint runs/tdn10/best.pt --format onnx --input-size 1,112,112  # another resolution
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from tkn.commands import add_model_arguments, input_size, load_model
 
 __all__ = ["add_parser", "run", "default_path"]
 
 _SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
 
 
-def default_path(source: str, format: str) -> Path:
-    """``best.pt`` -> ``best.torchscript.pt`` / ``best.onnx`` next to it; a model name -> ``NAME.<suffix>``."""
-    if os.path.exists(source):
-        path = Path(source)
-        return path.with_name(path.stem + _SUFFIX[format])
-    return Path(source + _SUFFIX[format])
+def default_path(args: argparse.Namespace) -> Path:
+    """``--checkpoint best.pt`` -> ``best.torchscript.pt`` / ``best.onnx`` next to it; ``--model NAME`` ->
+    ``NAME.<suffix>`` in the current folder."""
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+        return path.with_name(path.stem + _SUFFIX[args.format])
+    return Path(args.model + _SUFFIX[args.format])
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,9 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "is valid for the input shape C,H,W it was planned for."
         ),
     )
-    p.add_argument("checkpoint", help="a checkpoint written by tkn train, or a model name (its initialisation)")
+    add_model_arguments(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    p.add_argument("--input", metavar="C,H,W", help="input shape to plan for (default: the checkpoint's)")
+    p.add_argument("--input-size", metavar="C,H,W", help="input shape to plan for (default: the checkpoint's)")
     p.add_argument("--out", help="output file (default: next to the checkpoint, e.g. best.onnx)")
     p.add_argument("--no-freeze", action="store_true", help="export the dense model (no ROI plan) instead")
     p.add_argument("--atol", type=float, default=1e-4, help="accepted |export - PyTorch| (default 1e-4)")
@@ -52,14 +54,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tkn.commands.show import load_model_arg, parse_shape
     from tkn.export import export_model
 
     if not args.atol > 0:
         raise ValueError(f"--atol must be positive, got {args.atol}")
-    model, shape, _ = load_model_arg(args.checkpoint, parse_shape(args.input, "--input"))
+    model, shape, _ = load_model(args, input_size(args))
     example = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0))
-    out = Path(args.out) if args.out else default_path(args.checkpoint, args.format)
+    out = Path(args.out) if args.out else default_path(args)
     result = export_model(model, example, out, args.format, freeze=not args.no_freeze, atol=args.atol)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))

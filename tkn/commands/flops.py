@@ -2,11 +2,11 @@
 
 Examples::
 
-    tkn flops cnn6                                  # 1x28x28, the paper's MNIST setting
-    tkn flops dn40 --input 3,32,32                  # SVHN
-    tkn flops stn --input 3,32,32 --num-classes 43  # GTSRB
-    tkn flops --checkpoint runs/tkn6/best.pt        # a trained TKN: MACs of its ROIs, speed-up vs CNN6
-    tkn flops tdn10 --json                          # one JSON object
+    tkn flops --model cnn6                                       # 1x28x28, the paper's MNIST setting
+    tkn flops --model dn40 --input-size 3,32,32                  # SVHN
+    tkn flops --model stn --input-size 3,32,32 --num-classes 43  # GTSRB
+    tkn flops --checkpoint runs/tkn6/best.pt       # a trained TKN: MACs of its ROIs, speed-up vs CNN6
+    tkn flops --model tdn10 --json                 # one JSON object
 
 The speed-up of a targeted model is the paper's (Fig. 5): FLOPs of its dense
 baseline (same arguments, same input) divided by its own FLOPs.
@@ -19,6 +19,8 @@ from typing import Any
 
 from torch import nn
 
+from tkn.commands import add_model_arguments, input_size, load_model
+
 __all__ = ["add_parser", "run", "flops_summary"]
 
 
@@ -29,10 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", nargs="?", help="registered model name (optional with --checkpoint)")
-    parser.add_argument("--input", metavar="C,H,W", help="input size (default: the model's own)")
+    add_model_arguments(parser, checkpoint_help="count a trained model from a tkn checkpoint")
+    parser.add_argument("--input-size", metavar="C,H,W", help="input size (default: the model's own)")
     parser.add_argument("--num-classes", type=int, help="outputs of the last layer (default 10)")
-    parser.add_argument("--checkpoint", metavar="PATH", help="count a trained model from a tkn checkpoint")
     parser.add_argument("--window", choices=("cauchy", "gaussian"), help="window of the target layers")
     parser.add_argument("--l2", type=float, help="scale penalty of the first block's target layers")
     parser.add_argument("--beta", type=float, help="β build-up factor of the penalty per block")
@@ -43,30 +44,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _build(args: argparse.Namespace, dims: tuple[int, int, int] | None) -> tuple[nn.Module, str, dict[str, Any]]:
     """The model to count, its registry name and the keyword arguments it was built with."""
-    from tkn.models import create_model, get_entry
-
-    if args.checkpoint is not None:
-        from tkn.checkpoint import model_from_checkpoint
-
-        model, payload = model_from_checkpoint(args.checkpoint)
-        spec = payload["model"]
-        for key in ("num_classes", "window", "l2", "beta"):
-            if getattr(args, key) is not None:
-                flag = "--" + key.replace("_", "-")
-                raise ValueError(f"{flag} cannot be combined with --checkpoint (the checkpoint fixes it)")
-        if args.model is not None and get_entry(args.model).name != spec["name"]:
-            raise ValueError(f"MODEL {args.model!r} does not match the checkpoint's model {spec['name']!r}")
-        return model, spec["name"], dict(spec.get("kwargs", {}))
-    if args.model is None:
-        raise ValueError("give a MODEL name or --checkpoint PATH")
-    kwargs: dict[str, Any] = {}
-    if dims is not None:
-        kwargs.update(in_channels=dims[0], input_size=(dims[1], dims[2]))
-    for key in ("num_classes", "window", "l2", "beta"):
-        value = getattr(args, key)
-        if value is not None:
-            kwargs[key] = value
-    model = create_model(args.model, **kwargs)
+    options = {key: getattr(args, key) for key in ("num_classes", "window", "l2", "beta")
+               if getattr(args, key) is not None}
+    if args.checkpoint is not None and options:
+        flag = "--" + next(iter(options)).replace("_", "-")
+        raise ValueError(f"{flag} cannot be combined with --checkpoint (the checkpoint fixes it)")
+    model, _, _ = load_model(args, dims, **options)
     return model, model.spec["name"], dict(model.spec["kwargs"])
 
 
@@ -93,10 +76,9 @@ def flops_summary(
 
 
 def run(args: argparse.Namespace) -> int:
-    from tkn.commands import parse_chw
     from tkn.flops import FlopReport, LayerCount
 
-    dims = parse_chw(args.input)
+    dims = input_size(args)
     model, name, kwargs = _build(args, dims)
     summary = flops_summary(model, name, kwargs, dims)
     if args.json:

@@ -267,7 +267,8 @@ def point_row(point: Point, model: nn.Module, payload: dict[str, Any], last: dic
     run_dir = out / point.folder
     return {
         "kind": point.kind, "model": point.model, "data": cfg["data"], "width": point.width,
-        "target_speedup": point.target_speedup, "seed": cfg.get("seed"), "speedup": dense_macs / report.macs, "macs": report.macs,
+        "target_speedup": point.target_speedup, "seed": cfg.get("seed"), "speedup": dense_macs / report.macs,
+        "macs": report.macs,
         "dense_macs": dense_macs, "params": report.params, "metric": metric,
         "test_error": payload["metrics"][metric], "epoch": int(payload["epoch"]), "epoch_rule": point.epoch_rule,
         "final_test_error": last[metric], "epochs": int(last["epoch"]),
@@ -568,7 +569,8 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``tkn frontier``; returns the exit code."""
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     report = run_frontier(_base(args), args.out, widths=args.widths, speedups=args.target_speedup,
-                          seeds=args.seeds, batches=args.batch, repeats=args.repeats, recipe=args.config, sets=args.sets,
+                          seeds=args.seeds, batches=args.batch, repeats=args.repeats, recipe=args.config,
+                          sets=args.sets,
                           train=not args.no_train, resume=args.resume, overwrite=args.overwrite, log=log)
     report["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
     figure = _figure(report, Path(args.out), args.name, log)

@@ -29,14 +29,16 @@ __all__ = ["add_parser", "get_args_parser", "config_from_args", "run", "main"]
 # flag dest -> config key (flags whose value maps directly onto the config)
 _FLAG_KEYS = (
     "model", "data", "data_root", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
-    "weight_decay", "milestones", "gamma", "window", "l2", "beta", "min_roi", "target_speedup", "window_lr_scale", "execution", "seed", "max_train_samples",
+    "weight_decay", "milestones", "gamma", "window", "l2", "beta", "min_roi", "target_speedup", "window_lr_scale",
+    "execution", "seed", "max_train_samples",
     "max_test_samples", "workers", "device", "amp", "out", "progress", "download", "augment",
 )
 
 
 def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("configuration (defaults < --config < flags < --set)")
-    g.add_argument("--config", metavar="FILE", help="YAML config file or packaged recipe, e.g. paper/tdn10-tlmnist-cauchy")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML config file or packaged recipe, e.g. paper/tdn10-tlmnist-cauchy")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key (dotted keys allowed, value parsed as YAML); repeatable")
     g.add_argument("--list-recipes", action="store_true", help="list the packaged recipes and exit")
@@ -44,7 +46,8 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     m.add_argument("--model", help="model name (tkn.models.list_models())")
     m.add_argument("--data", help="data set name (tkn.data.list_datasets())")
     m.add_argument("--data-root", help="folder holding the data set's files")
-    m.add_argument("--download", action=argparse.BooleanOptionalAction, default=None, help="download missing files (mnist, tlmnist)")
+    m.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                   help="download missing files (mnist, tlmnist)")
     m.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="training augmentation")
     m.add_argument("--window", choices=WINDOWS, help="attention window of target layers")
     m.add_argument("--l2", type=float, help="scale penalty of the first block's target layers")
@@ -63,7 +66,8 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     o.add_argument("--momentum", type=float)
     o.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
     o.add_argument("--weight-decay", type=float, help="weight decay (not applied to window parameters)")
-    o.add_argument("--milestones", type=int, nargs="*", metavar="EPOCH", help="epochs at which the lr is multiplied by --gamma")
+    o.add_argument("--milestones", type=int, nargs="*", metavar="EPOCH",
+                   help="epochs at which the lr is multiplied by --gamma")
     o.add_argument("--gamma", type=float, help="lr factor at each milestone (default 0.1)")
     o.add_argument("--seed", type=int)
     r = parser.add_argument_group("execution and output")
@@ -74,7 +78,8 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "default auto: fast for one CPU process, dense on a GPU or under torchrun")
     r.add_argument("--workers", type=int, help="DataLoader worker processes (default 0: bitwise-reproducible)")
     r.add_argument("--device", choices=DEVICES, help="auto: CUDA when available")
-    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA only)")
+    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on CUDA only)")
     r.add_argument("--out", metavar="DIR", help="output folder")
     r.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue from DIR/last.pt (or the given checkpoint) at its last complete epoch")

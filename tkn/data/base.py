@@ -58,7 +58,8 @@ class TensorImageDataset(Dataset):
         labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(
-                f"images: expected a uint8 array of shape (N, C, H, W), got {images.dtype} of shape {tuple(images.shape)}"
+                f"images: expected a uint8 array of shape (N, C, H, W), got {images.dtype} "
+                f"of shape {tuple(images.shape)}"
             )
         if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
             raise ValueError(

@@ -2,7 +2,7 @@
 
 The cache folder is ``$TKN_CACHE`` if set, else ``~/.cache/tkn``. Entries are
 ``.npz`` files whose names carry a hash of everything they were built from,
-written atomically (temporary file + rename) so two processes never see a
+written atomically (:func:`tkn.io.atomic_write`) so two processes never see a
 half-written file. A cache that cannot be written (read-only home, full disk)
 is skipped: the data are then rebuilt on every run, never wrong.
 """
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from tkn.io import atomic_write
 
 __all__ = ["cache_dir", "file_digest", "cached_npz"]
 
@@ -46,17 +47,9 @@ def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
 
 def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        pass  # a cache that cannot be written is skipped (module docstring)
 
 
 def cached_npz(name: str, keys: tuple[str, ...], build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

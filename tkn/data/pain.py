@@ -68,7 +68,8 @@ PAIN_HOLDOUT = 7
 #: Default standard deviation of the landmark noise, in source-frame pixels.
 PAIN_LANDMARK_NOISE = 1.5
 _NUM_LANDMARKS = 66
-_EXPECTED = "Images/<subject>/<sequence>/<frame>.png, AAM_landmarks/.../<frame>_aam.txt, Frame_Labels/PSPI/.../<frame>_facs.txt"
+_EXPECTED = ("Images/<subject>/<sequence>/<frame>.png, AAM_landmarks/.../<frame>_aam.txt, "
+             "Frame_Labels/PSPI/.../<frame>_facs.txt")
 
 
 def read_landmarks(path: Path) -> np.ndarray:
@@ -80,7 +81,9 @@ def read_landmarks(path: Path) -> np.ndarray:
     except ValueError as e:
         raise ValueError(f"pain: {path}: expected {_NUM_LANDMARKS} lines 'x y' of numbers ({e})") from e
     if values.size != 2 * _NUM_LANDMARKS or not np.all(np.isfinite(values)):
-        raise ValueError(f"pain: {path}: expected {_NUM_LANDMARKS} lines 'x y' of finite numbers, found {values.size} numbers")
+        raise ValueError(
+            f"pain: {path}: expected {_NUM_LANDMARKS} lines 'x y' of finite numbers, found {values.size} numbers"
+        )
     return values.reshape(_NUM_LANDMARKS, 2)
 
 
@@ -152,7 +155,10 @@ def held_out_subjects(subjects: Sequence[str], seed: int = 0, holdout: int = PAI
     """The sorted subjects of the test split: ``default_rng(seed).choice(sorted(set(subjects)), holdout)``."""
     names = sorted(set(subjects))
     if not isinstance(holdout, int) or not 0 < holdout < len(names):
-        raise ValueError(f"holdout: expected an integer in 1..{len(names) - 1} (the archive has {len(names)} subjects), got {holdout!r}")
+        raise ValueError(
+            f"holdout: expected an integer in 1..{len(names) - 1} (the archive has {len(names)} subjects), "
+            f"got {holdout!r}"
+        )
     rng = np.random.default_rng(seed)
     return sorted(str(s) for s in rng.choice(names, size=holdout, replace=False))
 
@@ -203,7 +209,8 @@ class PainDataset(Dataset):
             unknown = [s for s in held if s not in all_subjects]
             if unknown or not held or len(held) == len(all_subjects):
                 raise ValueError(
-                    f"test_subjects: expected a non-empty proper subset of the archive's subjects {all_subjects}, got {list(test_subjects)}"
+                    f"test_subjects: expected a non-empty proper subset of the archive's subjects {all_subjects}, "
+                    f"got {list(test_subjects)}"
                 )
         in_test = np.isin(np.asarray(index.subjects), held)
         keep = np.flatnonzero(~in_test if split == "train" else in_test)
@@ -243,4 +250,5 @@ class PainDataset(Dataset):
         return face[None], self.targets[index].clone()
 
     def __repr__(self) -> str:
-        return f"PainDataset(split={self.split!r}, n={len(self)}, subjects={len(set(self.subjects))}, augment={self.augment})"
+        return (f"PainDataset(split={self.split!r}, n={len(self)}, subjects={len(set(self.subjects))}, "
+                f"augment={self.augment})")

@@ -71,7 +71,8 @@ _INFO = {
     ),
     "svhn": DatasetInfo(
         "svhn", 10, (3, 32, 32), "classification", True,
-        "SVHN cropped digits from train_32x32.mat / test_32x32.mat (/ extra_32x32.mat) in root; label 10 means 0", _NO_AUG,
+        "SVHN cropped digits from train_32x32.mat / test_32x32.mat (/ extra_32x32.mat) in root; label 10 means 0",
+        _NO_AUG,
     ),
     "gtsrb": DatasetInfo(
         "gtsrb", 43, (3, 32, 32), "classification", True,
@@ -217,7 +218,8 @@ def load(
     allowed = _PAIN_KWARGS if name == "pain" else ()
     unknown = sorted(k for k in kw if k not in allowed)
     if unknown:
-        raise TypeError(f"load(): unexpected keyword argument(s) {unknown} for {name}" + (f"; it accepts {list(allowed)}" if allowed else ""))
+        accepts = f"; it accepts {list(allowed)}" if allowed else ""
+        raise TypeError(f"load(): unexpected keyword argument(s) {unknown} for {name}{accepts}")
     if name == "pain":
         from tkn.data.pain import PainDataset, pain_index
 

@@ -35,7 +35,8 @@ def _loadmat(path: Path) -> dict:
 def _svhn_cached(path: str, stamp: tuple) -> tuple[np.ndarray, np.ndarray]:
     mat = _loadmat(Path(path))
     if "X" not in mat or "y" not in mat:
-        raise ValueError(f"svhn: {path} must hold variables 'X' and 'y', found {sorted(k for k in mat if not k.startswith('__'))}")
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(f"svhn: {path} must hold variables 'X' and 'y', found {found}")
     x, y = mat["X"], mat["y"]
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise ValueError(f"svhn: {path}: expected X of shape (32, 32, 3, N), got {x.shape}")

@@ -63,7 +63,8 @@ from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan
 from tkn.ops.fast_conv import train_grid
 from tkn.layers import TargetConv2d
 
-__all__ = ["freeze", "channels_last_inputs", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
+__all__ = ["freeze", "channels_last_inputs", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES",
+           "FINAL_CANDIDATES", "plan_summary"]
 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
@@ -579,7 +580,8 @@ def plan_summary(model: nn.Module) -> list[dict]:
             rows.append({
                 "layer": name, "mode": m.plan.mode, "plan": m.plan.label, "blocks": len(m.blocks),
                 "active_channels": m.plan.n_active, "channels": m.out_channels,
-                "relu": m.relu, "residual": m.residual, "pool": m.pool, "input_ranges": sum(1 for r in m.input_ranges if r),
+                "relu": m.relu, "residual": m.residual, "pool": m.pool,
+                "input_ranges": sum(1 for r in m.input_ranges if r),
                 "executed_macs": m.executed_macs(), "roi_macs": m.macs(),
                 "timings_s": dict(getattr(m, "timings", {})),
             })

@@ -432,9 +432,7 @@ class FrozenTargetConv2d(nn.Module):
 
     def macs(self, height: int | None = None, width: int | None = None) -> int:
         """Multiply–accumulates of one sample over the fixed ROIs (what :func:`tkn.flops.count` reports)."""
-        roi = self.roi.to(torch.int64)
-        area = int(((roi[:, 1] - roi[:, 0]).clamp(min=0) * (roi[:, 3] - roi[:, 2]).clamp(min=0)).sum())
-        return area * self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        return TF.roi_macs(self.roi, self.in_channels // self.groups, self.kernel_size)
 
     def executed_macs(self) -> int:
         """Multiply–accumulates of one sample as this plan runs them: block boxes, channels padded to

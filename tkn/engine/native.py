@@ -30,13 +30,14 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from tkn.io import atomic_write, atomic_write_text
 
 try:
     import fcntl
@@ -102,18 +103,16 @@ def _build(cxx: str, directory: Path) -> Path:
     """Compile into ``directory`` (atomically: a temporary file renamed) and record the library's checksum."""
     directory.mkdir(parents=True, exist_ok=True)
     lib = directory / "roi_conv.so"
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600)
+
+    def compile_to(tmp: Path) -> None:
+        proc = subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+                              timeout=600)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
             raise RuntimeError(f"compiling {_SOURCE.name} failed: {last}")
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    (directory / "roi_conv.sha256").write_text(_digest(lib))
+
+    atomic_write(lib, compile_to, pass_path=True)
+    atomic_write_text(directory / "roi_conv.sha256", _digest(lib))
     return lib
 
 

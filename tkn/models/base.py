@@ -26,8 +26,6 @@ from tkn.validate import positive_int, positive_number
 __all__ = ["PaperModel", "resolve_args", "conv", "block_l2", "he_init_"]
 
 
-
-
 def _input_size(value: Any) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)

@@ -47,7 +47,9 @@ PAD_CHANNELS = 8
 class Block:
     """Channels ``[c0, c1)`` of the permuted order, computed over the output box ``[y0, y1) × [x0, x1)``.
 
-    ``tile`` numbers the tile of a tile plan (consecutive blocks of one tile share one input crop).
+    ``tile`` numbers the tile of a tile plan that the block was planned in (0 in other plans). It is
+    bookkeeping only: the executor (:class:`tkn.engine.FrozenTargetConv2d`) copies each block's own input
+    crop, also for blocks of one tile (sharing one crop per tile measured slower).
     """
 
     c0: int

@@ -1,4 +1,4 @@
-"""The pieces a run is assembled from: model, optimiser, scheduler, loss and MAC counting.
+"""The pieces a run is assembled from: model, optimiser, scheduler and loss (MACs: :func:`tkn.flops.count`).
 
 Each function takes the resolved :class:`~tkn.training.config.TrainConfig`
 (and what the data told us) and returns a standard PyTorch object, so a user
@@ -6,13 +6,12 @@ can assemble their own loop from the same parts.
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
 from tkn.training.config import TrainConfig
 
-__all__ = ["check_names", "build_model", "window_parameters", "build_optimizer", "build_scheduler", "loss_name", "count_macs"]
+__all__ = ["check_names", "build_model", "window_parameters", "build_optimizer", "build_scheduler", "loss_name"]
 
 
 def check_names(cfg: TrainConfig) -> None:
@@ -109,16 +108,3 @@ def loss_name(cfg: TrainConfig, task: str) -> str:
     if cfg.loss != "auto":
         return cfg.loss
     return "cross_entropy" if task == "classification" else "mse"
-
-
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int]):
-    """``tkn.flops.count`` of one sample in eval mode: ROI-aware ``.macs`` and ``.dense_macs``."""
-    from tkn import flops
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return flops.count(model, tuple(input_shape))
-    finally:
-        model.train(was_training)

@@ -8,7 +8,6 @@ resumed at an epoch boundary sees exactly the order the uninterrupted run saw.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -43,15 +42,6 @@ def subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
     return Subset(dataset, idx.tolist())
 
 
-def _info_field(info: Any, name: str):
-    value = getattr(info, name, None)
-    if value is None and isinstance(info, dict):
-        value = info.get(name)
-    if value is None:
-        raise ValueError(f"tkn.data.info() did not report {name!r}")
-    return value
-
-
 def build_data(cfg: TrainConfig) -> DataBundle:
     """Load both splits of ``cfg.data`` (``train`` augmented if ``cfg.augment``) and subset them."""
     import tkn.data as tdata
@@ -60,14 +50,12 @@ def build_data(cfg: TrainConfig) -> DataBundle:
     kwargs = {"download": cfg.download, "seed": cfg.seed}
     train = tdata.load(cfg.data, "train", cfg.data_root, augment=cfg.augment, **kwargs)
     test = tdata.load(cfg.data, "test", cfg.data_root, augment=False, **kwargs)
-    shape = tuple(int(v) for v in _info_field(info, "input_shape"))
-    task = str(_info_field(info, "task"))
     return DataBundle(
         train=subset(train, cfg.max_train_samples, cfg.seed),
         test=subset(test, cfg.max_test_samples, cfg.seed + 1),
-        num_classes=int(_info_field(info, "num_classes")),
-        input_shape=shape,  # type: ignore[arg-type]
-        task=task,
+        num_classes=info.num_classes,
+        input_shape=info.input_shape,
+        task=info.task,
     )
 
 

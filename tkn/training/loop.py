@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tkn.budget import MacBudget
 from tkn.checkpoint import load_checkpoint, save_checkpoint
 from tkn.convert import clip_parameters_, scale_penalty, target_layers
+from tkn.flops import count
 from tkn.training import components, distributed, loaders
 from tkn.training.config import RESUMABLE_CHANGES, TrainConfig
 from tkn.training.fusion import fused_training_view
@@ -226,10 +227,17 @@ def train(
     Raises:
         ValueError: bad configuration, unwritable output, unusable checkpoint.
 
-    Example:
-        >>> cfg = TrainConfig(model="dn10", data="mnist-5k", epochs=1, max_train_samples=64, out="/tmp/run")
-        >>> result = train(cfg)                          # doctest: +SKIP
-        >>> result.history[-1]["test_error"]             # doctest: +SKIP
+    Example (one epoch on 64 embedded digits, a second or two):
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     cfg = TrainConfig(model="dn10", data="mnist-5k", epochs=1, max_train_samples=64,
+        ...                       max_test_samples=64, progress=False, out=out)
+        ...     result = train(cfg)
+        ...     files = sorted(p.name for p in Path(out).glob("*.*"))
+        >>> result.epochs_completed, files
+        (1, ['best.pt', 'config.yaml', 'last.pt', 'metrics.csv'])
+        >>> sorted(k for k in result.history[-1] if k.startswith("test_"))
+        ['test_error', 'test_loss']
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -323,7 +331,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
         rng = capture_rng()
         wrap = (lambda it: progress(it, desc=f"epoch {epoch + 1}/{cfg.epochs} test")) if progress else None
         test_m = evaluate(model, test_data, data.task, device=ctx.device, loss=loss, ctx=ctx, amp=amp, progress=wrap)
-        counted = components.count_macs(model, data.input_shape) if ctx.is_main else None
+        counted = count(model, data.input_shape) if ctx.is_main else None  # eval mode, no grad; modes restored
         macs, speedup = (None, None) if counted is None else (counted.macs, counted.dense_macs / counted.macs)
         penalty = float(scale_penalty(model).detach())
         restore_rng(rng)

@@ -1,6 +1,6 @@
 """What a run leaves in its output folder besides checkpoints: ``config.yaml``, ``metrics.csv``, TensorBoard.
 
-Files are replaced atomically (temporary file + rename), so a run killed at
+Files are replaced atomically (:func:`tkn.io.atomic_write_text`), so a run killed at
 any moment leaves complete files; after ``--resume`` ``metrics.csv`` is
 rewritten from the history stored in the checkpoint, so it never holds rows
 of an epoch that was interrupted.
@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["RunWriter", "atomic_write_text", "metric_columns"]
+from tkn.io import atomic_write_text
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["RunWriter", "metric_columns"]
 
 
 def metric_columns(task: str) -> list[str]:
