@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["OneLineErrorParser", "add_model_arguments", "input_size", "load_model"]
+__all__ = ["OneLineErrorParser", "add_model_arguments", "add_study_arguments", "input_size", "load_model"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -37,6 +37,17 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
     group = parser.add_mutually_exclusive_group(required=default is None)
     group.add_argument("--model", metavar="NAME", default=default, help=model_help)
     group.add_argument("--checkpoint", metavar="PATH", help=checkpoint_help)
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the commands that train many runs into one folder (``tkn sweep``, ``tkn frontier``):
+    ``--set``, ``--resume``, ``--overwrite``, ``--progress``."""
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other config key for every run (as tkn train --set); repeatable")
+    parser.add_argument("--resume", action="store_true", help="continue (or reuse) runs already in --out")
+    parser.add_argument("--overwrite", action="store_true", help="start every run afresh")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                        help="per-batch progress bars (default off: one line per epoch)")
 
 
 def input_size(args: argparse.Namespace) -> tuple[int, int, int] | None:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tkn.commands import add_study_arguments
 from tkn.commands.demo import measure_interleaved
 from tkn.commands.sweep import baseline_macs
 
@@ -537,18 +538,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", default="frontier", metavar="NAME",
                    help="base name of the written table, summary, JSON and figure (default frontier)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config key for every run (as tkn train --set); repeatable")
     p.add_argument("--out", default="runs/frontier", metavar="DIR", help="study folder (default runs/frontier)")
     p.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), metavar="B",
                    help="batch sizes to time at (default 1 64)")
     p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed repetitions per batch size (default 10)")
     p.add_argument("--no-train", action="store_true", help="only read back, time and plot the runs already in --out")
-    p.add_argument("--resume", action="store_true", help="continue (or reuse) runs already in --out")
-    p.add_argument("--overwrite", action="store_true", help="start every run afresh")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
-                   help="per-batch progress bars (default off: one line per epoch)")
     p.add_argument("--json", action="store_true", help="print frontier.json's content on stdout")
+    add_study_arguments(p)
     p.set_defaults(func=run)
     return p
 

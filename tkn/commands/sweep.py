@@ -41,6 +41,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tkn.commands import add_study_arguments
+
 __all__ = ["COLUMNS", "DEFAULTS", "add_parser", "run", "run_sweep", "setting_name", "write_rows", "baseline_macs"]
 
 #: Columns of ``sweep.csv`` / keys of each ``sweep.json`` row.
@@ -208,14 +210,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
     p.add_argument("--max-train-samples", type=int, metavar="N", help="train on a seeded subset of N samples")
     p.add_argument("--max-test-samples", type=int, metavar="N", help="evaluate on a seeded subset of N samples")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config key for every run (as tkn train --set); repeatable")
     p.add_argument("--no-baseline", action="store_true", help="do not train the dense baseline")
-    p.add_argument("--resume", action="store_true", help="continue (or reuse) runs already in --out")
-    p.add_argument("--overwrite", action="store_true", help="start every run afresh")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
-                   help="per-batch progress bars (default off: one line per epoch)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_study_arguments(p)
     p.set_defaults(func=run)
     return p
 
