@@ -185,6 +185,7 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "frozen_no_fuse_no_input_sparsity": {"input_sparsity": False, "fuse": False},
     "frozen_no_graph": {"graph": False},
     "frozen_no_native": {"native": False},
+    "frozen_no_channels_last": {"channels_last": False},
 }
 
 
@@ -276,7 +277,9 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
 
 def bench_train_step(model: nn.Module, input_size: Sequence[int], batch: int, repeats: int, num_classes: int = 10,
                      seed: int = 0) -> dict[str, Any]:
-    """One SGD step (forward, cross-entropy, backward, step): dense CNN vs target model with ``execution="fast"``."""
+    """One SGD step (forward, cross-entropy, backward, step): dense CNN vs target model with ``execution="fast"``,
+    stepped as ``tkn train`` steps it (the view of :func:`~tkn.training.fusion.fused_training_view`, ``"fast"``)
+    and as it is (``"fast_unfused"``: ReLU and pool on the full maps), in the same interleaved rounds."""
     g, x, target = _prepared(model, input_size, batch, seed, "fast")
     dense = dense_baseline(target).train()
     with torch.no_grad():
@@ -290,11 +293,12 @@ def bench_train_step(model: nn.Module, input_size: Sequence[int], batch: int, re
         F.cross_entropy(net(x), y).backward()
         opt.step()
 
-    times = interleaved({"dense": lambda: step(dense, opts["dense"]), "fast": lambda: step(view, opts["fast"])},
-                        repeats)
+    times = interleaved({"dense": lambda: step(dense, opts["dense"]), "fast": lambda: step(view, opts["fast"]),
+                         "fast_unfused": lambda: step(target, opts["fast"])}, repeats)
     ratio, _ = _flop_ratio(target, input_size)
     return {"batch": batch, "flop_ratio": ratio, "times_s": times, "fused_epilogues": fused,
-            "speedup_vs_dense": times["dense"]["min"] / times["fast"]["min"]}
+            "speedup_vs_dense": times["dense"]["min"] / times["fast"]["min"],
+            "speedup_unfused_vs_dense": times["dense"]["min"] / times["fast_unfused"]["min"]}
 
 
 def memory_child(spec: dict[str, Any]) -> None:

@@ -55,7 +55,7 @@ def test_interleaved_times_each_callable_round_robin():
 
 #: Times (s) a scripted ``interleaved`` reports per variant: the minimum; the median is 10x, so that a
 #: speed-up taken from the medians, or upside down, shows.
-SCRIPTED = {"dense": 0.8, "target": 0.4, "frozen": 0.2, "fast": 0.5}
+SCRIPTED = {"dense": 0.8, "target": 0.4, "frozen": 0.2, "fast": 0.5, "fast_unfused": 0.64}
 
 
 @pytest.fixture
@@ -130,6 +130,8 @@ def test_layer_rows_and_training_step(scripted_times):
         assert r["speedup_vs_dense"] == pytest.approx(4.0) and r["efficiency"] == pytest.approx(4.0 / ratio)
     step = B.bench_train_step(net, (1, 12, 12), batch=2, repeats=1)
     assert step["speedup_vs_dense"] == pytest.approx(0.8 / 0.5)  # dense step / fast step
+    assert step["speedup_unfused_vs_dense"] == pytest.approx(0.8 / 0.64)
+    assert step["fused_epilogues"] == 2  # both target layers with their ReLU (the first with its pool)
     text = __import__("tkn.commands.bench", fromlist=["format_report"]).format_report({
         "model": "tiny", "input": [1, 12, 12], "rois": "synthetic", "repeats": 1,
         "conditions_start": B.conditions(), "conditions_end": B.conditions(), "models": [], "layers": rows,

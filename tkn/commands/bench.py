@@ -182,7 +182,8 @@ def format_report(r: dict[str, Any]) -> str:
         t = r["train"]
         out += ["", f"one training step (batch {t['batch']}): dense CNN {_ms(t['times_s']['dense'])} ms, "
                     f"TKN fast path {_ms(t['times_s']['fast'])} ms ({t.get('fused_epilogues', 0)} fused ReLU/pool "
-                    f"epilogues), speed-up {t['speedup_vs_dense']:.2f} "
+                    f"epilogues), speed-up {t['speedup_vs_dense']:.2f}; without the fusion "
+                    f"{_ms(t['times_s']['fast_unfused'])} ms, speed-up {t['speedup_unfused_vs_dense']:.2f} "
                     f"(FLOP ratio {t['flop_ratio']:.2f})"]
     if r["memory_mib"]:
         mem = ", ".join(f"{k} {'n/a' if v is None else f'{v:.0f}'}" for k, v in r["memory_mib"].items())
