@@ -1,0 +1,102 @@
+"""Markdown tables of ``tkn frontier`` studies, as docs/study.md shows them.
+
+    python scripts/study_tables.py frontier RUNS/frontier-tkn6-tlmnist28/final.json
+    python scripts/study_tables.py headline RUNS/frontier-tkn6-tlmnist28/headline.json \
+        --timing RUNS/frontier-tkn6-tlmnist28/final.json
+
+``frontier``: one line per point of one timing run: MACs, FLOP ratio, test error, latency at batch 1 and
+time per image at batch 64, both also as speed-ups over the width-1 dense point of the same run.
+``headline``: one line per point of a study trained with ``--seeds``: test error as mean ± sample standard
+deviation over the seeds (and the range), the FLOP ratio reached, the measured speed-ups of the seed-0 models
+(from ``--timing``, a ``--no-train`` re-timing of the same folder, or the study's own JSON), and the median
+epoch time of the runs (from their ``metrics.csv``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def _label(row: dict[str, Any]) -> str:
+    if row["kind"] == "dense":
+        return f"{row['model'].upper()} width {row['width']:g}"
+    min_roi = row["config"].get("min_roi")
+    rule = "kernel-width ROIs" if min_roi is None else f"min ROI {min_roi} px"
+    return f"{row['model'].upper()} budget {row['target_speedup']:g}x ({rule})"
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return row["kind"], row["width"], row["target_speedup"], row["config"].get("min_roi")
+
+
+def _per_image_ms(row: dict[str, Any], batch: int) -> float:
+    col = "latency_b1_s" if batch == 1 else f"time_b{batch}_s"
+    return 1e3 * row[col] / batch
+
+
+def _dense_reference(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ref = [r for r in rows if r["kind"] == "dense" and r["width"] == 1.0 and not r.get("seed")]
+    if not ref:
+        raise SystemExit("the timing run has no width-1 dense point (seed 0) to compare with")
+    return ref[0]
+
+
+def frontier_table(report: dict[str, Any]) -> str:
+    rows, big = report["rows"], max(report["batches"])
+    ref = _dense_reference(rows)
+    lines = [f"| point | MACs | FLOP ratio | test error (%) | batch 1 (ms) | speed-up b1 | batch {big} (ms/image) "
+             f"| speed-up b{big} |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(rows, key=lambda r: (r["kind"] != "dense", -r["width"], r["target_speedup"] or 0)):
+        b1, bb = _per_image_ms(r, 1), _per_image_ms(r, big)
+        lines.append(f"| {_label(r)} | {r['macs'] / 1e6:.1f}M | {r['speedup']:.2f} | {r['test_error']:.2f} "
+                     f"| {b1:.2f} | {_per_image_ms(ref, 1) / b1:.2f} | {bb:.3f} | {_per_image_ms(ref, big) / bb:.2f} |")
+    return "\n".join(lines)
+
+
+def _epoch_seconds(run: str) -> float:
+    with open(Path(run) / "metrics.csv", newline="", encoding="utf-8") as f:
+        return statistics.median(float(r["epoch_time_s"]) for r in csv.DictReader(f))
+
+
+def headline_table(report: dict[str, Any], timing: dict[str, Any]) -> str:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in report["rows"]:
+        groups.setdefault(_key(r), []).append(r)
+    timed = {_key(r): r for r in timing["rows"] if not r.get("seed")}
+    ref = _dense_reference(timing["rows"])
+    big = max(timing["batches"])
+    lines = [f"| {report['data']} | test error (%), mean ± sd | range | seeds | FLOP ratio | speed-up b1 "
+             f"| speed-up b{big} | epoch (s) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0] != "dense", kv[0][2] or 0)):
+        errors = [r["test_error"] for r in rows]
+        sd = statistics.stdev(errors) if len(errors) > 1 else 0.0
+        t = timed.get(key)
+        b1 = f"{_per_image_ms(ref, 1) / _per_image_ms(t, 1):.2f}" if t else "n/a"
+        bb = f"{_per_image_ms(ref, big) / _per_image_ms(t, big):.2f}" if t else "n/a"
+        epoch = statistics.median(_epoch_seconds(r["run"]) for r in rows)
+        lines.append(f"| {_label(rows[0])} | {statistics.fmean(errors):.2f} ± {sd:.2f} | {min(errors):.2f}–"
+                     f"{max(errors):.2f} | {len(errors)} | {statistics.fmean(r['speedup'] for r in rows):.2f} "
+                     f"| {b1} | {bb} | {epoch:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["frontier", "headline"])
+    parser.add_argument("report", type=Path, help="a JSON written by tkn frontier")
+    parser.add_argument("--timing", type=Path, help="headline: the JSON whose timings to use (default: report)")
+    args = parser.parse_args()
+    report = json.loads(args.report.read_text())
+    if args.kind == "frontier":
+        print(frontier_table(report))
+    else:
+        timing = json.loads(args.timing.read_text()) if args.timing else report
+        print(headline_table(report, timing))
+
+
+if __name__ == "__main__":
+    main()
