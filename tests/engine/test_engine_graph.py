@@ -323,3 +323,49 @@ def test_bench_runs_tresnet18_with_its_synthetic_scale_range(capsys):
     # conv1: ReLU fused; conv2 running native: the residual addition and the ReLU after it fused
     assert len(plans) == 16 and sum(p["relu"] and not p["residual"] for p in plans) == 8
     assert all(p["residual"] == (p["relu"] and p["layer"].endswith("conv2")) for p in plans)
+
+
+class SharedReluBlock(nn.Module):
+    """A BasicBlock written as torchvision writes it: one ``nn.ReLU`` module called twice, ``out += identity``."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = TargetConv2d(cin, cout, 3, stride=stride, padding=1)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = TargetConv2d(cout, cout, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+def test_torchvision_style_blocks_with_a_shared_relu_are_fused():
+    torch.manual_seed(5)
+    stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+    model = nn.Sequential(stem, SharedReluBlock(16, 16), SharedReluBlock(16, 32, stride=2))
+    for i, m in enumerate(m for m in model.modules() if isinstance(m, TargetConv2d)):
+        random_rois_(m, i, s_range=(0.03, 0.08))  # small central ROIs: the native plans win without timing
+        with torch.no_grad():
+            m.m.mul_(0.2).add_(0.4)
+    model = _batch_norms(model, 7).eval()
+    x = torch.rand(3, 3, 24, 24)
+    frozen = freeze(model, x, **OPTIONS)
+    layers = _frozen_layers(frozen)
+    assert len(layers) == 4 and all(layer.plan.mode == "native" for layer in layers.values())
+    # conv1: BN + the shared ReLU's first call; conv2: BN, the addition and the ReLU's second call
+    assert all(layer.affine and layer.relu and layer.residual == n.endswith("conv2") for n, layer in layers.items())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    # both calls of each block's shared ReLU are fused; the stem's ReLU (a plain convolution's) stays
+    relu_calls = [n.target for n in frozen.graph.nodes
+                  if n.op == "call_module" and isinstance(frozen.get_submodule(n.target), nn.ReLU)]
+    assert relu_calls == ["0.2"]
+    assert _rel_error(model, frozen, x) <= 1e-5

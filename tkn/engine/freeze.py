@@ -276,8 +276,12 @@ def freeze(
         relu, pool, names = False, 1, []
         scale = shift = None
         epi = analysis.epilogues.get(name) if analysis is not None and calls[name] == 1 else None
-        if epi is not None and all(calls.get(m) == 1 for m in epi.modules):
-            relu, pool, names = epi.relu, epi.pool, epi.modules
+        if epi is not None:
+            relu, pool = epi.relu, epi.pool
+            # modules called only here become nn.Identity; a shared one (torchvision's BasicBlock calls one
+            # nn.ReLU twice) stays for its other calls, and only this call leaves the rewritten graph
+            names = [m for m in epi.modules if calls.get(m) == 1]
+            functional |= len(names) < len(epi.modules)
             if epi.batch_norm is not None:
                 scale, shift = fold_batch_norm(frozen.get_submodule(epi.batch_norm))
             functional |= rewrite(analysis, [name])

@@ -189,9 +189,10 @@ class GraphAnalysis:
         return u
 
     def _module(self, node: fx.Node) -> nn.Module | None:
-        if node.op != "call_module" or self.calls.get(node.target) != 1:
-            return None
-        return self.modules[node.target]
+        """The module a ``call_module`` node calls (possibly also called elsewhere: the followers fused here,
+        ReLU, max-pool and eval batch norm, compute the same function at every call, so fusing one call
+        leaves the others intact)."""
+        return self.modules[node.target] if node.op == "call_module" else None
 
     def _is_batch_norm(self, node: fx.Node) -> bool:
         m = self._module(node)
