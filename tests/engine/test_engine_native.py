@@ -388,3 +388,16 @@ def test_frozen_resnet_runs_channels_last_when_native(channels_last):
         want = model(x)
         for inp in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, :]):
             torch.testing.assert_close(frozen(inp), want, rtol=1e-4, atol=1e-5)
+
+
+@needs_native
+def test_a_library_of_another_abi_version_is_refused(monkeypatch):
+    """A wrapper never calls a library built for another argument list (it falls back, saying why)."""
+    monkeypatch.setattr(native, "ABI_VERSION", 99)
+    native._reset()
+    try:
+        assert not native.available() and "ABI version 2, this tkn needs 99" in native.reason()
+    finally:
+        monkeypatch.undo()
+        native._reset()
+    assert native.available(), native.reason()

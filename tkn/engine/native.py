@@ -95,6 +95,10 @@ def _key(cxx: str) -> str:
     return h.hexdigest()[:24]
 
 
+#: Version of ``tkn_roi_conv``'s argument list that this module calls (``tkn_abi_version()`` of the library).
+ABI_VERSION = 2
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -154,6 +158,10 @@ def _open_locked(cxx: str, directory: Path) -> ctypes.CDLL:
             if fresh or attempt:
                 raise RuntimeError(f"loading the native kernel failed: {exc}") from exc
             shutil.rmtree(directory, ignore_errors=True)
+    version = getattr(handle, "tkn_abi_version", None)
+    found = None if version is None else int(version())
+    if found != ABI_VERSION:  # e.g. the source changed under a running process: never call with the wrong arguments
+        raise RuntimeError(f"the native library {lib} has ABI version {found}, this tkn needs {ABI_VERSION}")
     f = handle.tkn_roi_conv
     f.restype = ctypes.c_int
     f.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int] * 3

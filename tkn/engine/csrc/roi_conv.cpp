@@ -201,6 +201,9 @@ extern "C" {
 
 int tkn_vector_width() { return VW; }
 
+// The argument list of tkn_roi_conv; tkn/engine/native.py refuses a library with another version.
+int tkn_abi_version() { return 2; }
+
 // x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, kw, Cin, VW). ranges: (G, Hp * pool, 2) int32:
 // the conv columns [xa, xb) to compute on each conv row (xb <= xa: none), xb <= Wp * pool. Positions of a
 // pool window that are not computed hold the fill value. window: (G, Ho, Wo, VW). bias, scale, shift: (G, VW)
