@@ -1,12 +1,12 @@
 """Markdown tables of ``tkn frontier`` studies, as docs/study.md shows them.
 
     python scripts/study_tables.py frontier RUNS/frontier-tkn6-tlmnist28/final.json
-    python scripts/study_tables.py headline RUNS/frontier-tkn6-tlmnist28/headline.json \
-        --timing RUNS/frontier-tkn6-tlmnist28/final.json
+    python scripts/study_tables.py headline RUNS/headline-tkn6-tlmnist28/headline.json \
+        RUNS/frontier-tkn6-tlmnist28/headline-dense.json --timing RUNS/timing-tlmnist28/frontier.json
 
 ``frontier``: one line per point of one timing run: MACs, FLOP ratio, test error, latency at batch 1 and
 time per image at batch 64, both also as speed-ups over the width-1 dense point of the same run.
-``headline``: one line per point of a study trained with ``--seeds``: test error as mean ± sample standard
+``headline``: one line per point of one or more studies trained with ``--seeds`` (their rows pooled): test error as mean ± sample standard
 deviation over the seeds (and the range), the FLOP ratio reached, the measured speed-ups of the seed-0 models
 (from ``--timing``, a ``--no-train`` re-timing of the same folder, or the study's own JSON), and the median
 epoch time of the runs (from their ``metrics.csv``).
@@ -87,15 +87,16 @@ def headline_table(report: dict[str, Any], timing: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["frontier", "headline"])
-    parser.add_argument("report", type=Path, help="a JSON written by tkn frontier")
-    parser.add_argument("--timing", type=Path, help="headline: the JSON whose timings to use (default: report)")
+    parser.add_argument("reports", type=Path, nargs="+", help="JSON files written by tkn frontier")
+    parser.add_argument("--timing", type=Path, help="headline: the JSON whose timings to use (default: the first)")
     args = parser.parse_args()
-    report = json.loads(args.report.read_text())
+    reports = [json.loads(path.read_text()) for path in args.reports]
     if args.kind == "frontier":
-        print(frontier_table(report))
+        print(frontier_table(reports[0]))
     else:
-        timing = json.loads(args.timing.read_text()) if args.timing else report
-        print(headline_table(report, timing))
+        pooled = {**reports[0], "rows": [row for r in reports for row in r["rows"]]}
+        timing = json.loads(args.timing.read_text()) if args.timing else reports[0]
+        print(headline_table(pooled, timing))
 
 
 if __name__ == "__main__":
