@@ -6,10 +6,10 @@
 
 ``frontier``: one line per point of one timing run: MACs, FLOP ratio, test error, latency at batch 1 and
 time per image at batch 64, both also as speed-ups over the width-1 dense point of the same run.
-``headline``: one line per point of one or more studies trained with ``--seeds`` (their rows pooled): test error as mean ± sample standard
-deviation over the seeds (and the range), the FLOP ratio reached, the measured speed-ups of the seed-0 models
-(from ``--timing``, a ``--no-train`` re-timing of the same folder, or the study's own JSON), and the median
-epoch time of the runs (from their ``metrics.csv``).
+``headline``: one line per point of one or more studies trained with ``--seeds`` (their rows pooled): test
+error as mean ± sample standard deviation over the seeds (and the range), the FLOP ratio reached, the measured
+speed-ups of the seed-0 models (from ``--timing``, a ``--no-train`` re-timing that holds them all, or the first
+study's own JSON), and the median epoch time of the runs (from their ``metrics.csv``).
 """
 from __future__ import annotations
 
