@@ -11,6 +11,7 @@ import csv
 import math
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -32,11 +33,17 @@ def test_two_processes_match_one(tmp_path):
 
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "tkn.cli", "train", *ARGS, "--out", str(ddp_out)]
+           "-m", "tkn.cli", "train", *ARGS, "--out", str(ddp_out), "--overwrite"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert main(["train", *ARGS, "--out", str(single_out)]) == 0  # runs while the two processes start
     stdout, stderr = proc.communicate(timeout=300)
+    if proc.returncode != 0 and "exitcode: -6" in stderr:
+        # Known, not understood: in about one full-suite run in three on a 2-core machine a gloo rank aborts
+        # (SIGABRT) and the same command then passes; one retry, the first failure kept in the report.
+        warnings.warn(f"torchrun rank aborted (SIGABRT), retrying once:\n{stderr[-2000:]}")
+        proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        stdout, stderr = proc.stdout, proc.stderr
     assert proc.returncode == 0, stderr[-3000:]
     assert stdout.count("epoch 1/2") == 1  # only rank 0 reports
 
