@@ -20,6 +20,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from tkn.commands.frontier import time_column
+
 
 def _label(row: dict[str, Any]) -> str:
     if row["kind"] == "dense":
@@ -34,8 +36,7 @@ def _key(row: dict[str, Any]) -> tuple:
 
 
 def _per_image_ms(row: dict[str, Any], batch: int) -> float:
-    col = "latency_b1_s" if batch == 1 else f"time_b{batch}_s"
-    return 1e3 * row[col] / batch
+    return 1e3 * row[time_column(batch)] / batch
 
 
 def _dense_reference(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -359,12 +359,10 @@ def freeze(
     if analysis is not None and fuse:  # plain convolutions too: conv -> batch norm is one convolution
         for conv, bn in analysis.dense_batch_norms():
             built_dense = fold_conv_batch_norm(frozen.get_submodule(conv), frozen.get_submodule(bn))
-            _set_submodule(frozen, conv, built_dense)
+            frozen.set_submodule(conv, built_dense)
             fused.append(bn)
     for name, module in [*built.items(), *((n, nn.Identity()) for n in fused)]:
-        parent_name, _, child = name.rpartition(".")
-        parent = frozen.get_submodule(parent_name) if parent_name else frozen
-        setattr(parent, child, module)
+        frozen.set_submodule(name, module)
     if input_sparsity:
         for name, route in routes.items():
             if name in built and route.kind == "linear" and route.keeps_zeros:
@@ -382,11 +380,6 @@ def freeze(
         frozen = frozen.to(memory_format=torch.channels_last)
         frozen.register_forward_pre_hook(channels_last_inputs)
     return frozen
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def channels_last_inputs(module: nn.Module, args: tuple) -> tuple:
@@ -409,8 +402,7 @@ def _sparse_linear(model: nn.Module, name: str, producer: FrozenTargetConv2d) ->
     columns = torch.nonzero(inside.flatten()).flatten()
     if columns.numel() > SPARSE_LINEAR_MAX * linear.in_features:
         return
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, FrozenSparseLinear(linear, columns))
+    model.set_submodule(name, FrozenSparseLinear(linear, columns))
 
 
 def _choose_native(layer: TargetConv2d, hw: tuple[int, int], x: Tensor, in_perm: list[int] | None, relu: bool,
