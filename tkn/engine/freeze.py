@@ -21,11 +21,15 @@ Steps:
    fused modules become ``nn.Identity``.
 4. For each layer, in execution order, when the native kernel is available
    (:func:`tkn.engine.native.available`) and can run the layer: build the dense
-   and the native plan. A native plan executing at most ``NATIVE_SURE`` of the
-   dense multiply–accumulates is kept without timing; otherwise, when ``measure``
-   is true, both are timed (interleaved, minimum of ``repeats``) and the native plan
-   is kept if it beats dense by ``DENSE_MARGIN``; without ``measure``, if it
-   executes under ``NATIVE_MODELLED`` of dense's work. This takes seconds.
+   plan and a native plan per lane strategy (:data:`tkn.engine.native.STRATEGIES`:
+   channel groups over ROI unions, or batch lanes over exact per-position ROIs).
+   When ``measure`` is true the native plans are timed (interleaved, minimum of
+   ``repeats``) on the input layout the producer hands over, and the fastest is
+   kept if it beats dense by ``DENSE_MARGIN``; dense is not timed when a native
+   plan executes at most ``NATIVE_SURE`` of the dense multiply–accumulates (the
+   batch's padding lanes counted). Without ``measure``, the native plan with the
+   least work is kept if it executes under ``NATIVE_MODELLED`` of dense's. This
+   takes seconds.
 5. For the other layers (no native kernel, ``native=False``): build candidate plans — dense, block
    plans from :func:`~tkn.ops.plan.plan_blocks` and tile plans from
    :func:`~tkn.ops.plan.plan_tiles` under a few cost-model settings and
@@ -55,6 +59,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, fx, nn
 
+from tkn.engine import native as native_kernel
 from tkn.engine.modules import FrozenSparseLinear, FrozenTargetConv2d, native_plan
 from tkn.engine.graph import analyse, fold_batch_norm, fold_conv_batch_norm, rewrite, rewrite_residual
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
@@ -138,15 +143,16 @@ def _time(module: nn.Module, x: Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int) -> list[float]:
-    """Seconds per candidate (minimum): every one timed once after a warm-up, then dense (``modules[0]``) and
-    the :data:`FINAL_CANDIDATES` fastest timed ``repeats`` more times, interleaved."""
+def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int, baseline: bool = True) -> list[float]:
+    """Seconds per candidate (minimum): every one timed once after a warm-up, then dense (``modules[0]``, when
+    ``baseline``) and the :data:`FINAL_CANDIDATES` fastest timed ``repeats`` more times, interleaved."""
     with torch.no_grad():
         best = []
         for m in modules:
             m(x)  # warm-up (oneDNN primitive creation, allocator)
             best.append(_time(m, x))
-        finalists = [0] + sorted(range(1, len(modules)), key=best.__getitem__)[:FINAL_CANDIDATES]
+        first = 1 if baseline else 0
+        finalists = [0] * baseline + sorted(range(first, len(modules)), key=best.__getitem__)[:FINAL_CANDIDATES]
         for _ in range(repeats):
             for i in finalists:
                 best[i] = min(best[i], _time(modules[i], x))
@@ -295,9 +301,19 @@ def freeze(
         else:
             support = _input_support(frozen, producers.get(name), built, fused, calls)
         if native and x.dtype == torch.float32 and not FrozenTargetConv2d.native_unsupported(layer, pool):
-            chosen = _choose_native(layer, hw, x if in_perm is None else x[:, in_perm], in_perm, relu, pool,
-                                    support, measure, repeats, scale, shift)
             res = analysis.residuals.get(name) if analysis is not None and fuse and calls[name] == 1 else None
+            xin = x if in_perm is None else x[:, in_perm]
+            # time it on the layout its producer hands over: the last layer built, if its output is this input
+            last = built[next(reversed(built))] if built else None
+            if (last is not None and last.plan.strategy == "batch" and last.out_channels == xin.shape[1]
+                    and last.output_hw == hw):
+                xin = native_kernel.to_batch_layout(xin)
+            else:
+                xin = xin.contiguous(memory_format=torch.channels_last)
+            # a residual addition is fused by the "groups" strategy only
+            strategies = ("groups",) if res is not None else native_kernel.STRATEGIES
+            chosen = _choose_native(layer, hw, xin, in_perm, relu, pool, support, measure, repeats, scale, shift,
+                                    strategies)
             if res is not None and chosen.plan.mode is PlanMode.NATIVE and not relu and pool == 1:
                 # the addition (and the ReLU after it) run in the kernel's epilogue: one pass, not three
                 timings = chosen.timings
@@ -407,22 +423,46 @@ def _sparse_linear(model: nn.Module, name: str, producer: FrozenTargetConv2d) ->
 
 def _choose_native(layer: TargetConv2d, hw: tuple[int, int], x: Tensor, in_perm: list[int] | None, relu: bool,
                    pool: int, support: Tensor | None, measure: bool, repeats: int, scale: Tensor | None = None,
-                   shift: Tensor | None = None) -> FrozenTargetConv2d:
-    """The native plan or the dense one, whichever step 4 of :func:`freeze` picks."""
+                   shift: Tensor | None = None, strategies: Sequence[str] = native_kernel.STRATEGIES
+                   ) -> FrozenTargetConv2d:
+    """The native plan of one of ``strategies`` or the dense plan, whichever step 4 of :func:`freeze` picks.
+
+    ``x`` is timed in the memory layout the layer will receive (its producer's output layout)."""
     options = dict(in_perm=in_perm, relu=relu, pool=pool, scale=scale, shift=shift)
-    fast = FrozenTargetConv2d(layer, hw, native_plan(layer.out_channels), input_support=support, **options)
-    work = fast.executed_macs() / max(fast.dense_macs(), 1)
-    if work <= NATIVE_SURE:
-        fast.timings = {}
-        return fast
-    dense = FrozenTargetConv2d(layer, hw, None, input_support=support, **options)
+    fast = [FrozenTargetConv2d(layer, hw, native_plan(layer.out_channels, s), input_support=support, **options)
+            for s in strategies]
+    work = [lane_macs(f, x.shape[0]) / max(f.dense_macs(), 1) for f in fast]
+    order = sorted(range(len(fast)), key=work.__getitem__)
     if not measure:
-        return fast if work < NATIVE_MODELLED else dense
-    x = x.contiguous(memory_format=torch.channels_last)  # as a native producer hands it over
-    times = _time_candidates([dense, fast], x, repeats)
-    chosen = fast if times[1] <= (1.0 - DENSE_MARGIN) * times[0] else dense
-    chosen.timings = {"dense": times[0], "native": times[1]}
+        best = fast[order[0]]
+        if work[order[0]] <= NATIVE_MODELLED:
+            return best
+        return FrozenTargetConv2d(layer, hw, None, input_support=support, **options)
+    sure = work[order[0]] <= NATIVE_SURE
+    if sure and len(fast) == 1:
+        fast[0].timings = {}
+        return fast[0]
+    dense = FrozenTargetConv2d(layer, hw, None, input_support=support, **options)
+    candidates = ([] if sure else [dense]) + fast
+    times = _time_candidates(candidates, x, repeats, baseline=not sure)
+    timings = {c.plan.label: t for c, t in zip(candidates, times)}
+    offset = 0 if sure else 1
+    best = min(range(len(fast)), key=lambda i: times[offset + i])
+    chosen = fast[best]
+    if not sure and times[offset + best] > (1.0 - DENSE_MARGIN) * times[0]:
+        chosen = dense
+    chosen.timings = timings
     return chosen
+
+
+def lane_macs(layer: FrozenTargetConv2d, batch: int) -> int:
+    """Multiply–accumulates per sample that ``layer`` executes at ``batch``, counting the padding lanes of the
+    native ``"batch"`` strategy (the batch is rounded up to the vector width)."""
+    work = layer.executed_macs()
+    if layer.plan.strategy == "batch" and batch > 0:
+        vw = native_kernel.vector_width()
+        work = work * (-(-batch // vw) * vw) // batch
+    return work
 
 
 def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, candidates: Sequence[CostModel],

@@ -53,9 +53,13 @@ __all__ = ["FrozenTargetConv2d", "FrozenSparseLinear", "GEMM_MAX_K", "native_pla
 GEMM_MAX_K = 32
 
 
-def native_plan(channels: int) -> LayerPlan:
-    """The plan that runs the layer with the native kernel (see :mod:`tkn.engine.native`)."""
-    return LayerPlan(PlanMode.NATIVE, list(range(channels)), [], channels, "native")
+def native_plan(channels: int, strategy: str = "groups") -> LayerPlan:
+    """The plan that runs the layer with the native kernel and one of its lane ``strategy``
+    (:data:`tkn.engine.native.STRATEGIES`; see :class:`tkn.engine.native.NativeConv`)."""
+    if strategy not in native_kernel.STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(map(repr, native_kernel.STRATEGIES))}, got {strategy!r}")
+    label = "native" if strategy == "groups" else f"native-{strategy}"
+    return LayerPlan(PlanMode.NATIVE, list(range(channels)), [], channels, label, strategy=strategy)
 
 
 def _channel_vector(name: str, value: Tensor | None, channels: int) -> Tensor | None:
@@ -212,7 +216,7 @@ class FrozenTargetConv2d(nn.Module):
             self._native = native_kernel.NativeConv(
                 weight, bias, wm, roi, conv_hw=self.conv_hw, input_hw=hw, stride=self.stride, dilation=self.dilation,
                 pad=pad, scale=scale, shift=shift, relu=self.relu, pool=pool, support=input_support,
-                residual=self.residual)
+                residual=self.residual, strategy=self.plan.strategy or "groups")
             return
         if self.plan.mode is PlanMode.DENSE:
             self.register_buffer("weight", weight[perm].contiguous())
@@ -452,6 +456,8 @@ class FrozenTargetConv2d(nn.Module):
         """How many separate pieces of work one call runs, and what they are: the native kernel's channel
         groups, or the plan's blocks (0 blocks for a dense plan)."""
         if self._native is not None:
+            if self._native.strategy == "batch":
+                return self.output_hw[0] * self.output_hw[1], "output positions"
             return len(self._native.groups), "channel groups"
         return len(self.blocks), "blocks"
 

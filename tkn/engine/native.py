@@ -44,10 +44,14 @@ try:
 except ImportError:  # not POSIX: builds are not serialised between processes
     fcntl = None
 
-__all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "MAX_POOL"]
+__all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "MAX_POOL",
+           "STRATEGIES", "batch_layout", "to_batch_layout"]
 
 #: The largest fused max-pool the kernel handles.
 MAX_POOL = 8
+
+#: How the kernel can spend its vector lanes (see :class:`NativeConv`).
+STRATEGIES = ("groups", "batch")
 
 _SOURCE = Path(__file__).with_name("csrc") / "roi_conv.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
@@ -96,7 +100,7 @@ def _key(cxx: str) -> str:
 
 
 #: Version of ``tkn_roi_conv``'s argument list that this module calls (``tkn_abi_version()`` of the library).
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 def _digest(path: Path) -> str:
@@ -165,6 +169,9 @@ def _open_locked(cxx: str, directory: Path) -> ctypes.CDLL:
     f = handle.tkn_roi_conv
     f.restype = ctypes.c_int
     f.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int] * 3
+    f = handle.tkn_roi_conv_batch
+    f.restype = ctypes.c_int
+    f.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int] * 2
     handle.tkn_vector_width.restype = ctypes.c_int
     return handle
 
@@ -280,23 +287,42 @@ class NativeConv:
         support: optional ``(C_in, 4)`` boxes outside which each input channel is zero (input sparsity).
         residual: every call adds a tensor of the output's shape after the affine map, before the ReLU
             (``relu(affine + residual)``: a ResNet block's ending); needs ``pool=1``.
+        strategy: how the kernel spends its vector lanes (:data:`STRATEGIES`).
+
+            * ``"groups"``: lanes are output channels. Channels are grouped :func:`vector_width` at a
+              time by ROI position, and each group computes the union of its ROIs row by row. Best when
+              the ROIs of nearby channels overlap (large ROIs, or ROIs that training gathered).
+            * ``"batch"``: lanes are samples of the batch (``N`` rounded up to :func:`vector_width`). Every
+              conv position computes exactly the channels whose ROI holds it, reading exactly the input
+              values that ``support`` allows to be non-zero: the work is the ROIs' own whatever their
+              scatter, minus the products with known zeros. Its output is returned in a batch-innermost
+              layout that the next ``"batch"`` layer reads without a copy. Best for small, scattered ROIs
+              at batch sizes of a few vectors.
 
     Shape:
-        - Input: ``(N, C_in, H, W)`` float32, ``channels_last`` memory (a copy is made otherwise).
-        - Residual: ``(N, C_out, H_out, W_out)`` float32, any memory format.
-        - Output: ``(N, C_out, H_out // pool, W_out // pool)`` in ``channels_last`` memory.
+        - Input: ``(N, C_in, H, W)`` float32, ``channels_last`` memory for ``"groups"`` and the
+          batch-innermost layout for ``"batch"`` (a copy is made otherwise).
+        - Residual: ``(N, C_out, H_out, W_out)`` float32, any memory format (``"groups"`` only).
+        - Output: ``(N, C_out, H_out // pool, W_out // pool)`` in ``channels_last`` memory
+          (``"groups"``) or as a view of an ``(H_out // pool, W_out // pool, C_out, P)`` tensor,
+          ``P >= N`` a multiple of :func:`vector_width` (``"batch"``).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor, *,
                  conv_hw: tuple[int, int], input_hw: tuple[int, int], stride: tuple[int, int],
                  dilation: tuple[int, int], pad: tuple[int, int, int, int], scale: Tensor | None = None,
                  shift: Tensor | None = None, relu: bool = False, pool: int = 1, support: Tensor | None = None,
-                 residual: bool = False):
+                 residual: bool = False, strategy: str = "groups"):
         vw = vector_width()
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
         if not 1 <= pool <= MAX_POOL:
             raise ValueError(f"the native kernel fuses max-pools of size 1..{MAX_POOL}, got {pool}")
         if residual and pool != 1:
             raise ValueError(f"a residual addition needs pool=1, got pool={pool}")
+        if residual and strategy != "groups":
+            raise ValueError(f"a residual addition is fused by the 'groups' strategy only, got {strategy!r}")
+        self.strategy = strategy
         self.residual = bool(residual)
         c_out, c_in, kh, kw = weight.shape
         ho, wo = conv_hw
@@ -307,6 +333,19 @@ class NativeConv:
         self.dims = torch.tensor([0, input_hw[0], input_hw[1], c_in, kh, kw, stride[0], stride[1], dilation[0],
                                   dilation[1], top, left, ho, wo, pool, ho // pool, wo // pool, c_out],
                                  dtype=torch.int32)
+        if scale is None and shift is not None:
+            scale = torch.ones_like(shift)
+        if scale is not None and shift is None:
+            shift = torch.zeros_like(scale)
+        fill = torch.zeros(c_out) if shift is None else shift.detach().to(torch.float32).cpu().clone()
+        self.fill = fill.relu() if relu and not residual else fill
+        self.support = None if support is None else support.to(torch.int32).cpu().contiguous()
+        self._lock = threading.Lock()
+        self._buffer: Tensor | None = None
+        self._buffer_refs = 0
+        if strategy == "batch":
+            self._pack_batch(weight, bias, window_map, roi, scale, shift)
+            return
         groups = group_channels(roi, vw)
         self.groups = groups
         g_count = len(groups)
@@ -322,21 +361,52 @@ class NativeConv:
         wm = window_map.detach().to(**f32).cpu()[lanes] * real[..., None, None]  # (G, VW, ho, wo)
         self.window = wm.permute(0, 2, 3, 1).contiguous()
         self.bias = None if bias is None else (bias.detach().to(**f32).cpu()[lanes] * real).contiguous()
-        if scale is None and shift is not None:
-            scale = torch.ones_like(shift)
-        if scale is not None and shift is None:
-            shift = torch.zeros_like(scale)
         self.scale = None if scale is None else (scale.detach().to(**f32).cpu()[lanes] * real).contiguous()
         self.shift = None if shift is None else (shift.detach().to(**f32).cpu()[lanes] * real).contiguous()
-        fill = torch.zeros(c_out) if shift is None else shift.detach().to(**f32).cpu().clone()
-        self.fill = fill.relu() if relu and not residual else fill
-        self.support = None if support is None else support.to(torch.int32).cpu().contiguous()
         self.ranges = self._ranges(roi, groups, max(g_count, 1), pool, ho, wo)
         #: multiply–accumulates per sample the kernel executes (every lane of every computed position)
         self.executed_macs = int(self._computed_positions()) * vw * c_in * kh * kw
-        self._lock = threading.Lock()
-        self._buffer: Tensor | None = None
-        self._buffer_refs = 0
+
+    def _pack_batch(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor,
+                    scale: Tensor | None, shift: Tensor | None) -> None:
+        """The tensors of the ``"batch"`` strategy: weights per output channel, the input values that may be
+        non-zero per input pixel and the channels computed per conv position (both as CSR lists)."""
+        f32 = dict(dtype=torch.float32)
+        c_out, c_in, kh, kw = weight.shape
+        h, w = self.input_hw
+        ho, wo = self.conv_hw
+        pool = self.pool
+        self.groups = []
+        self.weight = weight.detach().to(**f32).cpu().permute(0, 2, 3, 1).reshape(c_out, -1).contiguous()
+        self.window = window_map.detach().to(**f32).cpu().contiguous()
+        self.bias = None if bias is None else bias.detach().to(**f32).cpu().contiguous()
+        self.scale = None if scale is None else scale.detach().to(**f32).cpu().contiguous()
+        self.shift = None if shift is None else shift.detach().to(**f32).cpu().contiguous()
+        # input pixel -> input channels that may be non-zero there
+        if self.support is None:
+            nonzero = np.ones((h * w, c_in), dtype=bool)
+        else:
+            nonzero = _box_mask(self.support.numpy(), h, w).reshape(h * w, c_in)
+        self.zoff, self.zlist = _csr(nonzero)
+        # conv position -> output channels whose ROI holds it (inside the pooled extent)
+        active = _box_mask(roi.to(torch.int64).cpu().numpy(), ho, wo)
+        active[(ho // pool) * pool:] = False
+        active[:, (wo // pool) * pool:] = False
+        self.soff, self.slist = _csr(active.reshape(ho * wo, c_out))
+        # exact multiply-accumulates per sample: per position, its channels times its non-zero input values
+        per_pixel = nonzero.sum(1).reshape(h, w)
+        sy, sx = int(self.dims[6]), int(self.dims[7])
+        dy, dx = int(self.dims[8]), int(self.dims[9])
+        top, left = int(self.dims[10]), int(self.dims[11])
+        reads = np.zeros((ho, wo), dtype=np.int64)
+        ys, xs = np.arange(ho) * sy - top, np.arange(wo) * sx - left
+        for ky in range(kh):
+            iy = ys + ky * dy
+            for kx in range(kw):
+                ix = xs + kx * dx
+                ok = ((iy >= 0) & (iy < h))[:, None] & ((ix >= 0) & (ix < w))[None, :]
+                reads += np.where(ok, per_pixel[iy.clip(0, h - 1)][:, ix.clip(0, w - 1)], 0)
+        self.executed_macs = int((active.sum(2) * reads).sum())
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -394,6 +464,10 @@ class NativeConv:
         if x.dim() != 4 or x.shape[1] != self.c_in or tuple(x.shape[-2:]) != tuple(self.input_hw):
             raise ValueError(f"input must be (N, {self.c_in}, {self.input_hw[0]}, {self.input_hw[1]}), "
                              f"got {tuple(x.shape)}")
+        if self.strategy == "batch":
+            if residual is not None:
+                raise ValueError("this layer was built without a residual addition (residual=True)")
+            return self._call_batch(x)
         xl = x.permute(0, 2, 3, 1)
         if not xl.is_contiguous():
             xl = xl.contiguous()
@@ -419,3 +493,70 @@ class NativeConv:
             if code != 0:
                 raise RuntimeError(f"the native kernel rejected its arguments (code {code})")
         return out.permute(0, 3, 1, 2)
+
+    def _call_batch(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        vw = vector_width()
+        lanes = -(-max(n, 1) // vw) * vw
+        hp, wp = self.output_hw
+        xt = batch_layout(x, lanes)
+        if xt is None:  # transpose into (H, W, C_in, lanes), padding lanes zero
+            h, w = self.input_hw
+            xt = torch.empty((h, w, self.c_in, lanes), dtype=torch.float32)
+            xt[..., :n].copy_(x.permute(2, 3, 1, 0))
+            if lanes > n:
+                xt[..., n:].zero_()
+        out = self._output((hp, wp, self.c_out, lanes))
+        if n and out.numel():
+            dims = self.dims.clone()
+            dims[0] = lanes
+            code = _load().tkn_roi_conv_batch(  # type: ignore[union-attr]
+                _ptr(xt), _ptr(self.weight), _ptr(self.zoff), _ptr(self.zlist), _ptr(self.soff), _ptr(self.slist),
+                _ptr(self.window), _ptr(self.bias), _ptr(self.scale), _ptr(self.shift), _ptr(self.fill), _ptr(out),
+                _ptr(dims), int(self.relu), torch.get_num_threads())
+            if code != 0:
+                raise RuntimeError(f"the native kernel rejected its arguments (code {code})")
+        return out[..., :n].permute(3, 2, 0, 1)
+
+
+def to_batch_layout(x: Tensor) -> Tensor:
+    """``x`` (``(N, C, H, W)``) with the values unchanged, stored as a ``"batch"`` layer's output is: a view of
+    an ``(H, W, C, P)`` tensor, ``P`` the batch rounded up to :func:`vector_width` (padding lanes zero)."""
+    n, c, h, w = x.shape
+    vw = vector_width()
+    lanes = -(-max(n, 1) // vw) * vw
+    t = torch.zeros((h, w, c, lanes), dtype=x.dtype)
+    t[..., :n].copy_(x.permute(2, 3, 1, 0))
+    return t[..., :n].permute(3, 2, 0, 1)
+
+
+def batch_layout(x: Tensor, lanes: int) -> Tensor | None:
+    """``x`` (``(N, C, H, W)``) as the ``(H, W, C, lanes)`` tensor it is a view of, when it is one (the output
+    of a ``"batch"`` layer, see :class:`NativeConv`); ``None`` otherwise. The lanes past ``N`` hold finite
+    values that no sample reads."""
+    n, c, h, w = x.shape
+    if x.stride() != (1, lanes, w * c * lanes, c * lanes) or n > lanes:
+        return None
+    storage = x.untyped_storage()
+    need = (x.storage_offset() + h * w * c * lanes) * x.element_size()
+    if storage.nbytes() < need:
+        return None
+    return torch.empty(0, dtype=x.dtype).set_(storage, x.storage_offset(), (h, w, c, lanes))
+
+
+def _box_mask(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``(h, w, B)`` bool: whether each pixel lies in each of the ``(B, 4)`` half-open boxes ``y0, y1, x0, x1``."""
+    ys, xs = np.arange(h)[:, None], np.arange(w)[:, None]
+    in_y = (boxes[:, 0] <= ys) & (ys < boxes[:, 1])  # (h, B)
+    in_x = (boxes[:, 2] <= xs) & (xs < boxes[:, 3])  # (w, B)
+    return in_y[:, None, :] & in_x[None, :, :]
+
+
+def _csr(mask: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Rows of a 2-D bool mask as CSR: ``int32`` offsets ``(rows + 1,)`` and the true columns of each row."""
+    rows, cols = np.nonzero(mask)
+    offsets = np.zeros(mask.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=mask.shape[0]), out=offsets[1:])
+    if offsets[-1] >= 2 ** 31:
+        raise ValueError(f"too many entries for the native kernel's int32 lists ({offsets[-1]})")
+    return torch.from_numpy(offsets.astype(np.int32)), torch.from_numpy(cols.astype(np.int32).reshape(-1))

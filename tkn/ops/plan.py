@@ -106,6 +106,7 @@ class LayerPlan:
       channels ``index[b.c0:b.c1]`` (original indices); ``perm`` is the identity.
       ``union`` marks the tiles of :func:`plan_union_tiles` (one block per tile).
     * ``native``: the C++ kernel of :mod:`tkn.engine.native` computes every channel's exact ROI; no blocks.
+      ``strategy`` names how it spends its vector lanes (:data:`tkn.engine.native.STRATEGIES`).
 
     ``mode`` accepts the names as strings and is stored as a :class:`PlanMode`.
     """
@@ -117,6 +118,7 @@ class LayerPlan:
     label: str = ""
     index: list[int] = field(default_factory=list)
     union: bool = False
+    strategy: str = ""
 
     def __post_init__(self) -> None:
         try:

@@ -197,12 +197,89 @@ static void accumulate_n(int np, vf* acc, const float* const* rows, const int* o
     }
 }
 
+// ---- Batch lanes: exact per-position channel sets, exact input sparsity ---------------------------------
+//
+// The other strategy above computes VW output channels per vector, so a group's lanes cover the union of
+// its channels' ROIs; learned ROIs are small and scattered, and that union is several times the ROIs.
+// Here the lanes hold VW samples of the batch instead. At every conv position p the kernel visits exactly
+// the channels whose ROI holds p (CSR list), and for each of them exactly the input values that can be
+// non-zero: per tap, the input channels whose support box holds that input pixel (CSR list per input
+// pixel). ROIs and supports are the same for every sample, so a whole vector of samples shares each list
+// entry: one input vector load feeds R channels' FMAs, whose weights are broadcast scalars. The work is the
+// ROIs' own, minus the products with known zeros, times the lane padding of the batch (N rounded up to VW).
+//
+// Layouts: input (H, W, Cin, P) and output (Hp, Wp, C, P) with the P >= N samples innermost (P a
+// multiple of VW); weights (C, kh * kw * Cin), row-major over (ky, kx, ci).
+
+// The accumulator budget: R channels x NB sample vectors <= BL_ACC registers.
+static const int BL_ACC = 24;
+
+template <int NB, int R>
+static void batch_tile(vf* res, const float* xt, int64_t P, const int32_t* tapq, int ntaps, int Cin,
+                       const int32_t* zoff, const int32_t* zlist, const float* const* wr) {
+    vf acc[R][NB];
+    for (int r = 0; r < R; ++r)
+        for (int b = 0; b < NB; ++b) acc[r][b] = vf{};
+    for (int t = 0; t < ntaps; ++t) {
+        const int q = tapq[t];
+        if (q < 0) continue;
+        const int32_t lo = zoff[q], hi = zoff[q + 1];
+        const float* xq = xt + (int64_t)q * Cin * P;
+        const int koff = t * Cin;
+        if (hi - lo == Cin) {  // every input channel may be non-zero here: no list
+            for (int ci = 0; ci < Cin; ++ci) {
+                const float* xp = xq + (int64_t)ci * P;
+                vf xv[NB];
+                for (int b = 0; b < NB; ++b) xv[b] = loadu(xp + b * VW);
+                for (int r = 0; r < R; ++r) {
+                    const float w = wr[r][koff + ci];
+                    for (int b = 0; b < NB; ++b) acc[r][b] += w * xv[b];
+                }
+            }
+        } else {
+            for (int32_t j = lo; j < hi; ++j) {
+                const int ci = zlist[j];
+                const float* xp = xq + (int64_t)ci * P;
+                vf xv[NB];
+                for (int b = 0; b < NB; ++b) xv[b] = loadu(xp + b * VW);
+                for (int r = 0; r < R; ++r) {
+                    const float w = wr[r][koff + ci];
+                    for (int b = 0; b < NB; ++b) acc[r][b] += w * xv[b];
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int b = 0; b < NB; ++b) res[r * NB + b] = acc[r][b];
+}
+
+typedef void (*batch_tile_fn)(vf*, const float*, int64_t, const int32_t*, int, int, const int32_t*,
+                              const int32_t*, const float* const*);
+
+template <int NB, int R>
+static void fill_table(batch_tile_fn* table) {
+    table[R] = batch_tile<NB, R>;
+    if constexpr (R > 1) fill_table<NB, R - 1>(table);
+}
+
+// table[NB][R]: the tile for NB sample vectors and R channels (R <= BL_ACC / NB)
+struct BatchTiles {
+    batch_tile_fn fn[5][BL_ACC + 1] = {};
+    BatchTiles() {
+        fill_table<1, BL_ACC / 1>(fn[1]);
+        fill_table<2, BL_ACC / 2>(fn[2]);
+        fill_table<3, BL_ACC / 3>(fn[3]);
+        fill_table<4, BL_ACC / 4>(fn[4]);
+    }
+};
+static const BatchTiles batch_tiles;
+
 extern "C" {
 
 int tkn_vector_width() { return VW; }
 
 // The argument list of tkn_roi_conv; tkn/engine/native.py refuses a library with another version.
-int tkn_abi_version() { return 2; }
+int tkn_abi_version() { return 3; }
 
 // x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, kw, Cin, VW). ranges: (G, Hp * pool, 2) int32:
 // the conv columns [xa, xb) to compute on each conv row (xb <= xa: none), xb <= Wp * pool. Positions of a
@@ -404,6 +481,115 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
                         if (idx[l] >= 0) dst[idx[l]] = o[l];
                 }
             }
+        }
+    }
+    return 0;
+}
+
+// The batch-lane strategy (see above). xt: (H, W, Cin, P). wc: (C, kh * kw * Cin). zoff: (H * W + 1) and
+// zlist: per input pixel, the input channels that may be non-zero there (CSR). soff: (Ho * Wo + 1) and slist:
+// per conv position, the output channels whose ROI holds it (CSR; only rows < Hp * pool and columns
+// < Wp * pool are read). window: (C, Ho, Wo) window·mask. bias, scale, shift: (C,) or null. fill: (C,) the
+// value where a channel is not computed. out: (Hp, Wp, C, P). dims: as for tkn_roi_conv, with dims[0] = P.
+// Returns 0, or a negative code for an argument it cannot handle.
+int tkn_roi_conv_batch(const float* xt, const float* wc, const int32_t* zoff, const int32_t* zlist,
+                       const int32_t* soff, const int32_t* slist, const float* window, const float* bias,
+                       const float* scale, const float* shift, const float* fill, float* out,
+                       const int32_t* dims, int relu, int nthreads) {
+    Geometry g;
+    g.N = dims[0]; g.H = dims[1]; g.W = dims[2]; g.Cin = dims[3];
+    g.kh = dims[4]; g.kw = dims[5]; g.sy = dims[6]; g.sx = dims[7]; g.dy = dims[8]; g.dx = dims[9];
+    g.pt = dims[10]; g.pl = dims[11]; g.Ho = dims[12]; g.Wo = dims[13]; g.pool = dims[14];
+    g.Hp = dims[15]; g.Wp = dims[16]; g.C = dims[17];
+    const int64_t P = g.N;
+    const int pool = g.pool;
+    if (pool < 1 || pool > NP_MAX || g.Cin < 1 || g.C < 1 || g.kh < 1 || g.kw < 1) return -1;
+    if (P % VW != 0 || P < VW) return -4;
+    if (g.Hp * pool > g.Ho || g.Wp * pool > g.Wo) return -5;
+    const int ntaps = g.kh * g.kw;
+    if (ntaps > 4096) return -6;
+    if ((int64_t)g.H * g.W * g.Cin * P >= ((int64_t)1 << 62) / 4) return -2;
+    if (nthreads < 1) nthreads = 1;
+    const int NV = (int)(P / VW);
+    // sample vectors in chunks of at most 4, as even as possible
+    const int chunks = (NV + 3) / 4;
+    const int64_t outputs = (int64_t)g.Hp * g.Wp;
+    const int64_t n_items = outputs * chunks;
+    if (outputs == 0) return 0;
+
+#pragma omp parallel num_threads(nthreads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < outputs * g.C; ++i) {
+            const float f = fill[i % g.C];
+            float* o = out + i * P;
+            for (int64_t n = 0; n < P; ++n) o[n] = f;
+        }
+        std::vector<vf> mx((size_t)g.C * 4);
+        std::vector<int> hits(g.C, 0);
+        std::vector<int> touched;
+        touched.reserve(g.C);
+        std::vector<int32_t> tapq(ntaps);
+        vf res[BL_ACC];
+        const float* wr[BL_ACC];
+        vf minus_inf;
+        for (int l = 0; l < VW; ++l) minus_inf[l] = -__builtin_inff();
+        for (size_t k = 0; k < mx.size(); ++k) mx[k] = minus_inf;
+
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < n_items; ++it) {
+            const int64_t o = it / chunks;
+            const int chunk = (int)(it % chunks);
+            const int v0 = (int)((int64_t)NV * chunk / chunks), v1 = (int)((int64_t)NV * (chunk + 1) / chunks);
+            const int NB = v1 - v0;
+            const int qy = (int)(o / g.Wp), qx = (int)(o % g.Wp);
+            const float* xb = xt + (int64_t)v0 * VW;
+            const int rmax = BL_ACC / NB;
+            for (int y = qy * pool; y < qy * pool + pool; ++y)
+                for (int x = qx * pool; x < qx * pool + pool; ++x) {
+                    const int p = y * g.Wo + x;
+                    const int32_t s0 = soff[p], s1 = soff[p + 1];
+                    if (s1 <= s0) continue;
+                    for (int ky = 0, t = 0; ky < g.kh; ++ky) {
+                        const int iy = y * g.sy - g.pt + ky * g.dy;
+                        for (int kx = 0; kx < g.kw; ++kx, ++t) {
+                            const int ix = x * g.sx - g.pl + kx * g.dx;
+                            tapq[t] = (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) ? iy * g.W + ix : -1;
+                        }
+                    }
+                    for (int32_t s = s0; s < s1; s += rmax) {
+                        const int R = std::min<int32_t>(rmax, s1 - s);
+                        for (int r = 0; r < R; ++r) wr[r] = wc + (int64_t)slist[s + r] * ntaps * g.Cin;
+                        batch_tiles.fn[NB][R](res, xb, P, tapq.data(), ntaps, g.Cin, zoff, zlist, wr);
+                        for (int r = 0; r < R; ++r) {
+                            const int c = slist[s + r];
+                            const float wv = window[((int64_t)c * g.Ho + y) * g.Wo + x];
+                            const float bv = bias ? bias[c] : 0.0f;
+                            const float sc = scale ? scale[c] : 1.0f, sh = shift ? shift[c] : 0.0f;
+                            if (hits[c] == 0) touched.push_back(c);
+                            ++hits[c];
+                            for (int b = 0; b < NB; ++b) {
+                                vf v = (res[r * NB + b] + bv) * wv;
+                                if (scale || shift) v = v * sc + sh;
+                                if (relu) v = vmax(v, vf{});
+                                mx[(size_t)c * 4 + b] = vmax(mx[(size_t)c * 4 + b], v);
+                            }
+                        }
+                    }
+                }
+            float* ob = out + o * g.C * P + (int64_t)v0 * VW;
+            for (const int c : touched) {
+                const bool partial = hits[c] < pool * pool;  // the window's other positions hold the fill
+                const vf f = vf{} + fill[c];
+                for (int b = 0; b < NB; ++b) {
+                    vf v = mx[(size_t)c * 4 + b];
+                    if (partial) v = vmax(v, f);
+                    storeu(ob + (int64_t)c * P + b * VW, v);
+                    mx[(size_t)c * 4 + b] = minus_inf;
+                }
+                hits[c] = 0;
+            }
+            touched.clear();
         }
     }
     return 0;
