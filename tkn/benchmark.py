@@ -269,7 +269,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
             "layer": name, "batch": batch, "flop_ratio": ratio, "times_s": t, "speedup_vs_dense": speedup,
             "efficiency": speedup / ratio, "plan": fl.plan.label,
             "blocks": fl.work_units()[0], "unit": fl.work_units()[1],
-            "work": fl.executed_macs() / max(fl.macs(), 1),
+            "work": fl.executed_macs(batch) / max(fl.macs(), 1),
             "epilogue": " ".join((["relu"] if fl.relu else []) + ([f"pool{fl.pool}"] if fl.pool > 1 else [])),
         })
     return rows

@@ -310,8 +310,8 @@ def freeze(
                 xin = native_kernel.to_batch_layout(xin)
             else:
                 xin = xin.contiguous(memory_format=torch.channels_last)
-            # a residual addition is fused by the "groups" strategy only
-            strategies = ("groups",) if res is not None else native_kernel.STRATEGIES
+            strategies = [s for s in native_kernel.STRATEGIES
+                          if not native_kernel.strategy_unsupported(s, layer.in_channels, res is not None)]
             chosen = _choose_native(layer, hw, xin, in_perm, relu, pool, support, measure, repeats, scale, shift,
                                     strategies)
             if res is not None and chosen.plan.mode is PlanMode.NATIVE and not relu and pool == 1:
@@ -431,7 +431,7 @@ def _choose_native(layer: TargetConv2d, hw: tuple[int, int], x: Tensor, in_perm:
     options = dict(in_perm=in_perm, relu=relu, pool=pool, scale=scale, shift=shift)
     fast = [FrozenTargetConv2d(layer, hw, native_plan(layer.out_channels, s), input_support=support, **options)
             for s in strategies]
-    work = [lane_macs(f, x.shape[0]) / max(f.dense_macs(), 1) for f in fast]
+    work = [f.executed_macs(x.shape[0]) / max(f.dense_macs(), 1) for f in fast]
     order = sorted(range(len(fast)), key=work.__getitem__)
     if not measure:
         best = fast[order[0]]
@@ -454,15 +454,6 @@ def _choose_native(layer: TargetConv2d, hw: tuple[int, int], x: Tensor, in_perm:
     chosen.timings = timings
     return chosen
 
-
-def lane_macs(layer: FrozenTargetConv2d, batch: int) -> int:
-    """Multiply–accumulates per sample that ``layer`` executes at ``batch``, counting the padding lanes of the
-    native ``"batch"`` strategy (the batch is rounded up to the vector width)."""
-    work = layer.executed_macs()
-    if layer.plan.strategy == "batch" and batch > 0:
-        vw = native_kernel.vector_width()
-        work = work * (-(-batch // vw) * vw) // batch
-    return work
 
 
 def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, candidates: Sequence[CostModel],

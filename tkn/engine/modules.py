@@ -36,6 +36,8 @@ is folded into the weight.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -57,7 +59,7 @@ def native_plan(channels: int, strategy: str = "groups") -> LayerPlan:
     """The plan that runs the layer with the native kernel and one of its lane ``strategy``
     (:data:`tkn.engine.native.STRATEGIES`; see :class:`tkn.engine.native.NativeConv`)."""
     if strategy not in native_kernel.STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(map(repr, native_kernel.STRATEGIES))}, got {strategy!r}")
+        raise ValueError(native_kernel.strategy_unsupported(strategy, 0))
     label = "native" if strategy == "groups" else f"native-{strategy}"
     return LayerPlan(PlanMode.NATIVE, list(range(channels)), [], channels, label, strategy=strategy)
 
@@ -164,7 +166,7 @@ class FrozenTargetConv2d(nn.Module):
         if in_perm is not None and (self.groups != 1 or sorted(in_perm) != list(range(self.in_channels))):
             raise ValueError(f"in_perm must be a permutation of range({self.in_channels}) (and groups 1)")
         if output_order is not None:  # a tile plan emitting its channels in another order: that is its perm
-            plan = LayerPlan(plan.mode, list(output_order), plan.blocks, plan.n_active, plan.label, plan.index, plan.union)
+            plan = dataclasses.replace(plan, perm=list(output_order))
             permute_output = True
         self.plan = align_plan(plan, pool, self.conv_hw)
         self.permute_output = bool(permute_output)
@@ -438,12 +440,18 @@ class FrozenTargetConv2d(nn.Module):
         """Multiply–accumulates of one sample over the fixed ROIs (what :func:`tkn.flops.count` reports)."""
         return TF.roi_macs(self.roi, self.in_channels // self.groups, self.kernel_size)
 
-    def executed_macs(self) -> int:
+    def executed_macs(self, batch: int | None = None) -> int:
         """Multiply–accumulates of one sample as this plan runs them: block boxes, channels padded to
-        :data:`~tkn.ops.plan.PAD_CHANNELS`, the input channel ranges read (compare :meth:`macs`, the ROIs' own)."""
+        :data:`~tkn.ops.plan.PAD_CHANNELS`, the input channel ranges read (compare :meth:`macs`, the ROIs' own).
+        With ``batch``, the native ``"batch"`` strategy's padding lanes (the batch rounded up to the vector
+        width) count too."""
         k = self.kernel_size[0] * self.kernel_size[1]
         if self._native is not None:
-            return self._native.executed_macs
+            work = self._native.executed_macs
+            if self._native.strategy == "batch" and batch:
+                vw = native_kernel.vector_width()
+                work = work * (-(-batch // vw) * vw) // batch
+            return work
         if self.plan.mode is PlanMode.DENSE:
             return self.dense_macs()
         total = 0
@@ -458,6 +466,8 @@ class FrozenTargetConv2d(nn.Module):
         if self._native is not None:
             if self._native.strategy == "batch":
                 return self.output_hw[0] * self.output_hw[1], "output positions"
+            if self._native.strategy == "reduce":
+                return int(self._native.roi.shape[0]), "channels"
             return len(self._native.groups), "channel groups"
         return len(self.blocks), "blocks"
 

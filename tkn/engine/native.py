@@ -45,13 +45,24 @@ except ImportError:  # not POSIX: builds are not serialised between processes
     fcntl = None
 
 __all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "MAX_POOL",
-           "STRATEGIES", "batch_layout", "to_batch_layout"]
+           "STRATEGIES", "strategy_unsupported", "batch_layout", "to_batch_layout"]
 
 #: The largest fused max-pool the kernel handles.
 MAX_POOL = 8
 
 #: How the kernel can spend its vector lanes (see :class:`NativeConv`).
-STRATEGIES = ("groups", "batch")
+STRATEGIES = ("groups", "batch", "reduce")
+
+
+def strategy_unsupported(strategy: str, in_channels: int, residual: bool = False) -> str:
+    """Why the native kernel cannot run a layer with ``strategy``; ``""`` when it can."""
+    if strategy not in STRATEGIES:
+        return f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}"
+    if residual and strategy != "groups":
+        return f"a residual addition is fused by the 'groups' strategy only, got {strategy!r}"
+    if strategy == "reduce" and in_channels % vector_width():
+        return f"the 'reduce' strategy needs input channels in multiples of {vector_width()}, got {in_channels}"
+    return ""
 
 _SOURCE = Path(__file__).with_name("csrc") / "roi_conv.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
@@ -172,6 +183,9 @@ def _open_locked(cxx: str, directory: Path) -> ctypes.CDLL:
     f = handle.tkn_roi_conv_batch
     f.restype = ctypes.c_int
     f.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int] * 2
+    f = handle.tkn_roi_conv_reduce
+    f.restype = ctypes.c_int
+    f.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int] * 2
     handle.tkn_vector_width.restype = ctypes.c_int
     return handle
 
@@ -292,6 +306,10 @@ class NativeConv:
             * ``"groups"``: lanes are output channels. Channels are grouped :func:`vector_width` at a
               time by ROI position, and each group computes the union of its ROIs row by row. Best when
               the ROIs of nearby channels overlap (large ROIs, or ROIs that training gathered).
+            * ``"reduce"``: lanes are input channels of the reduction (``C_in`` a multiple of
+              :func:`vector_width`). One work item is one (output channel, sample), over exactly that
+              channel's ROI: a weight vector serves up to 8 positions of the ROI, and each channel's
+              weights are read once per sample. Best at batch 1 with small ROIs and dense inputs.
             * ``"batch"``: lanes are samples of the batch (``N`` rounded up to :func:`vector_width`). Every
               conv position computes exactly the channels whose ROI holds it, reading exactly the input
               values that ``support`` allows to be non-zero: the work is the ROIs' own whatever their
@@ -314,14 +332,13 @@ class NativeConv:
                  shift: Tensor | None = None, relu: bool = False, pool: int = 1, support: Tensor | None = None,
                  residual: bool = False, strategy: str = "groups"):
         vw = vector_width()
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
         if not 1 <= pool <= MAX_POOL:
             raise ValueError(f"the native kernel fuses max-pools of size 1..{MAX_POOL}, got {pool}")
         if residual and pool != 1:
             raise ValueError(f"a residual addition needs pool=1, got pool={pool}")
-        if residual and strategy != "groups":
-            raise ValueError(f"a residual addition is fused by the 'groups' strategy only, got {strategy!r}")
+        why = strategy_unsupported(strategy, weight.shape[1], residual)
+        if why:
+            raise ValueError(why)
         self.strategy = strategy
         self.residual = bool(residual)
         c_out, c_in, kh, kw = weight.shape
@@ -346,6 +363,9 @@ class NativeConv:
         if strategy == "batch":
             self._pack_batch(weight, bias, window_map, roi, scale, shift)
             return
+        if strategy == "reduce":
+            self._pack_reduce(weight, bias, window_map, roi, scale, shift)
+            return
         groups = group_channels(roi, vw)
         self.groups = groups
         g_count = len(groups)
@@ -366,6 +386,24 @@ class NativeConv:
         self.ranges = self._ranges(roi, groups, max(g_count, 1), pool, ho, wo)
         #: multiply–accumulates per sample the kernel executes (every lane of every computed position)
         self.executed_macs = int(self._computed_positions()) * vw * c_in * kh * kw
+
+    def _pack_reduce(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor,
+                     scale: Tensor | None, shift: Tensor | None) -> None:
+        """The tensors of the ``"reduce"`` strategy: weights ``(C, kh, kw, C_in)``, the ROIs, the epilogue."""
+        f32 = dict(dtype=torch.float32)
+        c_out, c_in, kh, kw = weight.shape
+        self.groups = []
+        self.weight = weight.detach().to(**f32).cpu().permute(0, 2, 3, 1).contiguous()
+        self.window = window_map.detach().to(**f32).cpu().contiguous()
+        self.bias = None if bias is None else bias.detach().to(**f32).cpu().contiguous()
+        self.scale = None if scale is None else scale.detach().to(**f32).cpu().contiguous()
+        self.shift = None if shift is None else shift.detach().to(**f32).cpu().contiguous()
+        self.roi = roi.to(torch.int32).cpu().contiguous()
+        ho, wo = self.conv_hw
+        r = roi.to(torch.int64).cpu()
+        rows = (r[:, 1].clamp(max=(ho // self.pool) * self.pool) - r[:, 0]).clamp(min=0)
+        cols = (r[:, 3].clamp(max=(wo // self.pool) * self.pool) - r[:, 2]).clamp(min=0)
+        self.executed_macs = int((rows * cols).sum()) * c_in * kh * kw
 
     def _pack_batch(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor,
                     scale: Tensor | None, shift: Tensor | None) -> None:
@@ -464,9 +502,9 @@ class NativeConv:
         if x.dim() != 4 or x.shape[1] != self.c_in or tuple(x.shape[-2:]) != tuple(self.input_hw):
             raise ValueError(f"input must be (N, {self.c_in}, {self.input_hw[0]}, {self.input_hw[1]}), "
                              f"got {tuple(x.shape)}")
+        if self.strategy != "groups" and residual is not None:
+            raise ValueError("this layer was built without a residual addition (residual=True)")
         if self.strategy == "batch":
-            if residual is not None:
-                raise ValueError("this layer was built without a residual addition (residual=True)")
             return self._call_batch(x)
         xl = x.permute(0, 2, 3, 1)
         if not xl.is_contiguous():
@@ -483,6 +521,17 @@ class NativeConv:
         elif residual is not None:
             raise ValueError("this layer was built without a residual addition (residual=True)")
         out = self._output((n, hp, wp, self.c_out))
+        if self.strategy == "reduce":
+            if n and out.numel():
+                dims = self.dims.clone()
+                dims[0] = n
+                code = _load().tkn_roi_conv_reduce(  # type: ignore[union-attr]
+                    _ptr(xl), _ptr(self.weight), _ptr(self.roi), _ptr(self.window), _ptr(self.bias),
+                    _ptr(self.scale), _ptr(self.shift), _ptr(self.fill), _ptr(out), _ptr(dims), int(self.relu),
+                    torch.get_num_threads())
+                if code != 0:
+                    raise RuntimeError(f"the native kernel rejected its arguments (code {code})")
+            return out.permute(0, 3, 1, 2)
         if n and out.numel():
             dims = self.dims.clone()
             dims[0] = n

@@ -27,6 +27,8 @@ device, they are copied to the host once.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -362,7 +364,7 @@ def align_plan(plan: LayerPlan, align: int, output_hw: tuple[int, int]) -> Layer
         x0, x1 = _align_box(b.x0, b.x1, align, lx)
         if y1 > y0 and x1 > x0:
             blocks.append(Block(b.c0, b.c1, y0, y1, x0, x1, b.tile))
-    return LayerPlan(plan.mode, plan.perm, blocks, plan.n_active, plan.label, plan.index, plan.union)
+    return dataclasses.replace(plan, blocks=blocks)
 
 
 def _cuts(size: int, parts: int, align: int) -> list[int]:

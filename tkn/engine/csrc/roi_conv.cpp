@@ -274,6 +274,40 @@ struct BatchTiles {
 };
 static const BatchTiles batch_tiles;
 
+// ---- Reduction lanes: one channel's exact ROI, vectorised over input channels ------------------------------
+//
+// At batch 1 neither the batch nor the union of a group's ROIs fills a vector well when ROIs are small and
+// scattered. Here a work item is one (output channel, sample): the kernel visits exactly the positions of
+// that channel's ROI, NPR at a time, and the lanes run over VW input channels of the reduction, so one
+// weight vector feeds NPR positions and the weights of a channel are read once per sample. Needs C_in a
+// multiple of VW; the input is channels_last (N, H, W, Cin); weights (C, kh, kw, Cin).
+
+static const int NPR = 8;
+
+template <int NP>
+static void reduce_tile(float* res, const float* const* px, const float* wk, int kw, int Cin, int64_t pstep) {
+    // px[p]: the input at kernel row ky, column 0 of position p's window; each kx adds pstep floats
+    vf acc[NP];
+    for (int p = 0; p < NP; ++p) acc[p] = vf{};
+    for (int kx = 0; kx < kw; ++kx) {
+        const float* w = wk + (int64_t)kx * Cin;
+        for (int j = 0; j < Cin; j += VW) {
+            const vf wv = loadu(w + j);
+            for (int p = 0; p < NP; ++p) acc[p] += wv * loadu(px[p] + kx * pstep + j);
+        }
+    }
+    for (int p = 0; p < NP; ++p) {
+        float t = 0.0f;
+        for (int l = 0; l < VW; ++l) t += acc[p][l];
+        res[p] += t;
+    }
+}
+
+typedef void (*reduce_tile_fn)(float*, const float* const*, const float*, int, int, int64_t);
+static const reduce_tile_fn reduce_tiles[NPR + 1] = {
+    nullptr, reduce_tile<1>, reduce_tile<2>, reduce_tile<3>, reduce_tile<4>,
+    reduce_tile<5>, reduce_tile<6>, reduce_tile<7>, reduce_tile<8>};
+
 extern "C" {
 
 int tkn_vector_width() { return VW; }
@@ -590,6 +624,112 @@ int tkn_roi_conv_batch(const float* xt, const float* wc, const int32_t* zoff, co
                 hits[c] = 0;
             }
             touched.clear();
+        }
+    }
+    return 0;
+}
+
+// The reduction-lane strategy (see above). x: (N, H, W, Cin) channels_last, Cin a multiple of VW.
+// weight: (C, kh, kw, Cin). roi: (C, 4) int32 boxes y0, y1, x0, x1 of the conv output. window: (C, Ho, Wo).
+// bias, scale, shift: (C,) or null. fill: (C,). out: (N, Hp, Wp, C). dims: as for tkn_roi_conv.
+// Returns 0, or a negative code for an argument it cannot handle.
+int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi, const float* window,
+                        const float* bias, const float* scale, const float* shift, const float* fill, float* out,
+                        const int32_t* dims, int relu, int nthreads) {
+    Geometry g;
+    g.N = dims[0]; g.H = dims[1]; g.W = dims[2]; g.Cin = dims[3];
+    g.kh = dims[4]; g.kw = dims[5]; g.sy = dims[6]; g.sx = dims[7]; g.dy = dims[8]; g.dx = dims[9];
+    g.pt = dims[10]; g.pl = dims[11]; g.Ho = dims[12]; g.Wo = dims[13]; g.pool = dims[14];
+    g.Hp = dims[15]; g.Wp = dims[16]; g.C = dims[17];
+    const int pool = g.pool;
+    if (pool < 1 || pool > NP_MAX || g.Cin < 1 || g.C < 1 || g.kh < 1 || g.kw < 1) return -1;
+    if (g.Cin % VW != 0) return -7;
+    if (g.Hp * pool > g.Ho || g.Wp * pool > g.Wo) return -5;
+    if (nthreads < 1) nthreads = 1;
+    const int64_t positions = (int64_t)g.N * g.Hp * g.Wp;
+    if (positions == 0) return 0;
+    const int rows_used = g.Hp * pool, cols_used = g.Wp * pool;
+    std::vector<int> active;
+    for (int c = 0; c < g.C; ++c) {
+        const int32_t* b = roi + (size_t)c * 4;
+        if (std::min(b[1], rows_used) > b[0] && std::min(b[3], cols_used) > b[2]) active.push_back(c);
+    }
+    const int64_t n_items = (int64_t)active.size() * g.N;
+
+#pragma omp parallel num_threads(nthreads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < positions; ++i) std::memcpy(out + i * g.C, fill, sizeof(float) * g.C);
+        std::vector<float> vals;
+
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < n_items; ++it) {
+            const int c = active[it / g.N];
+            const int n = (int)(it % g.N);
+            const int32_t* b = roi + (size_t)c * 4;
+            const int y0 = b[0], y1 = std::min(b[1], rows_used), x0 = b[2], x1 = std::min(b[3], cols_used);
+            const int rh = y1 - y0, rw = x1 - x0;
+            vals.assign((size_t)rh * rw, 0.0f);
+            const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
+            const float* wc = weight + (int64_t)c * g.kh * g.kw * g.Cin;
+            const int64_t pstep = (int64_t)g.dx * g.Cin;
+            for (int y = y0; y < y1; ++y) {
+                for (int xa = x0; xa < x1; xa += NPR) {
+                    const int np = std::min(NPR, x1 - xa);
+                    float* res = vals.data() + (size_t)(y - y0) * rw + (xa - x0);
+                    for (int ky = 0; ky < g.kh; ++ky) {
+                        const int iy = y * g.sy - g.pt + ky * g.dy;
+                        if (iy < 0 || iy >= g.H) continue;
+                        const float* xrow = xn + (int64_t)iy * g.W * g.Cin;
+                        const float* wk = wc + (int64_t)ky * g.kw * g.Cin;
+                        // positions whose whole window row lies inside the input run in one tile; the others
+                        // one kx at a time with the taps outside skipped
+                        const float* px[NPR];
+                        bool inside = true;
+                        for (int p = 0; p < np; ++p) {
+                            const int ix = (xa + p) * g.sx - g.pl;
+                            inside = inside && ix >= 0 && ix + (g.kw - 1) * g.dx < g.W;
+                            px[p] = xrow + (int64_t)ix * g.Cin;
+                        }
+                        if (inside) {
+                            reduce_tiles[np](res, px, wk, g.kw, g.Cin, pstep);
+                            continue;
+                        }
+                        for (int p = 0; p < np; ++p) {
+                            const int ix0 = (xa + p) * g.sx - g.pl;
+                            for (int kx = 0; kx < g.kw; ++kx) {
+                                const int ix = ix0 + kx * g.dx;
+                                if (ix < 0 || ix >= g.W) continue;
+                                const float* one = xrow + (int64_t)ix * g.Cin;
+                                reduce_tiles[1](res + p, &one, wk + (int64_t)kx * g.Cin, 1, g.Cin, 0);
+                            }
+                        }
+                    }
+                }
+            }
+            // epilogue on the ROI's values, then the pool over the pooled positions the ROI meets
+            const float bv = bias ? bias[c] : 0.0f;
+            const float sc = scale ? scale[c] : 1.0f, sh = shift ? shift[c] : 0.0f;
+            for (int y = y0; y < y1; ++y)
+                for (int xx = x0; xx < x1; ++xx) {
+                    float v = (vals[(size_t)(y - y0) * rw + (xx - x0)] + bv) * window[((int64_t)c * g.Ho + y) * g.Wo + xx];
+                    if (scale || shift) v = v * sc + sh;
+                    if (relu && v < 0.0f) v = 0.0f;
+                    vals[(size_t)(y - y0) * rw + (xx - x0)] = v;
+                }
+            for (int qy = y0 / pool; qy < (y1 + pool - 1) / pool; ++qy)
+                for (int qx = x0 / pool; qx < (x1 + pool - 1) / pool; ++qx) {
+                    float m = -__builtin_inff();
+                    int computed = 0;
+                    for (int y = qy * pool; y < qy * pool + pool; ++y)
+                        for (int xx = qx * pool; xx < qx * pool + pool; ++xx)
+                            if (y >= y0 && y < y1 && xx >= x0 && xx < x1) {
+                                m = std::max(m, vals[(size_t)(y - y0) * rw + (xx - x0)]);
+                                ++computed;
+                            }
+                    if (computed < pool * pool) m = std::max(m, fill[c]);
+                    out[(((int64_t)n * g.Hp + qy) * g.Wp + qx) * g.C + c] = m;
+                }
         }
     }
     return 0;
