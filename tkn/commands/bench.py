@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tkn.commands import add_model_arguments, input_size
+from tkn.commands import add_model_arguments, input_size, load_model
 
 __all__ = ["add_parser", "run"]
 
@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_model_arguments(parser, default="tkn6", model_help="registered targeted model (default tkn6)",
                         checkpoint_help="benchmark a trained model (its own ROIs)")
-    parser.add_argument("--input-size", metavar="C,H,W", help="input size (default 1,56,56)")
+    parser.add_argument("--input-size", metavar="C,H,W", help="input size (default: the checkpoint's own, else 1,56,56)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64], metavar="N", help="batch sizes (default 1 64)")
     parser.add_argument("--repeats", type=int, default=5, metavar="R", help="timed rounds per variant (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic ROIs and inputs")
@@ -61,33 +61,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _build(args: argparse.Namespace, dims: tuple[int, int, int]):
-    from tkn.benchmark import synthetic_rois_
+def _build(args: argparse.Namespace):
+    """The model to time, its input size (``--input-size``, else the checkpoint's or 1,56,56) and its ROIs' origin."""
+    from tkn.benchmark import ROI_PRESETS, synthetic_rois_
 
     if args.checkpoint:
-        from tkn.checkpoint import model_from_checkpoint
-
-        model, _ = model_from_checkpoint(args.checkpoint)
-        return model, "checkpoint ROIs"
-    from tkn.models import create_model
-
-    model = create_model(args.model, in_channels=dims[0], input_size=(dims[1], dims[2]))
-    from tkn.benchmark import ROI_PRESETS
-
+        model, dims, _ = load_model(args, input_size(args))
+        return model, dims, "checkpoint ROIs"
+    dims = input_size(args) or (1, 56, 56)
+    model, dims, _ = load_model(args, dims)
     m_range, s_range = ROI_PRESETS[args.rois]
-    return synthetic_rois_(model, args.seed, m_range, s_range), f"synthetic ROIs '{args.rois}' (seed {args.seed})"
+    return (synthetic_rois_(model, args.seed, m_range, s_range), dims,
+            f"synthetic ROIs '{args.rois}' (seed {args.seed})")
 
 
 def run(args: argparse.Namespace) -> int:
     from tkn.convert import target_layers
     from tkn import benchmark as B
 
-    dims = input_size(args) or (1, 56, 56)
     if any(b < 1 for b in args.batch):
         raise ValueError(f"--batch values must be positive ints, got {args.batch}")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be a positive int, got {args.repeats}")
-    model, rois = _build(args, dims)
+    model, dims, rois = _build(args)
     if not target_layers(model):
         raise ValueError(f"model {args.model!r} has no target layers: benchmark a targeted model (e.g. tkn6)")
     model.eval()
