@@ -5,6 +5,8 @@ Examples::
     tkn bench                                   # TKN6 at 1x56x56, synthetic ROIs, batch 1 and 64
     tkn bench --layers --train                  # plus per-layer rows and one training step
     tkn bench --checkpoint runs/tkn6/best.pt    # a trained model's own ROIs
+    tkn bench --windows tkn6-mnist-12.9x --layers   # learned windows shipped with tkn (random weights)
+    tkn bench --checkpoint runs/tkn6/best.pt --save-windows tkn6.json   # keep a model's windows (kilobytes)
     tkn bench --batch 64 --repeats 9 --json
     tkn bench --rois paper --layers             # ROIs at the paper's FLOP ratios (about 15 on TKN6)
     tkn bench --no-native                       # the PyTorch executors only (ablation)
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from tkn.commands import add_model_arguments, input_size, load_model
+from tkn.windowfile import list_windows, load_windows, save_windows
 
 __all__ = ["add_parser", "run"]
 
@@ -37,6 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_model_arguments(parser, default="tkn6", model_help="registered targeted model (default tkn6)",
                         checkpoint_help="benchmark a trained model (its own ROIs)")
+    parser.add_argument("--windows", metavar="NAME|FILE",
+                        help="a window file (tkn.windowfile: the learned m, s of a trained TKN, with seeded random "
+                             f"weights); packaged: {', '.join(list_windows())}")
+    parser.add_argument("--save-windows", metavar="FILE",
+                        help="with --checkpoint: write its windows to FILE and exit")
     parser.add_argument("--input-size", metavar="C,H,W", help="input size (default: the checkpoint's own, else 1,56,56)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64], metavar="N", help="batch sizes (default 1 64)")
     parser.add_argument("--repeats", type=int, default=5, metavar="R", help="timed rounds per variant (default 5)")
@@ -65,6 +73,11 @@ def _build(args: argparse.Namespace):
     """The model to time, its input size (``--input-size``, else the checkpoint's or 1,56,56) and its ROIs' origin."""
     from tkn.benchmark import ROI_PRESETS, synthetic_rois_
 
+    if args.windows:
+        if args.checkpoint:
+            raise ValueError("give --windows or --checkpoint, not both")
+        model, dims, _ = load_windows(args.windows, seed=args.seed)
+        return model, input_size(args) or dims, f"learned windows {args.windows!r} (weights seed {args.seed})"
     if args.checkpoint:
         model, dims, _ = load_model(args, input_size(args))
         return model, dims, "checkpoint ROIs"
@@ -83,6 +96,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch values must be positive ints, got {args.batch}")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be a positive int, got {args.repeats}")
+    if args.save_windows:
+        if not args.checkpoint:
+            raise ValueError("--save-windows needs --checkpoint (the trained model whose windows to keep)")
+        model, dims, payload = load_model(args, input_size(args))
+        cfg, metrics = payload.get("config") or {}, payload.get("metrics") or {}
+        keys = ("model", "data", "epochs", "batch_size", "lr", "target_speedup", "min_roi", "seed")
+        provenance = (f"tkn train ({', '.join(f'{k}={cfg[k]}' for k in keys if k in cfg)}); epoch "
+                      f"{payload.get('epoch')}, test error {metrics.get('test_error', 'n/a')}")
+        path = save_windows(model, args.save_windows, spec=payload["model"], input_shape=dims,
+                            provenance=provenance)
+        print(json.dumps({"windows": str(path)}) if args.json else f"windows written to {path}")
+        return 0
     model, dims, rois = _build(args)
     if not target_layers(model):
         raise ValueError(f"model {args.model!r} has no target layers: benchmark a targeted model (e.g. tkn6)")
