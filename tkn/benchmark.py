@@ -180,11 +180,12 @@ def _prepared(model: nn.Module, input_size: Sequence[int], batch: int, seed: int
 
 
 #: Extra frozen variants timed by ``tkn bench --ablations`` in the same interleaved rounds.
-ABLATIONS: dict[str, dict[str, bool]] = {
+ABLATIONS: dict[str, dict[str, Any]] = {
     "frozen_no_input_sparsity": {"input_sparsity": False},
     "frozen_no_fuse_no_input_sparsity": {"input_sparsity": False, "fuse": False},
     "frozen_no_graph": {"graph": False},
     "frozen_no_native": {"native": False},
+    "frozen_groups_only": {"native": ("groups",)},
     "frozen_no_channels_last": {"channels_last": False},
 }
 
@@ -227,12 +228,16 @@ def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats
 
 def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeats: int,
                  seed: int = 0, freeze_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Each target layer alone on its own input activations: ``nn.Conv2d`` vs dense target vs frozen.
+    """Each target layer alone on its own input activations: dense vs dense target vs frozen.
 
-    The frozen layer gets the activations it receives inside the frozen model (its producer's layout and
-    channel order: ``channels_last`` after a native or block plan) and includes its fused epilogue, if any (the other two do not: compare with that in mind). ``work`` is
-    the multiply–accumulates the frozen layer executes over those of the ROIs (for native plans: every
-    lane of every position computed, before the products that input sparsity skips).
+    ``dense`` is the layer as the dense CNN runs it: ``nn.Conv2d`` followed by the ReLU and max-pool that
+    the frozen layer fused (a fused batch norm is not added: compare such rows with that in mind); the
+    target layer runs without them. The frozen layer gets the activations it receives inside the frozen
+    model (its producer's layout and channel order). ``work`` is the multiply–accumulates the frozen layer
+    executes over those of the ROIs: for native plans every lane computed (the ``"batch"`` strategy's
+    padding lanes included), after the products that input sparsity skips where the strategy skips them
+    exactly (``"batch"``), before them otherwise. ``weight_bytes``: the layer's weights, which a batch-1 pass
+    must read at least once (its memory-bound floor).
     """
     _, x, target = _prepared(model, input_size, batch, seed, "dense")
     frozen = freeze(target, x, **dict(freeze_options or {}))
@@ -256,9 +261,11 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         if name not in inputs:
             continue
         xi = inputs[name]
-        conv = _conv_from_target(layer).eval()
         fl = frozen.get_submodule(name)
         assert isinstance(fl, FrozenTargetConv2d)
+        # the dense baseline does what the frozen layer does: the convolution and the ReLU / pool it fused
+        conv = nn.Sequential(_conv_from_target(layer), *([nn.ReLU()] if fl.relu else []),
+                             *([nn.MaxPool2d(fl.pool)] if fl.pool > 1 else [])).eval()
         xf = frozen_inputs[name]
         with torch.no_grad():
             t = interleaved({"dense": lambda: conv(xi), "target": lambda: layer(xi), "frozen": lambda: fl(xf)},
@@ -270,6 +277,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
             "efficiency": speedup / ratio, "plan": fl.plan.label,
             "blocks": fl.work_units()[0], "unit": fl.work_units()[1],
             "work": fl.executed_macs(batch) / max(fl.macs(), 1),
+            "weight_bytes": layer.weight.numel() * layer.weight.element_size(),
             "epilogue": " ".join((["relu"] if fl.relu else []) + ([f"pool{fl.pool}"] if fl.pool > 1 else [])),
         })
     return rows

@@ -191,7 +191,7 @@ def format_report(r: dict[str, Any]) -> str:
             out.append(f"{m['batch']:>5}  {name:<34}  {1e3 * t:>8.1f}  {d / t:>8.2f}  {d / t / m['flop_ratio']:>10.2f}")
     if r["layers"]:
         out += ["", "per layer (each alone on its own input)",
-                f"{'layer':<12} {'batch':>5}  {'FLOP ratio':>10}  {'conv ms':>8}  {'target ms':>9}  {'frozen ms':>9}  "
+                f"{'layer':<12} {'batch':>5}  {'FLOP ratio':>10}  {'dense ms':>8}  {'target ms':>9}  {'frozen ms':>9}  "
                 f"{'speed-up':>8}  {'efficiency':>10}  {'work':>5}  plan"]
         for row in r["layers"]:
             t = row["times_s"]

@@ -172,7 +172,7 @@ def freeze(
     fuse: bool = True,
     input_sparsity: bool = True,
     graph: bool = True,
-    native: bool = True,
+    native: bool | Sequence[str] = True,
     channels_last: bool | None = None,
 ) -> nn.Module:
     """An inference copy of ``model`` whose target layers run only their fixed ROIs.
@@ -209,8 +209,9 @@ def freeze(
             (:mod:`tkn.engine.graph`: batch norms folded, functional ReLUs and max-pools, through
             concatenations and additions); ``False``, or a model that cannot be traced, uses the
             ``nn.Sequential`` analysis described above.
-        native: use the native kernel's plans where it is available and can run a layer;
-            ``False`` plans with the PyTorch executors only.
+        native: use the native kernel's plans where it is available and can run a layer, with
+            any of its lane strategies (``True``) or only those named (e.g. ``("groups",)``, see
+            :data:`tkn.engine.native.STRATEGIES`); ``False`` plans with the PyTorch executors only.
         channels_last: run the frozen model in ``channels_last`` memory: its 4-D parameters and
             buffers are converted and a forward pre-hook converts its 4-D inputs (values are
             unchanged). ``None`` (default): when a layer runs the native kernel, which reads and
@@ -238,6 +239,12 @@ def freeze(
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    if not isinstance(native, bool):
+        if isinstance(native, str) or not all(s in native_kernel.STRATEGIES for s in native):
+            raise ValueError(f"native must be True, False or a sequence of strategies from "
+                             f"{native_kernel.STRATEGIES}, got {native!r}")
+        native = tuple(native) or False
+    allowed = native_kernel.STRATEGIES if native is True else native or ()
     if input_size is not None:
         if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
                 or not all(isinstance(v, int) and v > 0 for v in input_size)):
@@ -300,8 +307,10 @@ def freeze(
             support = analysis.input_support(name, supports) if input_sparsity else None
         else:
             support = _input_support(frozen, producers.get(name), built, fused, calls)
-        if native and x.dtype == torch.float32 and not FrozenTargetConv2d.native_unsupported(layer, pool):
-            res = analysis.residuals.get(name) if analysis is not None and fuse and calls[name] == 1 else None
+        res = analysis.residuals.get(name) if analysis is not None and fuse and calls[name] == 1 else None
+        strategies = [s for s in allowed
+                      if not native_kernel.strategy_unsupported(s, layer.in_channels, res is not None)]
+        if strategies and x.dtype == torch.float32 and not FrozenTargetConv2d.native_unsupported(layer, pool):
             xin = x if in_perm is None else x[:, in_perm]
             # time it on the layout its producer hands over: the last layer built, if its output is this input
             last = built[next(reversed(built))] if built else None
@@ -310,8 +319,6 @@ def freeze(
                 xin = native_kernel.to_batch_layout(xin)
             else:
                 xin = xin.contiguous(memory_format=torch.channels_last)
-            strategies = [s for s in native_kernel.STRATEGIES
-                          if not native_kernel.strategy_unsupported(s, layer.in_channels, res is not None)]
             chosen = _choose_native(layer, hw, xin, in_perm, relu, pool, support, measure, repeats, scale, shift,
                                     strategies)
             if res is not None and chosen.plan.mode is PlanMode.NATIVE and not relu and pool == 1:
