@@ -467,3 +467,24 @@ def test_native_plan_strategy_reaches_the_kernel(pool):
         FrozenTargetConv2d(_layer(3, 20), (10, 10), native_plan(20, "reduce"))
     with pytest.raises(ValueError, match="residual addition is fused by the 'groups' strategy only"):
         FrozenTargetConv2d(layer, (10, 10), native_plan(20, "batch"), residual=True)
+
+
+@needs_native
+@pytest.mark.parametrize("strategy", native.STRATEGIES)
+def test_frozen_learned_windows_equal_eval_with_every_strategy(strategy, monkeypatch):
+    """Windows that `tkn train` learned (small, scattered ROIs; tkn.windowfile), every layer forced onto one
+    lane strategy where it applies: the frozen model equals eval at batch 1, an odd batch and a batch of
+    several vectors."""
+    from tkn.windowfile import load_windows
+
+    monkeypatch.setattr(sys.modules["tkn.engine.freeze"], "NATIVE_MODELLED", float("inf"))  # never dense
+    model, shape, _ = load_windows("tkn6-mnist-12.9x")
+    x = torch.rand(33, *shape, generator=torch.Generator().manual_seed(1))
+    frozen = freeze(model, x, native=(strategy,), measure=False)
+    layers = [m for m in frozen.modules() if isinstance(m, FrozenTargetConv2d)]
+    runs = [m.plan.strategy == strategy for m in layers if not native.strategy_unsupported(strategy, m.in_channels)]
+    assert runs and all(runs)
+    with torch.no_grad():
+        for batch in (1, 7, 33):
+            ref = model(x[:batch])
+            torch.testing.assert_close(frozen(x[:batch]), ref, rtol=1e-4, atol=1e-5)

@@ -284,29 +284,32 @@ static const BatchTiles batch_tiles;
 
 static const int NPR = 8;
 
+// acc[p] += the products of kernel row ky for NP positions whose whole window row lies inside the input;
+// xp[p]: the input at column 0 of position p's window on that row; consecutive kx are pstep floats apart.
 template <int NP>
-static void reduce_tile(float* res, const float* const* px, const float* wk, int kw, int Cin, int64_t pstep) {
-    // px[p]: the input at kernel row ky, column 0 of position p's window; each kx adds pstep floats
-    vf acc[NP];
-    for (int p = 0; p < NP; ++p) acc[p] = vf{};
+static inline void reduce_row(vf* acc, const float* const* xp, const float* wk, int kw, int Cin, int64_t pstep) {
+    vf a[NP];
+    for (int p = 0; p < NP; ++p) a[p] = acc[p];
     for (int kx = 0; kx < kw; ++kx) {
         const float* w = wk + (int64_t)kx * Cin;
         for (int j = 0; j < Cin; j += VW) {
             const vf wv = loadu(w + j);
-            for (int p = 0; p < NP; ++p) acc[p] += wv * loadu(px[p] + kx * pstep + j);
+            for (int p = 0; p < NP; ++p) a[p] += wv * loadu(xp[p] + kx * pstep + j);
         }
     }
-    for (int p = 0; p < NP; ++p) {
-        float t = 0.0f;
-        for (int l = 0; l < VW; ++l) t += acc[p][l];
-        res[p] += t;
-    }
+    for (int p = 0; p < NP; ++p) acc[p] = a[p];
 }
 
-typedef void (*reduce_tile_fn)(float*, const float* const*, const float*, int, int, int64_t);
-static const reduce_tile_fn reduce_tiles[NPR + 1] = {
-    nullptr, reduce_tile<1>, reduce_tile<2>, reduce_tile<3>, reduce_tile<4>,
-    reduce_tile<5>, reduce_tile<6>, reduce_tile<7>, reduce_tile<8>};
+typedef void (*reduce_row_fn)(vf*, const float* const*, const float*, int, int, int64_t);
+static const reduce_row_fn reduce_rows[NPR + 1] = {
+    nullptr, reduce_row<1>, reduce_row<2>, reduce_row<3>, reduce_row<4>,
+    reduce_row<5>, reduce_row<6>, reduce_row<7>, reduce_row<8>};
+
+static inline float hsum(vf v) {
+    float t = 0.0f;
+    for (int l = 0; l < VW; ++l) t += v[l];
+    return t;
+}
 
 extern "C" {
 
@@ -676,14 +679,15 @@ int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi,
             for (int y = y0; y < y1; ++y) {
                 for (int xa = x0; xa < x1; xa += NPR) {
                     const int np = std::min(NPR, x1 - xa);
-                    float* res = vals.data() + (size_t)(y - y0) * rw + (xa - x0);
+                    vf acc[NPR];
+                    for (int p = 0; p < np; ++p) acc[p] = vf{};
                     for (int ky = 0; ky < g.kh; ++ky) {
                         const int iy = y * g.sy - g.pt + ky * g.dy;
                         if (iy < 0 || iy >= g.H) continue;
                         const float* xrow = xn + (int64_t)iy * g.W * g.Cin;
                         const float* wk = wc + (int64_t)ky * g.kw * g.Cin;
-                        // positions whose whole window row lies inside the input run in one tile; the others
-                        // one kx at a time with the taps outside skipped
+                        // positions whose whole window row lies inside the input run together; the others
+                        // one kx at a time, the taps outside skipped
                         const float* px[NPR];
                         bool inside = true;
                         for (int p = 0; p < np; ++p) {
@@ -692,7 +696,7 @@ int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi,
                             px[p] = xrow + (int64_t)ix * g.Cin;
                         }
                         if (inside) {
-                            reduce_tiles[np](res, px, wk, g.kw, g.Cin, pstep);
+                            reduce_rows[np](acc, px, wk, g.kw, g.Cin, pstep);
                             continue;
                         }
                         for (int p = 0; p < np; ++p) {
@@ -701,10 +705,12 @@ int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi,
                                 const int ix = ix0 + kx * g.dx;
                                 if (ix < 0 || ix >= g.W) continue;
                                 const float* one = xrow + (int64_t)ix * g.Cin;
-                                reduce_tiles[1](res + p, &one, wk + (int64_t)kx * g.Cin, 1, g.Cin, 0);
+                                reduce_rows[1](acc + p, &one, wk + (int64_t)kx * g.Cin, 1, g.Cin, 0);
                             }
                         }
                     }
+                    float* res = vals.data() + (size_t)(y - y0) * rw + (xa - x0);
+                    for (int p = 0; p < np; ++p) res[p] = hsum(acc[p]);
                 }
             }
             // epilogue on the ROI's values, then the pool over the pooled positions the ROI meets
