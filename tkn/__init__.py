@@ -13,7 +13,8 @@ from tkn.budget import MacBudget
 
 #: Subpackages loaded on first attribute access (``tkn.models.create_model``, ``tkn.flops.count``, ...).
 _SUBMODULES = ("benchmark", "budget", "checkpoint", "convert", "data", "engine", "export", "flops", "functional",
-               "io", "layers", "models", "ops", "rescale", "summary", "training", "validate", "viz")
+               "io", "latency", "layers", "models", "ops", "rescale", "summary", "training", "validate", "viz",
+               "windowfile")
 
 
 def __getattr__(name: str):
@@ -25,6 +26,10 @@ def __getattr__(name: str):
         from tkn.engine import freeze
 
         return freeze
+    if name == "LatencyBudget":  # calibrates the engine: loaded on first use
+        from tkn.latency import LatencyBudget
+
+        return LatencyBudget
     raise AttributeError(f"module 'tkn' has no attribute {name!r}")
 
 
@@ -40,4 +45,5 @@ __all__ = [
     "clip_parameters_",
     "freeze",
     "MacBudget",
+    "LatencyBudget",
 ]

@@ -1,0 +1,133 @@
+"""The latency model (values, gradients, monotone fit, cache) and LatencyBudget's loop contract on a given model."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tkn
+from tkn.budget import roi_mac_measure
+from tkn.convert import target_layers
+from tkn.latency import LatencyBudget, LatencyModel, LayerTable, calibrate
+from tkn.models import create_model
+
+
+def test_layer_table_interpolates_with_the_segment_slope():
+    table = LayerTable([10.0, 30.0, 20.0], [1.0, 5.0, 2.0])  # unsorted input is sorted
+    assert table.macs == [10.0, 20.0, 30.0] and table.seconds == [1.0, 2.0, 5.0]
+    w = torch.tensor(25.0, dtype=torch.float64, requires_grad=True)
+    t = table(w)
+    t.backward()
+    assert t.item() == pytest.approx(3.5) and w.grad.item() == pytest.approx(0.3)
+    # flat outside the measured range, with a zero gradient
+    for x, expected in ((5.0, 1.0), (40.0, 5.0), (10.0, 1.0), (30.0, 5.0)):
+        w = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        t = table(w)
+        t.backward()
+        assert t.item() == pytest.approx(expected) and w.grad.item() == 0.0
+
+
+def test_layer_table_is_made_monotone_by_pooling_violators():
+    table = LayerTable([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1.0, 5.0, 2.0, 3.0, 10.0, 4.0])
+    # the least-squares non-decreasing fit: (5, 2, 3) pooled to 10/3, (10, 4) to 7
+    assert table.seconds == pytest.approx([1.0, 10 / 3, 10 / 3, 10 / 3, 7.0, 7.0])
+    with pytest.raises(ValueError, match="as many times as MAC counts"):
+        LayerTable([1.0, 2.0], [1.0])
+
+
+def _synthetic(model: torch.nn.Module, batch: int = 64) -> LatencyModel:
+    """A made-up engine: per layer 2 ms of overhead plus 1 ns per MAC per sample below dense, dense at full size."""
+    from tkn.flops import count
+
+    rows = {r.name: r for r in count(model, (1, 28, 28)).layers}
+    tables = {}
+    for name, layer in target_layers(model):
+        dense = float(rows[name].dense_macs)
+        macs = [dense / r for r in (64, 16, 4, 1)]
+        tables[name] = LayerTable(macs, [2e-3 + 1e-9 * batch * w for w in macs])
+    dense_s = 1e-3 + sum(t.seconds[-1] for t in tables.values())
+    return LatencyModel(batch, dense_s, 1e-3, tables)
+
+
+def test_latency_model_predicts_the_sum_of_its_tables():
+    torch.manual_seed(0)
+    model = create_model("tkn6", input_size=28, min_roi=1)
+    lm = _synthetic(model)
+    macs = {name: t.macs[1] for name, t in lm.layers.items()}
+    assert float(lm.predict(macs)) == pytest.approx(1e-3 + sum(t.seconds[1] for t in lm.layers.values()))
+    again = LatencyModel.from_dict(lm.to_dict())
+    assert float(again.predict(macs)) == float(lm.predict(macs))
+
+
+def test_budget_reaches_the_predicted_speedup_and_prices_time():
+    torch.manual_seed(0)
+    model = create_model("tkn6", input_size=28, min_roi=1, l2=0.0)
+    lm = _synthetic(model)
+    budget = LatencyBudget(model, (1, 28, 28), target_speedup=4.0, total_steps=12, latency_model=lm)
+    assert budget.speedup() == pytest.approx(lm.dense_seconds / float(lm.predict(
+        {n: float(layer.macs(*hw)) for n, layer, hw in [(c.name, c.layer, c.hw) for c in budget.calls]})))
+    # the surrogate's gradient, with windows inside the map (at s = 1 the ROIs are clipped to the whole map and
+    # flat in s, as the MAC measure is)
+    with torch.no_grad():
+        for c in budget.calls:
+            c.layer.m.uniform_(0.3, 0.7)
+            c.layer.s.uniform_(0.2, 0.4)
+    budget.multiplier = 1.0
+    budget.penalty().backward()
+    for c in budget.calls:
+        assert c.layer.s.grad is not None and torch.isfinite(c.layer.s.grad).all() and c.layer.s.grad.abs().sum() > 0
+    assert budget.measure().item() == pytest.approx(
+        1e-3 + sum(lm.layers[c.name](roi_mac_measure(c.layer, *c.hw).detach()).item() for c in budget.calls))
+    # chain rule: d measure / d s = (the table's slope at the layer's MACs) * d MACs / d s
+    call = budget.calls[1]
+    table = lm.layers[call.name]
+    w = roi_mac_measure(call.layer, *call.hw).detach().double()
+    i = max(j for j in range(len(table.macs) - 1) if table.macs[j] <= w.item())
+    slope = (table.seconds[i + 1] - table.seconds[i]) / (table.macs[i + 1] - table.macs[i])
+    (got,) = torch.autograd.grad(budget.measure(), call.layer.s)
+    (macs_grad,) = torch.autograd.grad(roi_mac_measure(call.layer, *call.hw), call.layer.s)
+    torch.testing.assert_close(got, (slope * macs_grad.double()).to(got.dtype), rtol=1e-5, atol=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(12):
+        x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+        loss = torch.nn.functional.cross_entropy(model(x), y) + budget.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        tkn.clip_parameters_(model)
+        budget.step()
+    assert 4.0 * 0.999 <= budget.speedup() <= 4.0 * 1.1
+
+
+def test_unreachable_target_names_the_largest_and_state_round_trips():
+    torch.manual_seed(0)
+    model = create_model("tkn6", input_size=28, min_roi=1)
+    lm = _synthetic(model)
+    top = LatencyBudget(model, (1, 28, 28), 1.5, 10, latency_model=lm).max_speedup
+    with pytest.raises(ValueError, match=rf"largest measured speed-up .* {top:.3f}"):
+        LatencyBudget(model, (1, 28, 28), top * 1.01, 10, latency_model=lm)
+    with pytest.raises(ValueError, match="target_speedup must be a number >= 1"):
+        LatencyBudget(model, (1, 28, 28), math.nan, 10, latency_model=lm)
+    a = LatencyBudget(model, (1, 28, 28), 2.0, 10, latency_model=lm)
+    a.steps, a.multiplier = 4, 0.75
+    b = LatencyBudget(model, (1, 28, 28), 2.0, 10, latency_model=_synthetic(model, batch=1))
+    b.load_state_dict(a.state_dict())
+    assert (b.steps, b.multiplier) == (4, 0.75) and b.latency.to_dict() == lm.to_dict()
+    with pytest.raises(ValueError, match="batch_size=64, this budget 1"):
+        LatencyBudget(model, (1, 28, 28), 2.0, 10, batch_size=1, latency_model=lm).load_state_dict(a.state_dict())
+
+
+def test_calibration_measures_every_layer_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("TKN_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = tkn.targetize(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(8, 16, 3, padding=1)), min_roi=1)
+    lm = calibrate(net, (1, 12, 12), batch_size=3, levels=(1.0, 4.0), repeats=1)
+    assert set(lm.layers) == {"0", "2"} and lm.batch_size == 3 and lm.dense_seconds > 0
+    assert all(len(t.macs) == 2 and t.macs[0] < t.macs[1] for t in lm.layers.values())
+    assert [c["flop_ratio"] for c in lm.checks] == [1.0, 4.0]
+    calls = []
+    monkeypatch.setattr("tkn.latency.interleaved", lambda *a, **k: calls.append(1))
+    again = calibrate(net, (1, 12, 12), batch_size=3, levels=(1.0, 4.0), repeats=1)
+    assert not calls and again.to_dict() == lm.to_dict()

@@ -1,0 +1,397 @@
+"""Train to a measured speed-up: a latency model of the frozen engine and :class:`LatencyBudget`.
+
+MACs are not time. The engine's layers cost a per-call overhead, memory traffic
+that the FLOP count does not see (a first layer with one input channel is bound
+by its output writes), and work that depends on the lane strategy the freeze
+picks. :class:`MacBudget` reaches a MAC factor; :class:`LatencyBudget` reaches
+the factor ``R = t(dense model) / t(tkn.freeze(model))`` at a batch size, on
+the machine that trains, as ``tkn bench`` measures it.
+
+The latency model (:class:`LatencyModel`)
+-----------------------------------------
+Per target layer, a table of measured seconds per batch against the layer's
+ROI MACs, plus a fixed time for the rest of the frozen model and the dense
+model's time, all at one batch size:
+
+    t(frozen) ≈ fixed + Σ_l  t_l(ROI MACs of layer l)
+
+:func:`calibrate` builds it on the machine that runs: for each of a few FLOP
+ratios (``LEVELS``), every target layer gets scattered ROIs of that ratio (centres
+uniform in ``[0.15, 0.85]``, one seed), the model is frozen at the batch size as
+:func:`tkn.freeze` freezes it (the lane strategies timed against dense), and the
+whole frozen model and each frozen layer on its own input are timed
+(interleaved, minimum of ``repeats``). ``t_l`` interpolates the layer's points
+linearly in MACs (made non-decreasing, flat outside the measured range);
+``fixed`` is the median over the levels of the whole model's time minus the
+layers' sum (at least 0). A calibration takes seconds to a minute and is
+cached as JSON under ``$TKN_CACHE/latency`` (default ``~/.cache/tkn``), keyed by
+the model's structure, the input size, the batch size, the thread count, the
+torch version, the native kernel's source and the CPU's flags.
+
+The budget's differentiable surrogate replaces each layer's exact ROI MACs by
+:func:`tkn.budget.roi_mac_measure`, so the price of one pixel of a window is the
+*marginal time* of its layer: layers whose MACs cost little time (memory-bound
+ones, or ones already cheaper than their overhead) are pressed less than under
+a MAC budget. The ramp, the dual ascent of the multiplier and the projection
+are :class:`~tkn.budget.MacBudget`'s, with predicted seconds in place of MACs.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tkn.benchmark import dense_baseline, interleaved
+from tkn.budget import MacBudget, roi_mac_measure
+from tkn.convert import target_layers
+from tkn.engine import native as native_kernel
+from tkn.engine.freeze import freeze
+from tkn.engine.modules import FrozenTargetConv2d
+from tkn.io import atomic_write_text
+from tkn.validate import positive_int
+
+__all__ = ["LatencyModel", "LayerTable", "calibrate", "LatencyBudget", "LEVELS"]
+
+#: FLOP ratios at which :func:`calibrate` measures every target layer.
+LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+#: Version of the cached calibration format (and of the method: a change re-calibrates).
+_CACHE_VERSION = 1
+
+
+def _monotone(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators): more work never runs
+    faster, and one slow outlier moves only its neighbours, not every larger point."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
+
+
+@dataclass
+class LayerTable:
+    """Measured seconds per batch of one frozen target layer against its ROI MACs per sample (ascending)."""
+
+    macs: list[float]
+    seconds: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.macs) != len(self.seconds) or not self.macs:
+            raise ValueError(f"a layer table needs as many times as MAC counts (at least one), got "
+                             f"{len(self.macs)} and {len(self.seconds)}")
+        order = np.argsort(self.macs, kind="stable")
+        self.macs = [float(self.macs[i]) for i in order]
+        self.seconds = _monotone([float(self.seconds[i]) for i in order])
+
+    def __call__(self, macs: Tensor) -> Tensor:
+        """Seconds at ``macs`` (a scalar tensor; differentiable, piecewise linear, flat outside the table)."""
+        xs = torch.tensor(self.macs, dtype=torch.float64)
+        ys = torch.tensor(self.seconds, dtype=torch.float64)
+        w = macs.to(torch.float64)
+        if len(xs) == 1 or w.item() <= xs[0].item():
+            return ys[0] + 0.0 * w
+        if w.item() >= xs[-1].item():
+            return ys[-1] + 0.0 * w
+        i = int(torch.searchsorted(xs, w.detach().reshape(1), right=True).item()) - 1
+        slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+        return ys[i] + slope * (w - xs[i])
+
+
+@dataclass
+class LatencyModel:
+    """Predicted seconds per batch of ``tkn.freeze(model)`` from the ROI MACs of its target layers.
+
+    Attributes:
+        batch_size: the batch the times are for.
+        dense_seconds: the dense model (plain ``nn.Conv2d`` layers) per batch.
+        fixed_seconds: the frozen model's time outside its target layers.
+        layers: per target layer (module name), its :class:`LayerTable`.
+        checks: per calibration level, the measured whole-model time and the prediction (its error).
+    """
+
+    batch_size: int
+    dense_seconds: float
+    fixed_seconds: float
+    layers: dict[str, LayerTable]
+    checks: list[dict[str, float]] = field(default_factory=list)
+    key: str = ""
+
+    def predict(self, macs: dict[str, Tensor | float]) -> Tensor:
+        """Seconds per batch for the ROI MACs per sample of each target layer (differentiable in tensors)."""
+        total = torch.tensor(self.fixed_seconds, dtype=torch.float64)
+        for name, table in self.layers.items():
+            value = macs[name]
+            total = total + table(value if isinstance(value, Tensor) else torch.tensor(float(value)))
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LatencyModel":
+        layers = {k: LayerTable(**v) for k, v in data["layers"].items()}
+        return cls(int(data["batch_size"]), float(data["dense_seconds"]), float(data["fixed_seconds"]), layers,
+                   list(data.get("checks", [])), str(data.get("key", "")))
+
+
+def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float]) -> str:
+    h = hashlib.sha256()
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        cpu = platform.processor()
+    source = (Path(native_kernel.__file__).with_name("csrc") / "roi_conv.cpp").read_bytes()
+    parts = [str(_CACHE_VERSION), repr(model), str(tuple(input_size)), str(batch_size), str(tuple(levels)),
+             str(torch.get_num_threads()), torch.__version__, cpu, str(native_kernel.available())]
+    for p in parts:
+        h.update(p.encode())
+    h.update(source)
+    return h.hexdigest()[:24]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TKN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tkn")
+    return Path(root) / "latency"
+
+
+def _set_level(model: nn.Module, ratio: float, seed: int) -> None:
+    """Scattered ROIs of about ``ratio`` times fewer MACs in every target layer (in place)."""
+    for i, (_, layer) in enumerate(target_layers(model)):
+        g = torch.Generator().manual_seed(seed + i)
+        m = torch.rand(layer.m.shape, generator=g, dtype=torch.float64) * 0.7 + 0.15
+        # per axis a width of ratio ** -1/2 of the map: the ROI interval [m - s/√2, m + s/√2]
+        s = torch.full(layer.s.shape, (1.0 / math.sqrt(ratio)) * math.sqrt(2.0) / 2.0, dtype=torch.float64)
+        with torch.no_grad():
+            layer.m.copy_(m.to(layer.m))
+            layer.s.copy_(s.to(layer.s))
+
+
+def _layer_inputs(frozen: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    inputs: dict[str, Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=name: inputs.setdefault(n, a[0].detach()))
+             for name, m in frozen.named_modules() if isinstance(m, FrozenTargetConv2d)]
+    try:
+        with torch.no_grad():
+            frozen(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs
+
+
+def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64, *,
+              levels: Sequence[float] = LEVELS, repeats: int = 5, seed: int = 0, cache: bool = True) -> LatencyModel:
+    """Measure the latency model of ``model`` (its structure, not its windows) at ``batch_size`` on this machine.
+
+    Args:
+        model: a network with :class:`~tkn.layers.TargetConv2d` layers (left unchanged).
+        input_size: ``(C, H, W)`` of one input.
+        batch_size: the batch the budget is for.
+        levels: FLOP ratios to measure (see :data:`LEVELS`).
+        repeats: timed rounds per measurement (minimum kept).
+        cache: read and write ``$TKN_CACHE/latency/<key>.json``.
+    """
+    positive_int("batch_size", batch_size)
+    positive_int("repeats", repeats)
+    if not target_layers(model):
+        raise ValueError("the model has no target layer (TargetConv2d): there is no latency to model")
+    key = _cache_key(model, input_size, batch_size, levels)
+    path = _cache_dir() / f"{key}.json"
+    if cache and path.is_file():
+        try:
+            return LatencyModel.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a stale or broken entry: measure again
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch_size, *input_size, generator=g)
+    work = copy.deepcopy(model).eval()
+    names = [name for name, _ in target_layers(work)]
+    dense = dense_baseline(work).eval()
+    points: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in names}
+    totals, sums, dense_times = [], [], []
+    for ratio in levels:
+        _set_level(work, ratio, seed)
+        frozen = freeze(work, x, repeats=1)
+        inputs = _layer_inputs(frozen, x)
+        fns = {"frozen": lambda: frozen(x)}
+        if not dense_times:  # the dense model once, in the first level's rounds
+            fns["dense"] = lambda: dense(x)
+        for name in names:
+            if name in inputs:
+                fl, xi = frozen.get_submodule(name), inputs[name]
+                fns[name] = lambda fl=fl, xi=xi: fl(xi)
+        with torch.no_grad():
+            t = interleaved(fns, repeats)
+        if "dense" in t:
+            dense_times.append(t["dense"]["min"])
+        layer_sum = 0.0
+        for name in names:
+            if name not in inputs:
+                continue
+            fl = frozen.get_submodule(name)
+            points[name][0].append(float(fl.macs()))
+            points[name][1].append(t[name]["min"])
+            layer_sum += t[name]["min"]
+        totals.append(t["frozen"]["min"])
+        sums.append(layer_sum)
+    fixed = max(0.0, statistics.median(tot - s for tot, s in zip(totals, sums)))
+    tables = {n: LayerTable(*points[n]) for n in names if points[n][0]}
+    result = LatencyModel(batch_size, min(dense_times), fixed, tables, key=key)
+    for i, (ratio, total) in enumerate(zip(levels, totals)):
+        macs = {n: table.macs[0] for n, table in tables.items()}  # placeholder for layers missing a point
+        macs.update({n: points[n][0][i] for n in tables if len(points[n][0]) > i})
+        result.checks.append({"flop_ratio": ratio, "measured_s": total, "predicted_s": float(result.predict(macs))})
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(result.to_dict()))
+    return result
+
+
+class LatencyBudget(MacBudget):
+    """Train a TKN to a *measured* speed-up of its frozen model at ``batch_size`` in ``total_steps`` steps.
+
+    ``R = t(dense model) / t(tkn.freeze(model))`` at ``batch_size`` on this machine, as ``tkn bench``
+    measures it; :meth:`speedup` is the latency model's prediction of that factor. The loop is
+    :class:`~tkn.budget.MacBudget`'s: ``loss = task_loss + budget.penalty()``, then :meth:`step` after
+    each optimiser step (and after :func:`tkn.clip_parameters_`).
+
+    Args:
+        model, input_size, target_speedup, total_steps, ramp, dual_lr, band: as for MacBudget, with
+            ``target_speedup`` a factor of measured time.
+        batch_size: the batch the speed-up is measured at.
+        latency_model: a :class:`LatencyModel` to use (default: :func:`calibrate` on this machine, cached).
+
+    Raises:
+        ValueError: ``target_speedup`` above the largest speed-up the latency model predicts for this model
+            (every ROI at its minimum width; the message names it), or a bad argument.
+    """
+
+    def __init__(self, model: nn.Module, input_size: Any, target_speedup: float, total_steps: int,
+                 batch_size: int = 64, *, ramp: float = 0.25, dual_lr: float = 5.0, band: float = 1.1,
+                 latency_model: LatencyModel | None = None) -> None:
+        super().__init__(model, input_size, 1.0, total_steps, ramp=ramp, dual_lr=dual_lr, band=band)
+        positive_int("batch_size", batch_size)
+        if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or not (
+                math.isfinite(target_speedup) and target_speedup >= 1):
+            raise ValueError(f"target_speedup must be a number >= 1 (dense time / frozen time), got {target_speedup!r}")
+        self.batch_size = int(batch_size)
+        self.latency = latency_model if latency_model is not None else calibrate(model, input_size, batch_size)
+        missing = {c.name for c in self.calls} - set(self.latency.layers)
+        if missing:
+            raise ValueError(f"the latency model has no table for target layers {sorted(missing)}")
+        floor = {c.name: float(c.floor_macs) for c in self.calls}
+        self.max_speedup = self.latency.dense_seconds / float(self.latency.predict(floor))
+        if target_speedup > self.max_speedup:
+            raise ValueError(
+                f"target_speedup {target_speedup:g} is above the largest measured speed-up this model can reach at "
+                f"batch {batch_size} on this machine, {self.max_speedup:.3f} (predicted with every ROI at its "
+                "minimum width); lower the target or build the target layers with a smaller min_roi")
+        self.target_speedup = float(target_speedup)
+
+    # -- measures -------------------------------------------------------------------
+    def _layer_macs(self, scales: dict[int, Tensor] | None = None) -> dict[str, float]:
+        per = self._exact_per_channel(scales)
+        out, offset = {}, 0
+        for c in self.calls:
+            n = c.layer.out_channels
+            out[c.name] = out.get(c.name, 0.0) + float(per[offset:offset + n].sum())
+            offset += n
+        return out
+
+    def predicted_seconds(self, scales: dict[int, Tensor] | None = None) -> float:
+        """The latency model's seconds per batch of the frozen model with the current ROIs."""
+        return float(self.latency.predict(self._layer_macs(scales)))
+
+    def budget_seconds(self, step: int | None = None) -> float:
+        """Allowed seconds per batch after ``step`` steps: ``t(dense) / r(t)``."""
+        return self.latency.dense_seconds / self.scheduled_speedup(step)
+
+    def speedup(self) -> float:
+        """Predicted measured speed-up of the frozen model over the dense model at ``batch_size``."""
+        return self.latency.dense_seconds / self.predicted_seconds()
+
+    def measure(self) -> Tensor:
+        """Differentiable predicted seconds: each layer's table at its differentiable ROI MACs."""
+        macs: dict[str, Tensor] = {}
+        for c in self.calls:
+            value = roi_mac_measure(c.layer, *c.hw).to(torch.float64)
+            macs[c.name] = macs[c.name] + value if c.name in macs else value
+        return self.latency.predict(macs)
+
+    def penalty(self) -> Tensor:
+        """``λ · T / T_budget(t)``: a scalar tensor, differentiable in every target layer's ``m`` and ``s``."""
+        return (self.multiplier * self.measure() / self.budget_seconds()).to(self.calls[0].layer.s.dtype)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """After an optimiser step: advance the schedule, update ``λ``, project the windows onto the budget."""
+        self.steps += 1
+        self._clamp_raw()
+        budget = self.budget_seconds()
+        predicted = self.predicted_seconds()
+        self.multiplier = max(0.0, self.multiplier + self.dual_lr * (predicted / budget - 1.0))
+        target = self.scheduled_speedup()
+        speedup = self.latency.dense_seconds / predicted
+        if speedup < target or speedup > self.band * target:
+            self._project_seconds(budget)
+
+    def _project_seconds(self, budget: float) -> None:
+        """Scale the scales (layer ``l`` by ``α ** w_l``) so that the predicted time just fits ``budget``."""
+        weight = self._weight
+        if self.predicted_seconds(self._scaled(math.exp(-60.0), weight)) > budget:
+            weight = dict.fromkeys(weight, 1.0)
+        fits = lambda a: self.predicted_seconds(self._scaled(a, weight)) <= budget  # noqa: E731
+        if fits(1.0):
+            lo, hi = 0.0, 1.0
+            while fits(math.exp(hi)):
+                if hi >= 60:
+                    return
+                lo, hi = hi, hi + 1.0
+        else:
+            lo, hi = -1.0, 0.0
+            while lo > -60 and not fits(math.exp(lo)):
+                lo, hi = lo - 1.0, lo
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if fits(math.exp(mid)) else (lo, mid)
+        chosen = self._scaled(math.exp(lo), weight)
+        for c in self.calls:
+            c.layer.s.copy_(chosen[id(c.layer)])
+
+    # -- persistence ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Steps done, the multiplier, the settings and the latency model (plain data)."""
+        state = super().state_dict()
+        state.update(batch_size=self.batch_size, latency_model=self.latency.to_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (the latency model saved with it is used again, so a resumed run
+        predicts as the original did)."""
+        if "batch_size" in state and int(state["batch_size"]) != self.batch_size:
+            raise ValueError(f"budget state has batch_size={state['batch_size']!r}, this budget {self.batch_size!r}")
+        super().load_state_dict(state)
+        if "latency_model" in state:
+            self.latency = LatencyModel.from_dict(state["latency_model"])
+
+    def __repr__(self) -> str:
+        return (f"LatencyBudget(target_speedup={self.target_speedup:g}, batch_size={self.batch_size}, "
+                f"total_steps={self.total_steps}, steps={self.steps}, multiplier={self.multiplier:.4g}, "
+                f"speedup={self.speedup():.3f})")
+
