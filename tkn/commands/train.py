@@ -22,14 +22,15 @@ from typing import Any
 
 from tkn.checkpoint import load_checkpoint
 from tkn.commands import OneLineErrorParser
-from tkn.training.config import DEVICES, EXECUTIONS, OPTIMIZERS, WINDOWS, list_recipes, resolve_config
+from tkn.training.config import BUDGETS, DEVICES, EXECUTIONS, OPTIMIZERS, WINDOWS, list_recipes, resolve_config
 
 __all__ = ["add_parser", "get_args_parser", "config_from_args", "run", "main"]
 
 # flag dest -> config key (flags whose value maps directly onto the config)
 _FLAG_KEYS = (
     "model", "data", "data_root", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
-    "weight_decay", "milestones", "gamma", "window", "l2", "beta", "min_roi", "target_speedup", "window_lr_scale",
+    "weight_decay", "milestones", "gamma", "window", "l2", "beta", "min_roi", "target_speedup", "budget",
+    "latency_batch", "window_lr_scale",
     "execution", "seed", "max_train_samples",
     "max_test_samples", "workers", "device", "amp", "out", "progress", "download", "augment",
 )
@@ -55,7 +56,12 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     m.add_argument("--min-roi", type=int, metavar="PIXELS",
                    help="narrowest ROI of the target layers, in output pixels (default: each kernel's width)")
     m.add_argument("--target-speedup", type=float, metavar="R",
-                   help="train to this whole-network speed-up, dense MACs / ROI MACs (tkn.MacBudget)")
+                   help="train to this whole-network speed-up: dense MACs / ROI MACs (--budget macs, tkn.MacBudget) "
+                        "or the frozen model's measured speed-up (--budget latency, tkn.LatencyBudget)")
+    m.add_argument("--budget", choices=BUDGETS,
+                   help="what --target-speedup counts: 'macs' (default) or 'latency' (measured on this machine)")
+    m.add_argument("--latency-batch", type=int, metavar="N",
+                   help="batch size at which a latency budget's speed-up is measured (default 64)")
     m.add_argument("--max-train-samples", type=int, metavar="N", help="train on a seeded random subset of N samples")
     m.add_argument("--max-test-samples", type=int, metavar="N", help="evaluate on a seeded random subset of N samples")
     o = parser.add_argument_group("optimisation")

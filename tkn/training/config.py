@@ -44,6 +44,8 @@ OPTIMIZERS = ("sgd", "adam")
 WINDOWS = ("cauchy", "gaussian")
 DEVICES = ("auto", "cpu", "cuda")
 EXECUTIONS = ("auto", "fast", "dense")
+#: What ``target_speedup`` counts: MACs (:class:`tkn.MacBudget`) or measured time (:class:`tkn.LatencyBudget`).
+BUDGETS = ("macs", "latency")
 LOSSES = ("auto", "cross_entropy", "mse")
 
 # Fields that may differ between a checkpoint's config and a ``--resume`` call:
@@ -86,6 +88,11 @@ class TrainConfig:
             ``l2``/``beta`` instead). Both may be combined.
         budget_ramp: fraction of the steps over which a ``target_speedup`` budget
             ramps from dense to its target (:class:`tkn.MacBudget`'s ``ramp``).
+        budget: what ``target_speedup`` counts: ``"macs"`` (dense MACs / ROI MACs,
+            :class:`tkn.MacBudget`) or ``"latency"`` (the frozen model's measured speed-up
+            over the dense model at ``latency_batch`` on the training machine,
+            :class:`tkn.LatencyBudget`; calibrated at the start, cached).
+        latency_batch: the batch size a ``"latency"`` budget's speed-up is measured at.
         window_lr_scale: learning-rate factor of the window parameters ``m``, ``s``
             (1: the same rate as the weights). On short schedules a larger factor
             lets the windows travel to where the information is before they shrink.
@@ -132,6 +139,8 @@ class TrainConfig:
     width: float = 1.0
     target_speedup: float | None = None
     budget_ramp: float = 0.25
+    budget: str = "macs"
+    latency_batch: int = 64
     window_lr_scale: float = 1.0
     execution: str = "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -203,6 +212,8 @@ class TrainConfig:
         if self.budget_ramp > 1:
             raise ValueError(f"budget_ramp must be a fraction of the steps in [0, 1], got {self.budget_ramp}")
         _choice(self, "execution", EXECUTIONS)
+        _choice(self, "budget", BUDGETS)
+        _int(self, "latency_batch", minimum=1)
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
         _choice(self, "loss", LOSSES)

@@ -296,8 +296,15 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     params = sum(p.numel() for p in model.parameters())
     budget = None
     if cfg.target_speedup is not None:
-        budget = MacBudget(model, data.input_shape, cfg.target_speedup, cfg.epochs * len(train_data),
-                           ramp=cfg.budget_ramp)
+        steps = cfg.epochs * len(train_data)
+        if cfg.budget == "latency":
+            from tkn.latency import LatencyBudget
+
+            log(f"calibrating the engine's latency at batch {cfg.latency_batch} (cached per machine)")
+            budget = LatencyBudget(model, data.input_shape, cfg.target_speedup, steps, cfg.latency_batch,
+                                   ramp=cfg.budget_ramp)
+        else:
+            budget = MacBudget(model, data.input_shape, cfg.target_speedup, steps, ramp=cfg.budget_ramp)
 
     start, history, best = 0, [], None
     if payload is not None:
@@ -342,6 +349,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
                 row[f"{split}_{name}"] = values[name]
         row.update(macs=macs, speedup=speedup, penalty=penalty,
                    budget_multiplier=None if budget is None else budget.multiplier,
+                   predicted_speedup=budget.speedup() if cfg.budget == "latency" and budget is not None else None,
                    lr=lr, epoch_time_s=time.perf_counter() - t0)
         history.append(row)
         improved = best is None or row[key] < best[key]
