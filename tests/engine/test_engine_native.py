@@ -113,7 +113,8 @@ def test_kernel_matches_float64_loops(case, strategy):
     if strategy != "batch":
         assert got.is_contiguous(memory_format=torch.channels_last)
     else:  # a view of (H, W, C, lanes), the batch innermost
-        assert batch == 0 or native.batch_layout(got, -(-batch // native.vector_width()) * native.vector_width()) is not None
+        lanes = -(-batch // native.vector_width()) * native.vector_width()
+        assert batch == 0 or native.batch_layout(got, lanes) is not None
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
 
 
