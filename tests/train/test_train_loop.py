@@ -171,7 +171,7 @@ def test_tiny_run_writes_metrics_and_checkpoints(tiny_run):
     rows = _rows(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert list(rows[0]) == ["epoch", "train_loss", "train_error", "test_loss", "test_error", "macs", "speedup",
-                             "penalty", "budget_multiplier", "lr", "epoch_time_s"]
+                             "penalty", "budget_multiplier", "predicted_speedup", "lr", "epoch_time_s"]
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.05, 0.05, 0.005])  # /10 at milestone 2
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 3

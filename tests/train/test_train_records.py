@@ -19,7 +19,7 @@ def test_regression_columns_and_rewrite(tmp_path):
         got = list(csv.DictReader(f))
     assert list(got[0]) == metric_columns("regression") == [
         "epoch", "train_loss", "train_mse", "train_mae", "test_loss", "test_mse", "test_mae",
-        "macs", "speedup", "penalty", "budget_multiplier", "lr", "epoch_time_s"]
+        "macs", "speedup", "penalty", "budget_multiplier", "predicted_speedup", "lr", "epoch_time_s"]
     assert [r["epoch"] for r in got] == ["1", "2"] and got[0]["macs"] == ""
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

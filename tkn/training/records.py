@@ -25,7 +25,7 @@ def metric_columns(task: str) -> list[str]:
     cols = ["epoch"]
     for split in ("train", "test"):
         cols += [f"{split}_loss"] + [f"{split}_{m}" for m in per_split]
-    return cols + ["macs", "speedup", "penalty", "budget_multiplier", "lr", "epoch_time_s"]
+    return cols + ["macs", "speedup", "penalty", "budget_multiplier", "predicted_speedup", "lr", "epoch_time_s"]
 
 
 class RunWriter:
