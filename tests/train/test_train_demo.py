@@ -39,5 +39,33 @@ def test_demo_quick(tmp_path, capsys):
     model, _ = model_from_checkpoint(tmp_path / "tkn6" / "last.pt")
     assert {layer.min_roi for _, layer in target_layers(model)} == {3}
     assert report["schedule"]["epochs"] == 1 and report["data"] == "tlmnist28-5k"
-    assert report["targeted_label"] == "TKN6 (Cauchy, budget 2.5x, min ROI 3 px)"
+    assert report["targeted_label"] == "TKN6 (Cauchy, budget 2.5x MACs, min ROI 3 px)"
     assert report["targeted_label"][:-1] in md
+
+
+@pytest.mark.slow
+def test_demo_with_a_latency_budget_reports_predicted_next_to_measured(tmp_path, capsys, monkeypatch):
+    """The default budget of the demo: a measured speed-up (LatencyBudget). The engine's calibration is replaced
+    by a made-up latency model (seconds per MAC) so that the test does not depend on this machine's timing."""
+    from tkn.cli import main
+    from tkn.convert import target_layers
+    from tkn.flops import count
+    from tkn.latency import LatencyModel, LayerTable
+
+    def calibrate(model, input_size, batch_size=64, **_):
+        rows = {r.name: r for r in count(model, tuple(input_size)).layers}
+        tables = {n: LayerTable([rows[n].dense_macs / 64, rows[n].dense_macs], [1e-9 * rows[n].dense_macs / 64,
+                                                                                 1e-9 * rows[n].dense_macs])
+                  for n, _ in target_layers(model)}
+        return LatencyModel(batch_size, 1e-4 + sum(t.seconds[-1] for t in tables.values()), 1e-4, tables)
+
+    monkeypatch.setattr("tkn.latency.calibrate", calibrate)
+    assert main(["demo", "--quick", "--budget", "latency", "--out", str(tmp_path), "--no-progress", "--json",
+                 "--target-speedup", "2.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    tkn6 = report["models"]["tkn6"]
+    assert 2.5 <= tkn6["predicted_speedup"] <= 2.5 * 1.1
+    assert report["targeted_label"] == "TKN6 (Cauchy, measured 2.5x at batch 8, min ROI 3 px)"
+    md = (tmp_path / "report.md").read_text()
+    assert "predicted speed-up, batch 8 (LatencyBudget)" in md and f"{tkn6['predicted_speedup']:.2f}x" in md
+    assert "tkn.LatencyBudget" in md
