@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from tkn import functional as TF
 from tkn.engine import native as native_kernel
+from tkn.engine import op as roi_op
 from tkn.ops.plan import Block, LayerPlan, PlanMode, align_plan, dense_plan, input_span, padded_channels
 from tkn.layers import TargetConv2d
 
@@ -205,8 +206,6 @@ class FrozenTargetConv2d(nn.Module):
         # the value of each output channel (plan order) where nothing is computed; None: zero
         self.register_buffer("fill", fill)
         if self.plan.mode is PlanMode.NATIVE:
-            for name in ("weight", "bias", "window_map", "scale", "shift"):
-                self.register_buffer(name, None)
             if input_support is not None and tuple(input_support.shape) != (self.in_channels, 4):
                 raise ValueError(f"input_support must be ({self.in_channels}, 4) boxes, got {tuple(input_support.shape)}")
             hw = self.input_hw
@@ -215,10 +214,23 @@ class FrozenTargetConv2d(nn.Module):
                 left, right, top, bottom = pad    # copies values from inside, so the supports do not hold
                 hw, pad = (hw[0] + top + bottom, hw[1] + left + right), (0, 0, 0, 0)
                 input_support = None
+            # the operator's arguments (torch.ops.tkn.roi_conv2d) are the module's buffers; the kernel's packed
+            # form of them is derived once here and found again by the operator
+            # copies: a frozen layer is a snapshot, whatever happens to the layer it was built from
+            self.register_buffer("weight", weight.clone(memory_format=torch.contiguous_format))
+            self.register_buffer("bias", None if bias is None else bias.clone())
+            self.register_buffer("window_map", wm.clone(memory_format=torch.contiguous_format))
+            self.register_buffer("scale", None if scale is None else scale.clone())
+            self.register_buffer("shift", None if shift is None else shift.clone())
+            self.register_buffer("native_support", None if input_support is None else
+                                 input_support.detach().to(torch.int32).cpu().contiguous())
+            self._op_geometry = (tuple(self.stride), tuple(pad), tuple(self.dilation), self.relu, pool,
+                                 self.plan.strategy or "groups", self.residual)
             self._native = native_kernel.NativeConv(
                 weight, bias, wm, roi, conv_hw=self.conv_hw, input_hw=hw, stride=self.stride, dilation=self.dilation,
                 pad=pad, scale=scale, shift=shift, relu=self.relu, pool=pool, support=input_support,
                 residual=self.residual, strategy=self.plan.strategy or "groups")
+            roi_op.remember(self._native, self._op_arguments(), self._op_geometry)
             return
         if self.plan.mode is PlanMode.DENSE:
             self.register_buffer("weight", weight[perm].contiguous())
@@ -411,11 +423,18 @@ class FrozenTargetConv2d(nn.Module):
         if self._native is not None:
             if self.padding_mode != "zeros":
                 x = TF.pad_input(x, self.pad, self.padding_mode)
-            return self._native(x, residual)
+            stride, pad, dilation, relu, pool, strategy, _ = self._op_geometry
+            weight, window, roi, bias, scale, shift, support = self._op_arguments()
+            return torch.ops.tkn.roi_conv2d(x, weight, window, roi, bias, scale, shift, support, residual,
+                                            list(stride), list(pad), list(dilation), relu, pool, strategy)
         y = self._dense(x) if self.plan.mode is PlanMode.DENSE else self._blocks(x)
         if self.permute_output or self.identity_order:
             return y
         return y.index_select(1, self.inverse_perm)
+
+    def _op_arguments(self) -> tuple[Tensor | None, ...]:
+        """The tensors ``torch.ops.tkn.roi_conv2d`` takes from this (native) layer, in the operator's order."""
+        return (self.weight, self.window_map, self.roi, self.bias, self.scale, self.shift, self.native_support)
 
     def output_support(self) -> Tensor:
         """``(C_out, 4)`` boxes (output coordinates, in the order the channels are returned) outside which

@@ -60,6 +60,8 @@ def strategy_unsupported(strategy: str, in_channels: int, residual: bool = False
         return f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}"
     if residual and strategy != "groups":
         return f"a residual addition is fused by the 'groups' strategy only, got {strategy!r}"
+    if not available():
+        return f"the native kernel is not available ({reason()})"
     if strategy == "reduce" and in_channels % vector_width():
         return f"the 'reduce' strategy needs input channels in multiples of {vector_width()}, got {in_channels}"
     return ""
