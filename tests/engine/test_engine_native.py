@@ -489,3 +489,20 @@ def test_frozen_learned_windows_equal_eval_with_every_strategy(strategy, monkeyp
         for batch in (1, 7, 33):
             ref = model(x[:batch])
             torch.testing.assert_close(frozen(x[:batch]), ref, rtol=1e-4, atol=1e-5)
+
+
+@needs_native
+def test_freeze_backends_choose_the_executors():
+    net = _net()
+    x = torch.rand(3, 1, 20, 20)
+    modes = {}
+    for backend in ("native", "torch"):
+        frozen = freeze(net, x, backend=backend, measure=False)
+        modes[backend] = {m.plan.mode for m in frozen.modules() if isinstance(m, FrozenTargetConv2d)}
+        with torch.no_grad():
+            torch.testing.assert_close(frozen(x), net(x), rtol=1e-4, atol=1e-6)
+    assert "native" in modes["native"] and "native" not in modes["torch"]
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'native', 'torch', got 'cuda'"):
+        freeze(net, x, backend="cuda")
+    with pytest.raises(ValueError, match="backend='native' with native=False"):
+        freeze(net, x, backend="native", native=False)

@@ -68,8 +68,11 @@ from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan
 from tkn.ops.fast_conv import train_grid
 from tkn.layers import TargetConv2d
 
-__all__ = ["freeze", "channels_last_inputs", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES",
+__all__ = ["freeze", "BACKENDS", "channels_last_inputs", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES",
            "FINAL_CANDIDATES", "plan_summary"]
+
+#: The ``backend`` values of :func:`freeze`.
+BACKENDS = ("auto", "native", "torch")
 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
@@ -163,6 +166,7 @@ def freeze(
     model: nn.Module,
     example_input: Tensor,
     *,
+    backend: str = "auto",
     input_size: tuple[int, int] | None = None,
     measure: bool = True,
     repeats: int = 3,
@@ -180,6 +184,11 @@ def freeze(
     Args:
         model: a model containing :class:`~tkn.layers.TargetConv2d` layers (left untouched).
         example_input: a batch of the shape (and batch size) the frozen model will see.
+        backend: what runs the ROIs: ``"native"`` (the C++ kernel, through ``torch.ops.tkn.roi_conv2d``;
+            a ``ValueError`` says why when it cannot be built here), ``"torch"`` (the PyTorch executors:
+            block and tile plans), or ``"auto"`` (the default: native where the kernel is available and
+            can run a layer, the PyTorch executors elsewhere). Every layer still runs dense where that
+            measured faster.
         input_size: optional ``(H, W)`` to plan for instead of the example's size
             (a zero input of that size is used: the window parameters are
             relative, so a TKN trained at one resolution runs at another).
@@ -239,6 +248,15 @@ def freeze(
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "torch":
+        native = False
+    elif backend == "native":
+        if native is False:
+            raise ValueError("backend='native' with native=False: give one or the other")
+        if not native_kernel.available():
+            raise ValueError(f"backend='native' but the native kernel is not available: {native_kernel.reason()}")
     if not isinstance(native, bool):
         if isinstance(native, str) or not all(s in native_kernel.STRATEGIES for s in native):
             raise ValueError(f"native must be True, False or a sequence of strategies from "
