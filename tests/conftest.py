@@ -1,6 +1,11 @@
+import os
 import random
 import warnings
 import zlib
+
+# Triton kernels run on CPU tensors only under its interpreter, and Triton reads this when it is first
+# imported (torch.compile's tests import it too): set before anything imports it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np
 import pytest

@@ -84,3 +84,34 @@ def test_frozen_model_compiles_in_one_graph():
     compiled = torch.compile(frozen, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_triton_backend_equals_eval_under_the_interpreter(monkeypatch):
+    """freeze(backend="triton") on a targetized CNN with small, scattered ROIs: every target layer runs the Triton
+    kernel through torch.ops.tkn.roi_conv2d (here under Triton's CPU interpreter) and the model equals eval."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # tests/conftest.py set it before Triton was imported
+    import tkn
+    from tkn.engine import triton_roi
+
+    assert triton_roi.available(), triton_roi.reason()
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(8, 16, 3, padding=1, bias=True), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 5 * 5, 4))
+    net = tkn.targetize(cnn, min_roi=1)
+    for i, layer in enumerate(layer for _, layer in tkn.target_layers(net)):
+        random_rois_(layer, i, s_range=(0.02, 0.2))
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.rand(3, 3, 11, 10)
+    frozen = freeze(net, x, backend="triton")
+    plans = [m.plan.label for m in frozen.modules() if isinstance(m, FrozenTargetConv2d)]
+    assert plans == ["triton", "triton"]
+    with torch.no_grad():
+        for batch in (1, 3):
+            torch.testing.assert_close(frozen(x[:batch]), net(x[:batch]), rtol=1e-4, atol=1e-5)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="backend='triton' but the Triton kernel cannot run here"):
+            freeze(net, x, backend="triton")

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from tkn.engine import native as native_kernel
-from tkn.engine.modules import FrozenSparseLinear, FrozenTargetConv2d, native_plan
+from tkn.engine.modules import TRITON, FrozenSparseLinear, FrozenTargetConv2d, native_plan
 from tkn.engine.graph import analyse, fold_batch_norm, fold_conv_batch_norm, rewrite, rewrite_residual
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
 from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
@@ -72,7 +72,7 @@ __all__ = ["freeze", "BACKENDS", "channels_last_inputs", "DEFAULT_CANDIDATES", "
            "FINAL_CANDIDATES", "plan_summary"]
 
 #: The ``backend`` values of :func:`freeze`.
-BACKENDS = ("auto", "native", "torch")
+BACKENDS = ("auto", "native", "triton", "torch")
 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
@@ -186,9 +186,11 @@ def freeze(
         example_input: a batch of the shape (and batch size) the frozen model will see.
         backend: what runs the ROIs: ``"native"`` (the C++ kernel, through ``torch.ops.tkn.roi_conv2d``;
             a ``ValueError`` says why when it cannot be built here), ``"torch"`` (the PyTorch executors:
-            block and tile plans), or ``"auto"`` (the default: native where the kernel is available and
-            can run a layer, the PyTorch executors elsewhere). Every layer still runs dense where that
-            measured faster.
+            block and tile plans), ``"triton"`` (the Triton kernel of :mod:`tkn.engine.triton_roi` through
+            the same operator, for every target layer it can run, without timing against dense: CUDA
+            tensors, or CPU tensors under ``TRITON_INTERPRET=1``), or ``"auto"`` (the default: native
+            where the kernel is available and can run a layer, the PyTorch executors elsewhere). With
+            ``"auto"``, ``"native"`` and ``"torch"`` every layer still runs dense where that measured faster.
         input_size: optional ``(H, W)`` to plan for instead of the example's size
             (a zero input of that size is used: the window parameters are
             relative, so a TKN trained at one resolution runs at another).
@@ -250,14 +252,20 @@ def freeze(
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if backend == "torch":
+    if backend == "triton":
+        from tkn.engine import triton_roi
+
+        if not triton_roi.available():
+            raise ValueError(f"backend='triton' but the Triton kernel cannot run here: {triton_roi.reason()}")
+        native = (TRITON,)
+    elif backend == "torch":
         native = False
     elif backend == "native":
         if native is False:
             raise ValueError("backend='native' with native=False: give one or the other")
         if not native_kernel.available():
             raise ValueError(f"backend='native' but the native kernel is not available: {native_kernel.reason()}")
-    if not isinstance(native, bool):
+    if not isinstance(native, bool) and backend != "triton":
         if isinstance(native, str) or not all(s in native_kernel.STRATEGIES for s in native):
             raise ValueError(f"native must be True, False or a sequence of strategies from "
                              f"{native_kernel.STRATEGIES}, got {native!r}")
@@ -273,7 +281,7 @@ def freeze(
         p.requires_grad_(False)
     if isinstance(frozen, TargetConv2d):
         wrapper = nn.Sequential(frozen)
-        return freeze(wrapper, example_input, measure=measure, repeats=repeats, candidates=candidates,
+        return freeze(wrapper, example_input, backend=backend, measure=measure, repeats=repeats, candidates=candidates,
                       grids=grids, permute=permute, fuse=fuse,
                       input_sparsity=input_sparsity, graph=graph, native=native,
                       channels_last=channels_last)[0]
@@ -327,8 +335,11 @@ def freeze(
             support = _input_support(frozen, producers.get(name), built, fused, calls)
         res = analysis.residuals.get(name) if analysis is not None and fuse and calls[name] == 1 else None
         strategies = [s for s in allowed
-                      if not native_kernel.strategy_unsupported(s, layer.in_channels, res is not None)]
-        if strategies and x.dtype == torch.float32 and not FrozenTargetConv2d.native_unsupported(layer, pool):
+                      if s == TRITON or not native_kernel.strategy_unsupported(s, layer.in_channels, res is not None)]
+        if res is not None and TRITON in strategies:
+            strategies.remove(TRITON)
+        if (strategies and x.dtype == torch.float32
+                and not FrozenTargetConv2d.native_unsupported(layer, pool, strategies[0])):
             xin = x if in_perm is None else x[:, in_perm]
             # time it on the layout its producer hands over: the last layer built, if its output is this input
             last = built[next(reversed(built))] if built else None
@@ -337,8 +348,8 @@ def freeze(
                 xin = native_kernel.to_batch_layout(xin)
             else:
                 xin = xin.contiguous(memory_format=torch.channels_last)
-            chosen = _choose_native(layer, hw, xin, in_perm, relu, pool, support, measure, repeats, scale, shift,
-                                    strategies)
+            chosen = _choose_native(layer, hw, xin, in_perm, relu, pool, support, measure and backend != TRITON,
+                                    repeats, scale, shift, strategies, force=backend == TRITON)
             if res is not None and chosen.plan.mode is PlanMode.NATIVE and not relu and pool == 1:
                 # the addition (and the ReLU after it) run in the kernel's epilogue: one pass, not three
                 timings = chosen.timings
@@ -416,7 +427,7 @@ def freeze(
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
                       input_sparsity=input_sparsity, graph=graph, native=native, channels_last=channels_last)
     if channels_last is None:
-        channels_last = any(m.plan.mode is PlanMode.NATIVE for m in built.values())
+        channels_last = any(m.plan.mode is PlanMode.NATIVE and m.plan.strategy != TRITON for m in built.values())
     if channels_last:
         frozen = frozen.to(memory_format=torch.channels_last)
         frozen.register_forward_pre_hook(channels_last_inputs)
@@ -448,14 +459,18 @@ def _sparse_linear(model: nn.Module, name: str, producer: FrozenTargetConv2d) ->
 
 def _choose_native(layer: TargetConv2d, hw: tuple[int, int], x: Tensor, in_perm: list[int] | None, relu: bool,
                    pool: int, support: Tensor | None, measure: bool, repeats: int, scale: Tensor | None = None,
-                   shift: Tensor | None = None, strategies: Sequence[str] = native_kernel.STRATEGIES
-                   ) -> FrozenTargetConv2d:
-    """The native plan of one of ``strategies`` or the dense plan, whichever step 4 of :func:`freeze` picks.
+                   shift: Tensor | None = None, strategies: Sequence[str] = native_kernel.STRATEGIES,
+                   force: bool = False) -> FrozenTargetConv2d:
+    """The native plan of one of ``strategies`` or the dense plan, whichever step 4 of :func:`freeze` picks
+    (``force``: the first strategy's plan, neither timed nor compared).
 
     ``x`` is timed in the memory layout the layer will receive (its producer's output layout)."""
     options = dict(in_perm=in_perm, relu=relu, pool=pool, scale=scale, shift=shift)
     fast = [FrozenTargetConv2d(layer, hw, native_plan(layer.out_channels, s), input_support=support, **options)
             for s in strategies]
+    if force:
+        fast[0].timings = {}
+        return fast[0]
     work = [f.executed_macs(x.shape[0]) / max(f.dense_macs(), 1) for f in fast]
     order = sorted(range(len(fast)), key=work.__getitem__)
     if not measure:

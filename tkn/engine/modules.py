@@ -45,10 +45,14 @@ from torch import Tensor, nn
 from tkn import functional as TF
 from tkn.engine import native as native_kernel
 from tkn.engine import op as roi_op
+from tkn.engine import triton_roi
 from tkn.ops.plan import Block, LayerPlan, PlanMode, align_plan, dense_plan, input_span, padded_channels
 from tkn.layers import TargetConv2d
 
-__all__ = ["FrozenTargetConv2d", "FrozenSparseLinear", "GEMM_MAX_K", "native_plan"]
+__all__ = ["FrozenTargetConv2d", "FrozenSparseLinear", "GEMM_MAX_K", "native_plan", "TRITON"]
+
+#: The strategy name of plans that run :mod:`tkn.engine.triton_roi`'s kernel.
+TRITON = "triton"
 
 #: Block convolutions whose reduction ``C_in × kH × kW`` is at most this run as ``unfold`` + ``matmul``.
 #: For TKN6's first layer (1 → 256, 5×5) oneDNN's direct convolution of 64 ROI crops was 3x slower
@@ -57,8 +61,11 @@ GEMM_MAX_K = 32
 
 
 def native_plan(channels: int, strategy: str = "groups") -> LayerPlan:
-    """The plan that runs the layer with the native kernel and one of its lane ``strategy``
-    (:data:`tkn.engine.native.STRATEGIES`; see :class:`tkn.engine.native.NativeConv`)."""
+    """The plan that runs the layer with a compiled ROI kernel: the native CPU kernel with one of its lane
+    ``strategy`` (:data:`tkn.engine.native.STRATEGIES`; see :class:`tkn.engine.native.NativeConv`), or
+    ``"triton"`` (:mod:`tkn.engine.triton_roi`)."""
+    if strategy == TRITON:
+        return LayerPlan(PlanMode.NATIVE, list(range(channels)), [], channels, TRITON, strategy=TRITON)
     if strategy not in native_kernel.STRATEGIES:
         raise ValueError(native_kernel.strategy_unsupported(strategy, 0))
     label = "native" if strategy == "groups" else f"native-{strategy}"
@@ -150,7 +157,7 @@ class FrozenTargetConv2d(nn.Module):
             raise ValueError(f"a residual addition is fused into native plans without pool only, got plan "
                              f"{plan.mode.value!r} with pool={pool}")
         if plan.mode is PlanMode.NATIVE:
-            why = self.native_unsupported(layer, pool)
+            why = self.native_unsupported(layer, pool, plan.strategy or "groups")
             if why:
                 raise ValueError(f"a native plan cannot run this layer: {why}")
             if plan.perm != list(range(self.out_channels)) or permute_output:
@@ -226,6 +233,10 @@ class FrozenTargetConv2d(nn.Module):
                                  input_support.detach().to(torch.int32).cpu().contiguous())
             self._op_geometry = (tuple(self.stride), tuple(pad), tuple(self.dilation), self.relu, pool,
                                  self.plan.strategy or "groups", self.residual)
+            if self.plan.strategy == TRITON:
+                if self.residual:
+                    raise ValueError("a residual addition is fused by the native 'groups' strategy only")
+                return
             self._native = native_kernel.NativeConv(
                 weight, bias, wm, roi, conv_hw=self.conv_hw, input_hw=hw, stride=self.stride, dilation=self.dilation,
                 pad=pad, scale=scale, shift=shift, relu=self.relu, pool=pool, support=input_support,
@@ -301,8 +312,17 @@ class FrozenTargetConv2d(nn.Module):
         return lo, hi
 
     @staticmethod
-    def native_unsupported(layer: TargetConv2d, pool: int = 1) -> str:
-        """Why a native plan cannot run ``layer`` (with a fused ``pool``); ``""`` when it can."""
+    def native_unsupported(layer: TargetConv2d, pool: int = 1, strategy: str = "groups") -> str:
+        """Why a kernel plan of ``strategy`` cannot run ``layer`` (with a fused ``pool``); ``""`` when it can."""
+        if strategy == TRITON:
+            why = triton_roi.reason()
+            if why:
+                return f"the Triton kernel is not available ({why})"
+            if layer.groups != 1:
+                return f"groups={layer.groups} (the Triton kernel needs groups=1)"
+            if layer.weight.dtype != torch.float32:
+                return f"{layer.weight.dtype} (the Triton kernel needs float32)"
+            return ""
         if not native_kernel.available():
             return f"the native kernel is not available ({native_kernel.reason()})"
         if layer.groups != 1:
@@ -420,7 +440,7 @@ class FrozenTargetConv2d(nn.Module):
             )
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"input must be (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
-        if self._native is not None:
+        if self.plan.mode is PlanMode.NATIVE:
             if self.padding_mode != "zeros":
                 x = TF.pad_input(x, self.pad, self.padding_mode)
             stride, pad, dilation, relu, pool, strategy, _ = self._op_geometry
@@ -465,6 +485,8 @@ class FrozenTargetConv2d(nn.Module):
         With ``batch``, the native ``"batch"`` strategy's padding lanes (the batch rounded up to the vector
         width) count too."""
         k = self.kernel_size[0] * self.kernel_size[1]
+        if self.plan.strategy == TRITON:
+            return self.macs()  # one program per channel over exactly its ROI
         if self._native is not None:
             work = self._native.executed_macs
             if self._native.strategy == "batch" and batch:
@@ -482,6 +504,8 @@ class FrozenTargetConv2d(nn.Module):
     def work_units(self) -> tuple[int, str]:
         """How many separate pieces of work one call runs, and what they are: the native kernel's channel
         groups, or the plan's blocks (0 blocks for a dense plan)."""
+        if self.plan.strategy == TRITON:
+            return self.out_channels, "channels"
         if self._native is not None:
             if self._native.strategy == "batch":
                 return self.output_hw[0] * self.output_hw[1], "output positions"

@@ -14,7 +14,9 @@ without ``shift``); plus ``residual`` if given; then a ReLU if ``relu``; then a
 (zero outside each ROI), ``roi`` the ``(C_out, 4)`` boxes, ``support`` optional
 ``(C_in, 4)`` boxes outside which the input is known to be zero.
 
-The CPU implementation is the native kernel of :mod:`tkn.engine.native` with
+With ``strategy="triton"`` the Triton kernel of :mod:`tkn.engine.triton_roi`
+runs it (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``). Otherwise
+the CPU implementation is the native kernel of :mod:`tkn.engine.native` with
 the lane ``strategy`` named (its packed tensors are cached per set of argument
 tensors, keyed by their storage and version, so a module's buffers are packed
 once); without the native kernel, or on another device, a PyTorch reference
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tkn.engine import native as native_kernel
+from tkn.engine import triton_roi
 
 __all__ = ["roi_conv2d", "reference_roi_conv2d", "CACHE_SIZE"]
 
@@ -92,9 +95,11 @@ def _lanes(n: int) -> int:
 
 
 def _output_layout(n: int, c: int, hp: int, wp: int, strategy: str, like: Tensor) -> Tensor:
-    """An empty output with the strides the native strategy returns (channels_last, or batch-innermost)."""
+    """An empty output with the strides the strategy returns (channels_last, batch-innermost, or contiguous)."""
     if strategy == "batch":
         return like.new_empty((hp, wp, c, _lanes(n)))[..., :n].permute(3, 2, 0, 1)
+    if strategy == "triton":
+        return like.new_empty((n, c, hp, wp))
     return like.new_empty((n, hp, wp, c)).permute(0, 3, 1, 2)
 
 
@@ -102,6 +107,8 @@ def _strides(n: int, c: int, hp: int, wp: int, strategy: str) -> tuple[int, ...]
     if strategy == "batch":
         lanes = _lanes(n)
         return (1, lanes, wp * c * lanes, c * lanes)
+    if strategy == "triton":
+        return (c * hp * wp, hp * wp, wp, 1)
     return (hp * wp * c, 1, wp * c, c)
 
 
@@ -137,6 +144,10 @@ def roi_conv2d(x: Tensor, weight: Tensor, window: Tensor, roi: Tensor, bias: Opt
     H_out // pool, W_out // pool)``."""
     n, c = x.shape[0], weight.shape[0]
     hp, wp = window.shape[-2] // pool, window.shape[-1] // pool
+    if strategy == "triton" and residual is None and triton_roi.available():
+        return triton_roi.roi_conv2d_triton(x, weight, window, roi, bias=bias, scale=scale, shift=shift,
+                                            stride=tuple(stride), padding=tuple(padding),
+                                            dilation=tuple(dilation), relu=relu, pool=pool).contiguous()
     native_ok = (x.device.type == "cpu" and x.dtype == torch.float32 and native_kernel.available()
                  and not native_kernel.strategy_unsupported(strategy, weight.shape[1], residual is not None))
     if native_ok:
