@@ -4,6 +4,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 WIDTHS = [0.5, 0.25]
 BUDGETS = [2.0, 4.0]
 UNREACHABLE = 100.0  # TKN6 at 28x28 with min_roi=3 reaches at most 15.16x
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _args(out: Path, *extra: str) -> list[str]:
@@ -171,3 +177,51 @@ def test_points_per_seed():
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(["frontier", "--out", str(tmp_path), "--no-train", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def _finished_epochs(run: Path) -> int:
+    """Epochs a run folder has completed (its ``last.pt``), 0 without one."""
+    return int(load_checkpoint(run / "last.pt")["epoch"]) if (run / "last.pt").exists() else 0
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_retraining_its_finished_runs(tmp_path, capsys):
+    """SIGKILL once the first run finished (the second run's folder appears), restart with ``--resume``:
+    the finished run is read back (its checkpoints untouched), only the others train, the results are whole."""
+    out = tmp_path / "study"
+    args = ["frontier", "--model", "tkn6", "--data", "mnist-5k", "--epochs", "2", "--widths", "0.25", "0.125",
+            "--target-speedup", "2", "--set", "max_train_samples=64", "--set", "max_test_samples=32",
+            "--set", "batch_size=16", "--batch", "1", "--repeats", "1", "--out", str(out)]
+    folders = ["dense-w0.25", "dense-w0.125", "tkn-speedup-2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tkn.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not (out / folders[1]).exists():  # created by the second run: the first one has returned
+            assert proc.poll() is None, f"the study exited early ({proc.returncode}): {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "the first run did not finish within 300 s"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done = {f: _finished_epochs(out / f) for f in folders}
+    assert done[folders[0]] == 2 and done[folders[2]] == 0, done
+    assert not (out / "frontier.json").exists()
+    first = {k: v for k, v in _checkpoint_times(out).items() if k.startswith(folders[0] + "/")}
+    assert sorted(first) == [f"{folders[0]}/best.pt", f"{folders[0]}/last.pt"]
+
+    assert main([*args, "--resume"]) == 0
+    log = capsys.readouterr().out
+    assert {k: v for k, v in _checkpoint_times(out).items() if k in first} == first  # not retrained
+    assert f"nothing to do: {str(out / folders[0])!r} already completed 2 of 2 epochs" in log
+    # every epoch not finished at the kill ran once, and only those
+    assert log.count("epoch 1/2") == sum(1 for f in folders if done[f] < 1)
+    assert log.count("epoch 2/2") == sum(1 for f in folders if done[f] < 2)
+    assert {f: _finished_epochs(out / f) for f in folders} == dict.fromkeys(folders, 2)
+    report = json.loads((out / "frontier.json").read_text())
+    assert [Path(r["run"]).name for r in report["rows"]] == folders
+    assert [r["epochs"] for r in report["rows"]] == [2, 2, 2]
+    assert len(_csv_rows(out / "frontier.csv")) == 3 and (out / "frontier.png").stat().st_size > 0
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))

@@ -85,10 +85,18 @@ def model_from_checkpoint(
     """Rebuild the model of a checkpoint (path or loaded dict) and load its weights.
 
     Returns ``(model, payload)``; the model is in ``eval()`` mode.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`load_checkpoint`; ``ValueError`` for a dict without the
+            ``model`` and ``model_state`` entries.
     """
     from tkn.models import create_model
 
     payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location)
+    missing = [key for key in ("model", "model_state") if key not in payload]
+    if missing or not isinstance(payload["model"], dict) or "name" not in payload["model"]:
+        raise ValueError("checkpoint must be a tkn checkpoint dict with 'model' ({'name': ..., 'kwargs': ...}) and "
+                         f"'model_state' entries; got keys {sorted(map(str, payload))}")
     spec = payload["model"]
     model = create_model(spec["name"], **spec.get("kwargs", {}))
     model.load_state_dict(payload["model_state"])

@@ -270,13 +270,28 @@ class TargetConv2d(nn.Module):
         return TF.clip_params(self.m, self.s, (height, width), self.roi_floor)
 
     def attention(self, height: int, width: int) -> Tensor:
-        """``F``: tensor ``(out_channels, height, width)`` from the clipped parameters (output coordinates)."""
+        """``F``: tensor ``(out_channels, height, width)`` from the clipped parameters (output coordinates).
+
+        Raises:
+            ValueError: ``m`` or ``s`` holds a NaN or an infinity.
+        """
+        self._check_params()
         m, s = self.clipped(height, width)
         return TF.attention2d(m, s, height, width, self.window)
 
     def rois(self, height: int, width: int) -> Tensor:
-        """Integer ROIs ``(out_channels, 4)``: ``y0, y1, x0, x1``, half-open, output coordinates."""
+        """Integer ROIs ``(out_channels, 4)``: ``y0, y1, x0, x1``, half-open, output coordinates.
+
+        Raises:
+            ValueError: ``m`` or ``s`` holds a NaN or an infinity (a non-finite centre or scale has no ROI).
+        """
+        self._check_params()
         return TF.rois(self.m, self.s, (height, width), self.roi_floor)
+
+    def _check_params(self) -> None:
+        if _params_are_checked():
+            check_finite("m", self.m)
+            check_finite("s", self.s)
 
     def macs(self, height: int, width: int) -> int:
         """Multiply–accumulates of one forward pass on one sample: only the ROIs are counted."""
@@ -301,9 +316,7 @@ class TargetConv2d(nn.Module):
 
     def _run(self, x: Tensor, relu: bool, pool: int) -> Tensor:
         _check_input(x, 4, self.in_channels, "(N, C_in, H, W)")
-        if _params_are_checked():
-            check_finite("m", self.m)
-            check_finite("s", self.s)
+        self._check_params()
         if self.execution == "fast":  # ROI blocks re-planned every call (tkn.ops.fast_conv)
             return fast_target_conv2d(
                 x, self.weight, self.m, self.s, self.bias, stride=self.stride, padding=self.padding,

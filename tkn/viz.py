@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from tkn.convert import target_layers
 from tkn.flops import format_count
+from tkn.io import atomic_write
 from tkn.validate import positive_int
 from tkn.summary import example_input, layer_row, target_geometry, totals
 
@@ -386,14 +387,17 @@ def score_map_figure(
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save ``fig`` to ``path`` (format from the suffix; parents created) and close it."""
+    """Save ``fig`` to ``path`` atomically (:func:`tkn.io.atomic_write`; format from the suffix; parents
+    created) and close it."""
     plt = require_matplotlib()
     path = Path(path)
-    if path.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise ValueError(f"figure path must end in .png, .pdf, .svg or .jpg, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=suffix[1:]))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -268,14 +268,15 @@ def run_demo(out: str | Path, schedule: DemoSchedule, *, seed: int = 0, progress
     t["freeze_s"] = freeze_s
     t["plans"] = {str(row["layer"]): row["plan"] for row in plan_summary(frozen_tb)}
 
+    from tkn.io import atomic_write_text
     from tkn.viz import attention_figure, save_figure
 
     fig = attention_figure(nets[TARGETED][0], shape, title=f"TKN6 on {DATA}: learned attention windows and ROIs")
     report["attention_figure"] = str(save_figure(fig, out / "attention.png"))
     report["wall_time_s"] = time.perf_counter() - started
     table = format_table(report)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(_markdown(report, table), encoding="utf-8")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "report.md", _markdown(report, table))
     log("")
     log(table)
     log(f"\nreduced schedule ({schedule.epochs} epoch(s)); wrote {out / 'report.md'}, {out / 'report.json'}, "

@@ -21,7 +21,15 @@ holds: the same choice as ``tkn sweep``), the TKNs are frozen with
 ``frontier.csv`` and ``frontier.json`` (one row per point, columns in
 :func:`columns`; the JSON adds the skipped budgets, the machine conditions
 and the arguments) and ``frontier.png`` (test error against time per image,
-one panel per batch size).
+one panel per batch size). Each file is replaced atomically (:mod:`tkn.io`).
+A row's ``collapsed`` names the criteria of
+:func:`tkn.training.collapse.detect_collapse` that its run failed (empty for a
+healthy run): a budget too close to the maximum can leave a network at chance.
+
+An interrupted study continues with the same arguments and ``--resume``:
+finished runs are read back, not retrained; an unfinished run continues from
+its last complete epoch; a run that had not finished its first epoch starts
+again. The timing, which is not stored per run, is measured again.
 
 Without ``--config`` the runs share a small CPU schedule (:data:`DEFAULTS`:
 the demo's choices, the lr divided by 10 for the last epoch).
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -48,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from tkn.commands import add_study_arguments
 from tkn.commands.demo import measure_interleaved
 from tkn.commands.sweep import baseline_macs
+from tkn.io import atomic_write_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -71,7 +81,7 @@ BATCHES = (1, 64)
 #: Columns of ``frontier.csv`` before the timing columns (see :func:`columns`).
 HEAD = (
     "kind", "model", "data", "width", "target_speedup", "seed", "speedup", "macs", "dense_macs", "params",
-    "metric", "test_error", "epoch", "epoch_rule", "final_test_error", "epochs",
+    "metric", "test_error", "epoch", "epoch_rule", "final_test_error", "epochs", "collapsed",
 )
 TAIL = ("checkpoint", "run", "config_file")
 
@@ -231,12 +241,15 @@ def load_point(point: Point, out: Path) -> tuple[nn.Module, dict[str, Any], dict
 
     Returns:
         ``(model, payload, last)``: the model (``eval()``) and payload of ``best.pt`` or
-        ``last.pt`` (:attr:`Point.checkpoint_name`), and the ``metrics`` row of ``last.pt``.
+        ``last.pt`` (:attr:`Point.checkpoint_name`), and the ``metrics`` row of ``last.pt``
+        with the run's collapse verdict added under ``"collapsed"``
+        (:func:`tkn.training.collapse.checkpoint_collapse`).
 
     Raises:
         FileNotFoundError: the run lacks one of these checkpoints.
     """
     from tkn.checkpoint import load_checkpoint, model_from_checkpoint
+    from tkn.training.collapse import checkpoint_collapse
 
     run_dir = out / point.folder
     for name in dict.fromkeys((point.checkpoint_name, "last.pt")):
@@ -245,7 +258,7 @@ def load_point(point: Point, out: Path) -> tuple[nn.Module, dict[str, Any], dict
                                     "(without --no-train)")
     model, payload = model_from_checkpoint(run_dir / point.checkpoint_name)
     last = payload if point.checkpoint_name == "last.pt" else load_checkpoint(run_dir / "last.pt")
-    return model, payload, last["metrics"]
+    return model, payload, {**last["metrics"], "collapsed": checkpoint_collapse(last)}
 
 
 def point_row(point: Point, model: nn.Module, payload: dict[str, Any], last: dict[str, Any], out: Path, metric: str,
@@ -256,7 +269,8 @@ def point_row(point: Point, model: nn.Module, payload: dict[str, Any], last: dic
         point: the point.
         model: its network, loaded from ``payload``.
         payload: its checkpoint (its ``metrics`` row gives the test error and epoch).
-        last: the metrics row of the run's last epoch (``final_test_error``, ``epochs``).
+        last: the metrics row of the run's last epoch (``final_test_error``, ``epochs``), with the
+            run's collapse verdict under ``"collapsed"`` (``None`` or ``{"reasons": [...], ...}``).
         out: the study folder.
         metric: ``"test_error"`` (in %) or ``"test_mse"``.
         dense_macs: MACs of the width-1 dense twin: ``speedup = dense_macs / macs``.
@@ -273,6 +287,7 @@ def point_row(point: Point, model: nn.Module, payload: dict[str, Any], last: dic
         "dense_macs": dense_macs, "params": report.params, "metric": metric,
         "test_error": payload["metrics"][metric], "epoch": int(payload["epoch"]), "epoch_rule": point.epoch_rule,
         "final_test_error": last[metric], "epochs": int(last["epoch"]),
+        "collapsed": "+".join(last["collapsed"]["reasons"]) if last.get("collapsed") else None,
         "checkpoint": str(run_dir / point.checkpoint_name), "run": str(run_dir),
         "config_file": str(run_dir / "config.yaml"), "config": cfg,
     }
@@ -358,22 +373,23 @@ def summarize(rows: Sequence[dict[str, Any]], batches: Sequence[int]) -> list[di
 
 
 def _write_csv(path: Path, names: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(names), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in names})
+    """Write ``rows`` (columns ``names``, ``None`` as empty) to ``path`` atomically."""
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(names), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in names})
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_frontier(report: dict[str, Any], out: str | Path, name: str = "frontier") -> tuple[Path, Path]:
     """Write ``<name>.csv`` (the rows), ``<name>-summary.csv`` (:func:`summarize`) and ``<name>.json``
-    (the whole report) into ``out``."""
+    (the whole report) into ``out``, each atomically."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / f"{name}.csv", columns(report["batches"]), report["rows"])
     summary_names = [*SUMMARY_HEAD, *(time_column(b) for b in report["batches"])]
     _write_csv(out / f"{name}-summary.csv", summary_names, report["summary"])
-    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / f"{name}.json", json.dumps(report, indent=2) + "\n")
     return out / f"{name}.csv", out / f"{name}.json"
 
 

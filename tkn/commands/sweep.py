@@ -12,8 +12,15 @@ ROI-aware MACs; the relative speed-up factor is, as in Fig. 5,
 model, whether or not it is trained). Writes into ``--out``:
 
 * one run folder per setting (``l2-0.001_beta-2/``, ``speedup-4/``, ``baseline/``), as ``tkn train``;
-* ``sweep.csv`` and ``sweep.json``: one row per setting (columns in :data:`COLUMNS`);
+* ``sweep.csv`` and ``sweep.json``: one row per setting (columns in :data:`COLUMNS`; ``collapsed``
+  names the criteria of :func:`tkn.training.collapse.detect_collapse` that a run failed, empty for a
+  healthy run);
 * ``sweep.png``: test error against speed-up, one curve per β, baseline marked.
+
+Every file is replaced atomically (:mod:`tkn.io`). A sweep that was
+interrupted continues with the same arguments and ``--resume``: finished runs
+are read back, not retrained; an unfinished run continues from its last
+complete epoch; a run that had not finished its first epoch starts again.
 
 The default (no ``--config``) is a small sweep of TDN10 on the embedded
 ``tlmnist-5k``: L2 ∈ {3e-3, 1e-2} × β ∈ {1, 2}, plus DN10: 5 runs of 6 epochs
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -42,13 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from tkn.commands import add_study_arguments
+from tkn.io import atomic_write_text
 
 __all__ = ["COLUMNS", "DEFAULTS", "add_parser", "run", "run_sweep", "setting_name", "write_rows", "baseline_macs"]
 
 #: Columns of ``sweep.csv`` / keys of each ``sweep.json`` row.
 COLUMNS = (
     "kind", "model", "data", "l2", "beta", "target_speedup", "epochs", "best_epoch", "metric", "test_error", "final_test_error",
-    "macs", "baseline_macs", "speedup", "params", "out",
+    "macs", "baseline_macs", "speedup", "collapsed", "params", "out",
 )
 
 #: The documented small default (used when ``--config`` is not given).
@@ -89,6 +98,7 @@ def _row(result, kind: str, l2: float | None, beta: float | None, metric: str, b
         "test_error": best.get(metric), "final_test_error": final.get(metric),
         "macs": macs, "baseline_macs": base_macs,
         "speedup": base_macs / macs if macs else None,
+        "collapsed": "+".join(result.collapsed["reasons"]) if result.collapsed else None,
         "params": result.params, "out": str(result.out),
     }
 
@@ -164,15 +174,15 @@ def run_sweep(
 
 
 def write_rows(rows: Sequence[dict[str, Any]], out: str | Path) -> tuple[Path, Path]:
-    """Write ``sweep.csv`` and ``sweep.json`` (one row per setting) into ``out``."""
+    """Write ``sweep.csv`` and ``sweep.json`` (one row per setting) into ``out``, each atomically."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "sweep.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in COLUMNS})
-    (out / "sweep.json").write_text(json.dumps(list(rows), indent=2) + "\n")
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in COLUMNS})
+    atomic_write_text(out / "sweep.csv", buf.getvalue())
+    atomic_write_text(out / "sweep.json", json.dumps(list(rows), indent=2) + "\n")
     return out / "sweep.csv", out / "sweep.json"
 
 
@@ -188,7 +198,8 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
         err = "-" if r["test_error"] is None else f"{r['test_error']:.2f}"
         macs = "-" if r["macs"] is None else f"{r['macs'] / 1e6:.2f}M"
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        lines.append(f"{name:<24} {err:>10} {macs:>10} {speed:>9}")
+        flag = f"  collapsed ({r['collapsed']})" if r.get("collapsed") else ""
+        lines.append(f"{name:<24} {err:>10} {macs:>10} {speed:>9}{flag}")
     return "\n".join(lines)
 
 

@@ -82,12 +82,35 @@ def setup(device: str = "auto") -> DistContext:
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
+        _import_group_defaults()
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def _import_group_defaults() -> None:
+    """Import, before the default process group exists, the modules that capture it in default arguments.
+
+    ``torch.distributed.nn.functional`` declares ``group=group.WORLD`` defaults, evaluated at import.
+    ``DistributedDataParallel`` imports it on construction (through ``torch.distributed._shard``); imported
+    after :func:`torch.distributed.init_process_group`, those defaults hold the default group forever, so
+    :func:`torch.distributed.destroy_process_group` cannot free it and its gloo worker threads outlive
+    :func:`teardown`. At interpreter exit such a thread releasing the last collective's tensors takes the
+    GIL during finalisation and the process aborts (``terminate called without an active exception``,
+    SIGABRT). Imported first, the defaults are ``None`` and the group is freed (its threads joined) when
+    it is destroyed.
+    """
+    import torch.distributed.nn  # noqa: F401
+
+
 def teardown(ctx: DistContext) -> None:
-    """Leave the process group joined by :func:`setup` (no-op for a single process)."""
+    """Leave the process group joined by :func:`setup` (no-op for a single process).
+
+    The group is destroyed, not merely unregistered: with no reference left (see
+    :func:`_import_group_defaults`; the caller has dropped its ``DistributedDataParallel``), its
+    destructor waits for the queued work and joins the backend's worker threads, so no thread of the
+    group is left to run while the interpreter shuts down (tested: no gloo thread outlives
+    :func:`tkn.training.train` under ``torchrun``).
+    """
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -8,6 +8,12 @@ epoch (on rank 0): evaluation on the test split, the model's ROI-aware MACs and
 exact speed-up, one row in ``metrics.csv``, an atomic ``last.pt`` (holding the
 budget's state too) and, when the test metric improved, ``best.pt``.
 
+A run that did not learn (:func:`tkn.training.collapse.detect_collapse`: the
+training loss did not fall, or the test error ended at chance) is reported,
+not hidden: :attr:`TrainResult.collapsed` and every checkpoint's
+``"collapsed"`` hold the verdict, and the end of the run logs a warning (a
+:class:`~tkn.training.collapse.CollapseWarning` when no ``log`` is given).
+
 Reproducibility: everything random in an epoch derives from ``(seed, epoch)``
 or from the global generators, whose state is saved in every checkpoint at
 the epoch boundary (evaluation and MAC counting run with the generators
@@ -36,6 +42,7 @@ from tkn.checkpoint import load_checkpoint, save_checkpoint
 from tkn.convert import clip_parameters_, scale_penalty, target_layers
 from tkn.flops import count
 from tkn.training import components, distributed, loaders
+from tkn.training.collapse import USABLE_FRACTION, detect_collapse, warn_collapse
 from tkn.training.config import RESUMABLE_CHANGES, TrainConfig
 from tkn.training.fusion import fused_training_view
 from tkn.training.metrics import Meter, best_metric, compute_loss, evaluate, metric_names
@@ -57,6 +64,9 @@ class TrainResult:
     best: dict[str, Any] | None
     params: int
     model: nn.Module = field(repr=False)
+    collapsed: dict[str, Any] | None = None
+    """``None``, or the collapse verdict of :func:`~tkn.training.collapse.detect_collapse` on ``history``
+    (``reasons``, ``message``, ``epoch``)."""
 
     @property
     def final(self) -> dict[str, Any] | None:
@@ -74,6 +84,7 @@ class TrainResult:
             "params": self.params,
             "final": self.final,
             "best": self.best,
+            "collapsed": self.collapsed,
         }
 
 
@@ -222,7 +233,9 @@ def train(
         config: a validated :class:`TrainConfig`.
         resume: ``True`` to continue from ``config.out/last.pt``, or a checkpoint path.
         overwrite: start afresh even if ``config.out`` holds a run.
-        log: called on rank 0 with one line per epoch.
+        log: called on rank 0 with one line per epoch, and with a ``WARNING: training collapsed: ...`` line
+            at the end when the run collapsed (without ``log``, a
+            :class:`~tkn.training.collapse.CollapseWarning` is issued instead).
 
     Raises:
         ValueError: bad configuration, unwritable output, unusable checkpoint.
@@ -247,6 +260,11 @@ def train(
         with _deterministic(cfg.deterministic, ctx.device):
             emit = log if (log is not None and ctx.is_main) else (lambda line: None)
             result = _train(cfg, ctx, resume, overwrite, emit)
+        if result.collapsed is not None and ctx.is_main:
+            if log is not None:
+                log(f"WARNING: {result.collapsed['message']}")
+            else:
+                warn_collapse(result.collapsed)
         if ctx.distributed:  # leave together: a rank tearing down while another still writes its files can abort
             distributed.all_reduce_sum([0.0], ctx)
         return result
@@ -272,8 +290,8 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     data = loaders.build_data(cfg)
     loss = components.loss_name(cfg, data.task)
     model = components.build_model(cfg, data.num_classes, data.input_shape).to(ctx.device)
-    # auto: the fast path for single-process CPU runs only (on a GPU it is slower; under DDP with gloo a rank
-    # aborted in the test suite with it, so distributed runs use the dense reference unless asked)
+    # auto: the fast path for single-process CPU runs only (on a GPU it is slower; under DDP it is not
+    # validated, so distributed runs use the dense reference unless asked)
     auto = "fast" if ctx.device.type == "cpu" and not ctx.distributed else "dense"
     execution = cfg.execution if cfg.execution != "auto" else auto
     for _, layer in target_layers(model):
@@ -323,6 +341,14 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     writer.write_metrics(history)
     progress = _progress(cfg.progress and ctx.is_main)
     key = best_metric(data.task)
+
+    def verdict() -> dict[str, Any] | None:
+        found = detect_collapse(history, data.task, data.num_classes if data.task == "classification" else None)
+        if found is not None and budget is not None and cfg.target_speedup > USABLE_FRACTION * budget.max_speedup:
+            found["message"] += (f"; the target speed-up {cfg.target_speedup:g}x is more than "
+                                 f"{USABLE_FRACTION:.0%} of the model's maximum {budget.max_speedup:.2f}x, where "
+                                 "budgets were measured to collapse: lower the target or the min_roi")
+        return found
     if start >= cfg.epochs:
         log(f"nothing to do: {str(out)!r} already completed {start} of {cfg.epochs} epochs")
     for epoch in range(start, cfg.epochs):
@@ -371,6 +397,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
                 "scaler_state": scaler.state_dict() if scaler.is_enabled() else {},
                 "rng": rng,
                 "budget_state": None if budget is None else budget.state_dict(),
+                "collapsed": verdict(),
             }
             writer.write_metrics(history)
             writer.add_scalars(row)
@@ -381,7 +408,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
     writer.close()
     return TrainResult(
         config=cfg, out=out, task=data.task, epochs_completed=int(history[-1]["epoch"]) if history else start,
-        history=history, best=best, params=params, model=model,
+        history=history, best=best, params=params, model=model, collapsed=verdict(),
     )
 
 
