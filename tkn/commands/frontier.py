@@ -217,13 +217,20 @@ def split_reachable(points: Sequence[Point], cfg: TrainConfig, num_classes: int,
 
     if not any(p.kind == "tkn" for p in points):
         return list(points), []
-    reach = max_speedup(build_model(cfg, num_classes, tuple(input_shape)), tuple(input_shape))
+    model = build_model(cfg, num_classes, tuple(input_shape))
+    if cfg.budget == "latency":  # the measured maximum, from the latency model (calibrated once, cached)
+        from tkn.latency import LatencyBudget
+
+        reach = LatencyBudget(model, tuple(input_shape), 1.0, 1, batch_size=cfg.latency_batch).max_speedup
+    else:
+        reach = max_speedup(model, tuple(input_shape))
     kept, skipped = [], []
     for p in points:
         if p.kind == "tkn" and p.target_speedup > reach:
             shape = "x".join(map(str, input_shape))
+            what = f"measured at batch {cfg.latency_batch}, " if cfg.budget == "latency" else ""
             reason = (f"{p.model} on {shape} inputs with min_roi={cfg.min_roi} reaches at most {reach:.2f}x "
-                      "(every ROI at its minimum width)")
+                      f"({what}every ROI at its minimum width)")
             log(f"target speed-up {p.target_speedup:g} skipped: {reason}")
             skipped.append({"kind": p.kind, "model": p.model, "target_speedup": p.target_speedup,
                             "max_speedup": reach, "min_roi": cfg.min_roi, "reason": reason})
@@ -548,6 +555,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="widths of the dense twin (default 1 0.5 0.25 0.125; none: TKNs only)")
     p.add_argument("--target-speedup", type=float, nargs="*", default=list(SPEEDUPS), metavar="R",
                    help="speed-up budgets of the full-width TKN (default 2 4 8 16 32; none: dense widths only)")
+    p.add_argument("--budget", choices=("macs", "latency"),
+                   help="what --target-speedup counts: 'macs' (default, tkn.MacBudget) or 'latency' (the frozen "
+                        "model's measured speed-up on this machine, tkn.LatencyBudget)")
+    p.add_argument("--latency-batch", type=int, metavar="N",
+                   help="batch size at which a latency budget's speed-up is measured (default 64)")
     p.add_argument("--seeds", type=int, nargs="+", default=[None], metavar="S",
                    help="train every point once per seed (default: the config's seed); <name>-summary.csv "
                         "gives mean and spread")
@@ -568,7 +580,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _base(args: argparse.Namespace) -> dict[str, Any]:
     """Config keys shared by every run: :data:`DEFAULTS` without ``--config``, then the flags given."""
     base: dict[str, Any] = dict(DEFAULTS) if args.config is None else {}
-    for key in ("model", "data", "epochs"):
+    for key in ("model", "data", "epochs", "budget", "latency_batch"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     if args.config is None:
