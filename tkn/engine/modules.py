@@ -174,6 +174,8 @@ class FrozenTargetConv2d(nn.Module):
         self.in_perm = None if in_perm is None else list(in_perm)
         #: seconds measured per candidate plan at freeze time (empty when not measured)
         self.timings: dict[str, float] = {}
+        #: return the output as a contiguous (NCHW) tensor, for consumers that need that memory (``x.view``)
+        self.contiguous_output = False
         self.blocks: list[Block] = list(self.plan.blocks)
         self._tiles = self.plan.mode is PlanMode.TILES
         scale = _channel_vector("scale", scale, self.out_channels)
@@ -411,11 +413,12 @@ class FrozenTargetConv2d(nn.Module):
         if self._native is not None:
             if self.padding_mode != "zeros":
                 x = TF.pad_input(x, self.pad, self.padding_mode)
-            return self._native(x, residual)
-        y = self._dense(x) if self.plan.mode is PlanMode.DENSE else self._blocks(x)
-        if self.permute_output or self.identity_order:
-            return y
-        return y.index_select(1, self.inverse_perm)
+            y = self._native(x, residual)
+        else:
+            y = self._dense(x) if self.plan.mode is PlanMode.DENSE else self._blocks(x)
+            if not (self.permute_output or self.identity_order):
+                y = y.index_select(1, self.inverse_perm)
+        return y.contiguous() if self.contiguous_output else y
 
     def output_support(self) -> Tensor:
         """``(C_out, 4)`` boxes (output coordinates, in the order the channels are returned) outside which
