@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, currently_in_test_context, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 import tkn  # noqa: E402
 from tkn.engine import FrozenTargetConv2d, native  # noqa: E402
@@ -472,7 +473,8 @@ def check_freeze_equals_eval(case: dict) -> None:
         if isinstance(m, FrozenTargetConv2d):
             if m.groups != 1:  # the engine does not accelerate grouped convolutions
                 assert m.plan.mode == "dense"
-            event(f"plan {m.plan.label}" + (" + residual" if m.residual else ""))  # --hypothesis-show-statistics
+            if currently_in_test_context():  # statistics: pytest --hypothesis-show-statistics
+                event(f"plan {m.plan.label}" + (" + residual" if m.residual else ""))
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # freezing left the model untouched
         for n in sorted({1, batch, 5}):
