@@ -17,10 +17,8 @@ from tkn.engine import FrozenTargetConv2d, freeze, native
 from tkn.engine.modules import FrozenSparseLinear, native_plan
 from tkn.ops.plan import CostModel, dense_plan, plan_blocks, plan_tiles
 from tkn.layers import TargetConv2d
-from helpers_engine import random_rois_
+from helpers_engine import needs_native, random_rois_, require_native
 from reference import conv2d_ref
-
-needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernel unavailable: {native.reason()}")
 
 
 def _reference(x, w, bias, window, roi, stride, pad, dilation, scale, shift, relu, pool):
@@ -113,7 +111,8 @@ def test_kernel_matches_float64_loops(case, strategy):
     if strategy != "batch":
         assert got.is_contiguous(memory_format=torch.channels_last)
     else:  # a view of (H, W, C, lanes), the batch innermost
-        assert batch == 0 or native.batch_layout(got, -(-batch // native.vector_width()) * native.vector_width()) is not None
+        lanes = -(-batch // native.vector_width()) * native.vector_width()
+        assert batch == 0 or native.batch_layout(got, lanes) is not None
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
 
 
@@ -214,8 +213,8 @@ def _layer(c_in, c_out, k=3, seed=0, **kwargs):
 
 @pytest.mark.parametrize("mode", ["dense", "blocks", "tiles", "native"])
 def test_affine_relu_pool_epilogue_in_every_executor(mode):
-    if mode == "native" and not native.available():
-        pytest.skip(f"native kernel unavailable: {native.reason()}")
+    if mode == "native":
+        require_native()
     layer = _layer(6, 20, bias=True, seed=1)
     g = torch.Generator().manual_seed(1)
     scale, shift = torch.randn(20, generator=g), torch.randn(20, generator=g)
@@ -337,8 +336,8 @@ def _head_net(seed=0, between=()):
 
 @pytest.mark.parametrize("use_native", [False, True])
 def test_linear_after_a_frozen_layer_reads_only_the_rois(use_native):
-    if use_native and not native.available():
-        pytest.skip(f"native kernel unavailable: {native.reason()}")
+    if use_native:
+        require_native()
     net = _head_net()
     x = torch.rand(3, 2, 10, 10)
     frozen = freeze(net, x, measure=False, native=use_native)

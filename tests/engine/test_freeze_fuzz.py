@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st  # noqa: E402
 
 import tkn  # noqa: E402
-from tkn.engine import FrozenTargetConv2d, native  # noqa: E402
+from tkn.engine import FrozenTargetConv2d  # noqa: E402
 from tkn.layers import TargetConv2d  # noqa: E402
 from helpers_engine import FINE, random_rois_  # noqa: E402
 
@@ -506,8 +506,6 @@ def test_freeze_equals_eval_on_many_random_networks(case):
 def test_generated_networks_cover_the_engine():
     """The generator reaches what the fuzz tests are for: residual blocks with a targetized projection, native
     plans of every strategy, fused residual additions, dense grouped layers and pools that are not fused."""
-    if not native.available():
-        pytest.skip(f"native kernel unavailable: {native.reason()}")
     seen: set[str] = set()
 
     @settings(max_examples=40, **_SETTINGS)
