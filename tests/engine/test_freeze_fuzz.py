@@ -432,6 +432,9 @@ def cases(draw):
         fine=draw(st.booleans()),
         force_native=draw(st.booleans()),
         graph=draw(st.integers(0, 5)) > 0,
+        # freeze's other switches, usually at their defaults
+        flags={name: draw(st.integers(0, 7)) > 0 for name in ("permute", "fuse", "input_sparsity")},
+        channels_last=draw(st.sampled_from((None, None, None, False, True))),
     )
 
 
@@ -467,7 +470,7 @@ def check_freeze_equals_eval(case: dict) -> None:
         # the PyTorch planner: its default cost models, or one that splits into many small blocks
         planner = dict(candidates=[FINE], grids=(2, 3)) if case["fine"] else {}
         frozen = tkn.freeze(model, x[:batch], measure=case["measure"], repeats=1, native=case["native"],
-                            graph=case["graph"], **planner)
+                            graph=case["graph"], channels_last=case["channels_last"], **case["flags"], **planner)
     assert not any(isinstance(m, TargetConv2d) for m in frozen.modules())  # every target layer was frozen
     for m in frozen.modules():
         if isinstance(m, FrozenTargetConv2d):

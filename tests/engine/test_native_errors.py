@@ -332,3 +332,17 @@ def test_kernel_tests_pass_under_address_and_undefined_behaviour_sanitizers(tmp_
     assert proc.returncode == 0, tail
     assert "AddressSanitizer" not in proc.stderr and "runtime error" not in proc.stderr, tail
     assert re.search(r"\d+ passed", proc.stdout) and " skipped" not in proc.stdout, tail
+    # the control: the same build catches a read past the input (valid dims, a buffer one sample short)
+    proc = subprocess.run([sys.executable, "-c", OUT_OF_BOUNDS], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode != 0 and "AddressSanitizer: heap-buffer-overflow" in proc.stderr, proc.stderr[-4000:]
+
+
+OUT_OF_BOUNDS = """
+import sys
+sys.path[:0] = ["tests/engine", "tests"]
+from test_native_errors import _arguments, _call, _layer
+args = _arguments("tkn_roi_conv", _layer("groups"))
+args["x"] = args["x"][:1].clone()
+print("returned", _call("tkn_roi_conv", args))
+"""

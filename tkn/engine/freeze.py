@@ -224,9 +224,15 @@ def freeze(
         A copy in ``eval()`` mode without gradients; target layers reached by the
         example are :class:`~tkn.engine.modules.FrozenTargetConv2d`. Its outputs
         equal ``model.eval()``'s (to float rounding). It is of ``model``'s class,
-        unless a fused follower was a function or method call (e.g. ``F.relu``):
-        then it is a :class:`torch.fx.GraphModule` of the rewritten graph, with
-        ``model``'s submodules under their names but not its other methods.
+        unless a fused follower was a function or method call (e.g. ``F.relu``),
+        a residual addition was fused, or a ``view`` of an activation map became a
+        ``reshape`` (frozen layers may return ``channels_last`` maps, which ``view``
+        cannot flatten): then it is a :class:`torch.fx.GraphModule` of the rewritten
+        graph, with ``model``'s submodules under their names but not its other methods.
+        A model that cannot be traced is run once on a sample of the example; if its
+        own code fails on the frozen layers' memory layout, they return contiguous maps
+        (:attr:`~tkn.engine.modules.FrozenTargetConv2d.contiguous_output`) and the
+        model keeps its memory format.
 
     Example:
         >>> net = nn.Sequential(TargetConv2d(1, 8, 3), nn.ReLU(), TargetConv2d(8, 4, 3))

@@ -104,7 +104,7 @@ class FrozenTargetConv2d(nn.Module):
     Shape:
         - Input: ``(N, C_in, H, W)`` with ``(H, W) == input_hw``, any memory format.
         - Output: ``(N, C_out, H_out // pool, W_out // pool)``; ``channels_last`` for native, block and
-          tile plans.
+          tile plans, unless :attr:`contiguous_output` is set.
 
     The output equals ``maxpool(relu(scale * layer.eval()(x) + shift [+ residual]))`` (each part only
     when asked for; with the channel orders above).
