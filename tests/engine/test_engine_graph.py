@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+import tkn
 from tkn.engine import FrozenTargetConv2d, freeze
 from tkn.engine.graph import analyse, fold_batch_norm
 from tkn.layers import TargetConv2d
 from tkn.models import create_model
-from helpers_engine import FINE, random_rois_
+from helpers_engine import FINE, random_rois_, require_native
 
 #: Block and tile plans only (the cost model's cheapest, untimed): the executors under test, not dense.
 OPTIONS = dict(measure=False, candidates=[FINE], grids=(2, 3))
@@ -152,7 +153,7 @@ def test_batch_norm_folded_with_relu_and_functional_pool(dtype, tol):
     full = (a.output_support() == torch.tensor([0, 8, 0, 8])).all(1)
     assert bool(full[outside > 0].all())
     assert _assert_supports_hold(model, frozen, x) == 1
-    # dense plans fold the norm too
+    # dense plans fold the norm too (no native plans: the kernel would take the second layer)
     dense = freeze(model, x, measure=False, candidates=(), grids=(), native=False)
     assert all(m.plan.mode == "dense" and m.affine for m in _frozen_layers(dense).values())
     assert _rel_error(model, dense, x) <= tol
@@ -369,3 +370,90 @@ def test_torchvision_style_blocks_with_a_shared_relu_are_fused():
                   if n.op == "call_module" and isinstance(frozen.get_submodule(n.target), nn.ReLU)]
     assert relu_calls == ["0.2"]
     assert _rel_error(model, frozen, x) <= 1e-5
+
+
+class ProjectionFirstBlock(SharedReluBlock):
+    """The same block computing its shortcut before its main path (the projection runs first)."""
+
+    def forward(self, x):
+        identity = self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+@pytest.mark.parametrize("block", [SharedReluBlock, ProjectionFirstBlock])
+def test_residual_addition_of_two_target_layers_goes_to_one(block):
+    """A targetized 1x1 projection shortcut: both addends of the block's addition are target layers (after their
+    norms). The one that runs first takes the addition and the ReLU into its kernel; the other becomes its
+    addend (a plain frozen layer)."""
+    require_native()
+    torch.manual_seed(5)
+    model = tkn.targetize(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), block(16, 32, stride=2)),
+                          include=lambda name, conv: name != "0")
+    for i, m in enumerate(m for m in model.modules() if isinstance(m, TargetConv2d)):
+        random_rois_(m, i, s_range=(0.03, 0.08))
+        with torch.no_grad():
+            m.m.mul_(0.2).add_(0.4)
+    model = _batch_norms(model, 7).eval()
+    x = torch.rand(3, 3, 23, 23)
+    frozen = freeze(model, x, **OPTIONS)
+    layers = _frozen_layers(frozen)
+    assert set(layers) == {"1.conv1", "1.conv2", "1.downsample.0"}
+    assert all(layer.plan.mode == "native" and layer.affine for layer in layers.values())
+    first = "1.conv2" if block is SharedReluBlock else "1.downsample.0"
+    assert {n for n, layer in layers.items() if layer.residual} == {first}
+    assert layers[first].relu and not layers["1.downsample.0" if first == "1.conv2" else "1.conv2"].relu
+    assert _rel_error(model, frozen, x) <= 1e-5
+
+
+class ViewHead(nn.Module):
+    """A classifier head written with ``x.view(x.size(0), -1)`` (traceable, or not with ``check``)."""
+
+    def __init__(self, check: bool = False) -> None:
+        super().__init__()
+        self.check = check
+        self.conv = TargetConv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 11 * 11, 5)
+
+    def forward(self, x):
+        if self.check and x.dim() != 4:  # a Python check on the input: torch.fx cannot trace it
+            raise ValueError("expected a 4-D input")
+        y = F.relu(self.conv(x))
+        return self.fc(y.view(y.size(0), -1))
+
+
+def _view_head(check: bool) -> ViewHead:
+    torch.manual_seed(2)
+    model = ViewHead(check)
+    random_rois_(model.conv, 3, s_range=(0.03, 0.1))  # small ROIs: never a dense plan
+    return model.eval()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_view_of_a_frozen_map_becomes_a_reshape(native):
+    """Frozen layers may return channels_last maps (tile and native plans; a native model runs channels_last),
+    on which the model's ``view`` would fail: the rewritten graph calls ``reshape`` (same values)."""
+    if native:
+        require_native()
+    model, x = _view_head(False), torch.randn(3, 16, 11, 11)
+    frozen = freeze(model, x, native=native, **OPTIONS)
+    assert _frozen_layers(frozen)["conv"].plan.mode == ("native" if native else "blocks")
+    methods = [n.target for n in frozen.graph.nodes if n.op == "call_method"]
+    assert "reshape" in methods and "view" not in methods
+    for batch in (1, 3):
+        assert _rel_error(model, frozen, x[:batch]) <= 1e-5
+
+
+def test_untraceable_view_of_a_frozen_map_gets_contiguous_maps():
+    """No graph to rewrite: the frozen model fails on the example in channels_last, so its frozen layers return
+    contiguous maps and it keeps the model's memory format."""
+    require_native()
+    model, x = _view_head(True), torch.randn(3, 16, 11, 11)
+    frozen = freeze(model, x, **OPTIONS)
+    layer = _frozen_layers(frozen)["conv"]
+    assert layer.plan.mode == "native" and layer.contiguous_output
+    assert not frozen._forward_pre_hooks and frozen.fc.weight.is_contiguous()
+    for batch in (1, 3):
+        assert _rel_error(model, frozen, x[:batch]) <= 1e-5

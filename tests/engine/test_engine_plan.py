@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tkn import functional as TF
-from tkn.ops.plan import (Block, CostModel, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
+from tkn.ops.plan import (Block, CostModel, align_plan, dense_plan, input_span, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
 from helpers_engine import FINE
 
@@ -172,3 +172,19 @@ def test_union_tiles_hand_example_and_bad_grid():
                                                                                  ([0, 1], 0, 8, 4, 8)]
     with pytest.raises(ValueError, match="grid must be two positive"):
         plan_union_tiles(rois, output_hw=(8, 8), grid=(1,))
+
+
+def test_input_span_counts_rows_inside_and_outside_the_map():
+    """Against the rows each output row reads, listed one by one: spans across a border, inside the map and
+    wholly in the padding (a 1x1 convolution padded by 3 on a 2-row map: output rows 0-2 and 5-7 read nothing)."""
+    g = torch.Generator().manual_seed(0)
+    cases = [(0, 3, 1, 1, 3, 2), (5, 8, 1, 1, 3, 2), (2, 6, 1, 1, 3, 2), (0, 8, 1, 1, 3, 2), (4, 5, 2, 3, 4, 3)]
+    cases += [tuple(int(v) for v in torch.randint(0, 6, (6,), generator=g)) for _ in range(300)]
+    for lo, hi, stride, extent, pad, size in cases:
+        hi, stride, extent, size = lo + hi + 1, stride + 1 if stride == 0 else stride, extent + 1, size + 1
+        rows = [y * stride - pad + t for y in range(lo, hi) for t in range(extent)]
+        a, b = min(rows), max(rows) + 1  # the crop spans [a, b): its rows in the map, the others zero padding
+        inside = [r for r in range(a, b) if 0 <= r < size]
+        expect = ((inside[0], inside[-1] + 1) if inside else (min(max(a, 0), size),) * 2)
+        expect += (sum(r < 0 for r in range(a, b)), sum(r >= size for r in range(a, b)))
+        assert input_span(lo, hi, stride, extent, pad, size) == expect, (lo, hi, stride, extent, pad, size)

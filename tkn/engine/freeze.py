@@ -61,7 +61,8 @@ from torch import Tensor, fx, nn
 
 from tkn.engine import native as native_kernel
 from tkn.engine.modules import TRITON, FrozenSparseLinear, FrozenTargetConv2d, native_plan
-from tkn.engine.graph import analyse, fold_batch_norm, fold_conv_batch_norm, rewrite, rewrite_residual
+from tkn.engine.graph import (analyse, fold_batch_norm, fold_conv_batch_norm, rewrite, rewrite_residual,
+                              rewrite_views)
 from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
 from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
@@ -234,9 +235,15 @@ def freeze(
         A copy in ``eval()`` mode without gradients; target layers reached by the
         example are :class:`~tkn.engine.modules.FrozenTargetConv2d`. Its outputs
         equal ``model.eval()``'s (to float rounding). It is of ``model``'s class,
-        unless a fused follower was a function or method call (e.g. ``F.relu``):
-        then it is a :class:`torch.fx.GraphModule` of the rewritten graph, with
-        ``model``'s submodules under their names but not its other methods.
+        unless a fused follower was a function or method call (e.g. ``F.relu``),
+        a residual addition was fused, or a ``view`` of an activation map became a
+        ``reshape`` (frozen layers may return ``channels_last`` maps, which ``view``
+        cannot flatten): then it is a :class:`torch.fx.GraphModule` of the rewritten
+        graph, with ``model``'s submodules under their names but not its other methods.
+        A model that cannot be traced is run once on a sample of the example; if its
+        own code fails on the frozen layers' memory layout, they return contiguous maps
+        (:attr:`~tkn.engine.modules.FrozenTargetConv2d.contiguous_output`) and the
+        model keeps its memory format.
 
     Example:
         >>> net = nn.Sequential(TargetConv2d(1, 8, 3), nn.ReLU(), TargetConv2d(8, 4, 3))
@@ -419,19 +426,41 @@ def freeze(
         for name, route in routes.items():
             if name in built and route.kind == "linear" and route.keeps_zeros:
                 _sparse_linear(frozen, route.consumer, built[name])
+    requested_layout = channels_last
+    if channels_last is None:
+        channels_last = any(m.plan.mode is PlanMode.NATIVE and m.plan.strategy != TRITON for m in built.values())
+    if analysis is not None and (channels_last or any(m.plan.mode is not PlanMode.DENSE for m in built.values())):
+        functional |= rewrite_views(analysis)  # maps may now be channels_last: ``x.view(n, -1)`` would fail
     if functional:
         frozen = fx.GraphModule(frozen, analysis.graph).eval()
+    layout_hook = None
+    if channels_last:
+        frozen = frozen.to(memory_format=torch.channels_last)
+        layout_hook = frozen.register_forward_pre_hook(channels_last_inputs)
+    if analysis is None and not _runs(frozen, example_input[:1]):
+        # code no graph showed needs contiguous maps (e.g. ``x.view(n, -1)`` after a target layer): every
+        # frozen layer returns them, and the model keeps its memory format
+        for m in built.values():
+            m.contiguous_output = True
+        if layout_hook is not None:
+            layout_hook.remove()
+            frozen = frozen.to(memory_format=torch.contiguous_format)
     if by_hooks and routes and not _same_outputs(reference, frozen, torch.randn_like(example_input[:2])):
         # a consumer the hooks could not see: plan again without moving permutations through the model
         return freeze(model, example_input, input_size=None, measure=measure, repeats=repeats,
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
-                      input_sparsity=input_sparsity, graph=graph, native=native, channels_last=channels_last)
-    if channels_last is None:
-        channels_last = any(m.plan.mode is PlanMode.NATIVE and m.plan.strategy != TRITON for m in built.values())
-    if channels_last:
-        frozen = frozen.to(memory_format=torch.channels_last)
-        frozen.register_forward_pre_hook(channels_last_inputs)
+                      input_sparsity=input_sparsity, graph=graph, native=native, channels_last=requested_layout)
     return frozen
+
+
+def _runs(model: nn.Module, x: Tensor) -> bool:
+    """Whether ``model(x)`` runs without a ``RuntimeError`` (no grad)."""
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError:
+        return False
+    return True
 
 
 def channels_last_inputs(module: nn.Module, args: tuple) -> tuple:

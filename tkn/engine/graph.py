@@ -45,7 +45,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from tkn.layers import TargetConv2d
 
 __all__ = ["Epilogue", "Residual", "GraphAnalysis", "analyse", "fold_batch_norm", "fold_conv_batch_norm", "rewrite",
-           "rewrite_residual"]
+           "rewrite_residual", "rewrite_views"]
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _RELU_METHODS = {"relu", "relu_"}
@@ -380,7 +380,11 @@ def fold_batch_norm(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 def rewrite_residual(analysis: GraphAnalysis, name: str) -> None:
     """Make target layer ``name`` take the addend of its :class:`Residual` as a second argument and remove the
     addition (and its ReLU) from the graph: the layer's call moves to where the addition was, after the
-    addend is computed. The caller builds the layer with ``residual=True`` (and ``relu`` if the ReLU went)."""
+    addend is computed. The caller builds the layer with ``residual=True`` (and ``relu`` if the ReLU went).
+
+    An addition takes one layer: where both addends are target layers (a ResNet block's last convolution and
+    its projection shortcut), the first rewritten absorbs it and the other's :class:`Residual` is dropped (its
+    output becomes the addend)."""
     res = analysis.residuals[name]
     node = analysis.nodes[name]
     if node not in res.add.args:
@@ -398,6 +402,8 @@ def rewrite_residual(analysis: GraphAnalysis, name: str) -> None:
         if n is not None:
             analysis.graph.erase_node(n)
     analysis.nodes[name] = call
+    for layer in [n for n, r in analysis.residuals.items() if r.add is res.add]:
+        del analysis.residuals[layer]
     analysis.graph.lint()
 
 
@@ -419,3 +425,24 @@ def rewrite(analysis: GraphAnalysis, layers: list[str]) -> bool:
             analysis.graph.erase_node(n)
     analysis.graph.lint()
     return functional
+
+
+def rewrite_views(analysis: GraphAnalysis) -> bool:
+    """Make every ``view`` of an activation map (a tensor of 3 or more dimensions) a ``reshape``.
+
+    Frozen layers return ``channels_last`` maps (and a frozen model may run in ``channels_last`` memory), on
+    which a ``view`` that merges channels and pixels (``x.view(x.size(0), -1)``) fails. ``reshape`` gives the
+    same values, and a view of the same memory wherever ``view`` would have succeeded. Returns whether a node
+    changed.
+    """
+    changed = False
+    for node in analysis.graph.nodes:
+        if (node.op != "call_method" or node.target != "view" or not node.args
+                or not isinstance(node.args[0], fx.Node) or node.kwargs
+                or any(isinstance(a, torch.dtype) for a in node.args[1:])):
+            continue
+        shape = analysis.shapes.get(node.args[0].name)
+        if shape is not None and len(shape) >= 3:
+            node.target = "reshape"
+            changed = True
+    return changed

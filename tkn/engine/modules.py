@@ -112,7 +112,7 @@ class FrozenTargetConv2d(nn.Module):
     Shape:
         - Input: ``(N, C_in, H, W)`` with ``(H, W) == input_hw``, any memory format.
         - Output: ``(N, C_out, H_out // pool, W_out // pool)``; ``channels_last`` for native, block and
-          tile plans.
+          tile plans, unless :attr:`contiguous_output` is set.
 
     The output equals ``maxpool(relu(scale * layer.eval()(x) + shift [+ residual]))`` (each part only
     when asked for; with the channel orders above).
@@ -182,6 +182,8 @@ class FrozenTargetConv2d(nn.Module):
         self.in_perm = None if in_perm is None else list(in_perm)
         #: seconds measured per candidate plan at freeze time (empty when not measured)
         self.timings: dict[str, float] = {}
+        #: return the output as a contiguous (NCHW) tensor, for consumers that need that memory (``x.view``)
+        self.contiguous_output = False
         self.blocks: list[Block] = list(self.plan.blocks)
         self._tiles = self.plan.mode is PlanMode.TILES
         scale = _channel_vector("scale", scale, self.out_channels)
@@ -445,12 +447,13 @@ class FrozenTargetConv2d(nn.Module):
                 x = TF.pad_input(x, self.pad, self.padding_mode)
             stride, pad, dilation, relu, pool, strategy, _ = self._op_geometry
             weight, window, roi, bias, scale, shift, support = self._op_arguments()
-            return torch.ops.tkn.roi_conv2d(x, weight, window, roi, bias, scale, shift, support, residual,
-                                            list(stride), list(pad), list(dilation), relu, pool, strategy)
-        y = self._dense(x) if self.plan.mode is PlanMode.DENSE else self._blocks(x)
-        if self.permute_output or self.identity_order:
-            return y
-        return y.index_select(1, self.inverse_perm)
+            y = torch.ops.tkn.roi_conv2d(x, weight, window, roi, bias, scale, shift, support, residual,
+                                         list(stride), list(pad), list(dilation), relu, pool, strategy)
+        else:
+            y = self._dense(x) if self.plan.mode is PlanMode.DENSE else self._blocks(x)
+            if not (self.permute_output or self.identity_order):
+                y = y.index_select(1, self.inverse_perm)
+        return y.contiguous() if self.contiguous_output else y
 
     def _op_arguments(self) -> tuple[Tensor | None, ...]:
         """The tensors ``torch.ops.tkn.roi_conv2d`` takes from this (native) layer, in the operator's order."""

@@ -22,11 +22,21 @@ dilation, zero padding given as (top, left) offsets (other padding modes are
 applied by the caller as an explicit pad), a fused bias, window·mask, affine
 (``scale``, ``shift``), ReLU and a ``pool``×``pool`` max-pool of stride ``pool``
 with ``pool <= 8``.
+
+Memory safety: :class:`NativeConv` checks every tensor it hands to the kernel
+(shape, dtype, device, contiguity, boxes and channel indices within range, CSR
+offsets within their lists) when it is built, and the input and residual at
+every call, raising ``ValueError``; the C entry points check their arguments
+again and return a negative code (:data:`ERROR_CODES`) instead of reading out
+of bounds. ``TKN_NATIVE_SANITIZE=1`` builds the kernel with AddressSanitizer
+and UndefinedBehaviorSanitizer (a separate cache entry; the process must be
+started with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``).
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import operator
 import os
 import shutil
 import subprocess
@@ -45,7 +55,8 @@ except ImportError:  # not POSIX: builds are not serialised between processes
     fcntl = None
 
 __all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "MAX_POOL",
-           "STRATEGIES", "strategy_unsupported", "batch_layout", "to_batch_layout"]
+           "STRATEGIES", "strategy_unsupported", "batch_layout", "to_batch_layout", "ERROR_CODES", "ABI_VERSION",
+           "build_flags"]
 
 #: The largest fused max-pool the kernel handles.
 MAX_POOL = 8
@@ -58,6 +69,8 @@ def strategy_unsupported(strategy: str, in_channels: int, residual: bool = False
     """Why the native kernel cannot run a layer with ``strategy``; ``""`` when it can."""
     if strategy not in STRATEGIES:
         return f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}"
+    if not available():
+        return f"the native kernel is not available ({reason()})"
     if residual and strategy != "groups":
         return f"a residual addition is fused by the 'groups' strategy only, got {strategy!r}"
     if not available():
@@ -68,6 +81,54 @@ def strategy_unsupported(strategy: str, in_channels: int, residual: bool = False
 
 _SOURCE = Path(__file__).with_name("csrc") / "roi_conv.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
+#: Added under ``TKN_NATIVE_SANITIZE=1``: undefined behaviour aborts, out-of-bounds accesses are reported. ``-O1``
+#: (the last ``-O`` wins): the instrumented ``-O3`` build took 50 s to compile, this one 15 s.
+_SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
+                   "-g", "-O1"]
+
+#: The kernel's negative return codes (``TKN_E_*`` in ``csrc/roi_conv.cpp``) and what each means.
+ERROR_CODES: dict[int, str] = {
+    -1: "a size below 1 (input, channels, kernel, conv output), a negative batch or group count, or more than "
+        "64 kernel rows",
+    -2: "sizes whose offsets overflow the kernel's index types",
+    -3: "a residual addition with a fused pool",
+    -4: "batch lanes that are not a positive multiple of the vector width",
+    -5: "a pooled size other than the conv output's size divided by the pool",
+    -6: "more than 4096 kernel taps",
+    -7: "input channels that are not a multiple of the vector width (the 'reduce' strategy)",
+    -8: "a required pointer is null",
+    -9: f"a pool outside 1..{MAX_POOL}",
+    -10: "a stride or dilation below 1, or a negative padding",
+    -11: "a column range or ROI outside the conv map",
+    -12: "a channel index out of range",
+    -13: "CSR offsets that are not 0-based, non-decreasing and ending at their list's length",
+}
+
+
+def _env_on(name: str, default: str = "0") -> bool:
+    return os.environ.get(name, default).strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def build_flags() -> list[str]:
+    """The compiler flags of the kernel: optimised for this CPU, plus the sanitizers under
+    ``TKN_NATIVE_SANITIZE=1``."""
+    return _FLAGS + (_SANITIZE_FLAGS if _env_on("TKN_NATIVE_SANITIZE") else [])
+
+
+def _asan_preloaded() -> bool:
+    """Whether the AddressSanitizer runtime is loaded in this process (a sanitized library needs it first)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            return any("libasan" in line for line in fh)
+    except OSError:
+        return "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+def _check_code(code: int, entry: str) -> None:
+    """Raise for a kernel return code other than 0 (the kernel refused its arguments and touched nothing)."""
+    if code != 0:
+        what = ERROR_CODES.get(code, "an unknown error")
+        raise RuntimeError(f"the native kernel ({entry}) rejected its arguments: {what} (code {code})")
 
 _state: dict[str, object] = {}
 
@@ -106,14 +167,14 @@ def _key(cxx: str) -> str:
     except (OSError, subprocess.SubprocessError):
         version = ""
     h = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(_FLAGS).encode(), version.encode(), torch.__version__.encode(),
+    for part in (_SOURCE.read_bytes(), " ".join(build_flags()).encode(), version.encode(), torch.__version__.encode(),
                  _cpu_flags().encode()):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()[:24]
 
 
-#: Version of ``tkn_roi_conv``'s argument list that this module calls (``tkn_abi_version()`` of the library).
-ABI_VERSION = 3
+#: Version of the entry points' argument lists that this module calls (``tkn_abi_version()`` of the library).
+ABI_VERSION = 4
 
 
 def _digest(path: Path) -> str:
@@ -126,7 +187,7 @@ def _build(cxx: str, directory: Path) -> Path:
     lib = directory / "roi_conv.so"
 
     def compile_to(tmp: Path) -> None:
-        proc = subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+        proc = subprocess.run([cxx, *build_flags(), str(_SOURCE), "-o", str(tmp)], capture_output=True, text=True,
                               timeout=600)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
@@ -184,7 +245,7 @@ def _open_locked(cxx: str, directory: Path) -> ctypes.CDLL:
     f.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int] * 3
     f = handle.tkn_roi_conv_batch
     f.restype = ctypes.c_int
-    f.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int] * 2
+    f.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int] * 4
     f = handle.tkn_roi_conv_reduce
     f.restype = ctypes.c_int
     f.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int] * 2
@@ -196,13 +257,16 @@ def _load() -> ctypes.CDLL | None:
     if "lib" in _state:
         return _state["lib"]  # type: ignore[return-value]
     lib = None
-    if os.environ.get("TKN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not _env_on("TKN_NATIVE", "1"):
         _state["reason"] = "disabled by TKN_NATIVE=0"
     else:
         cxx = _compiler()
         try:
             if cxx is None:
                 raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+            if _env_on("TKN_NATIVE_SANITIZE") and not _asan_preloaded():
+                raise RuntimeError("TKN_NATIVE_SANITIZE=1 needs the AddressSanitizer runtime loaded first: start "
+                                   "the process with LD_PRELOAD=$(gcc -print-file-name=libasan.so)")
             lib = _open(cache_dir() / _key(cxx))
             _state["lib"] = lib
             _self_test()
@@ -284,6 +348,106 @@ def group_channels(roi: Tensor, width: int) -> list[list[int]]:
     return groups
 
 
+def _describe(t: object) -> str:
+    if not isinstance(t, Tensor):
+        return type(t).__name__
+    layout = "contiguous" if t.is_contiguous() else "non-contiguous"
+    return f"a {layout} {t.dtype} tensor of shape {tuple(t.shape)} on {t.device}"
+
+
+def _expect(name: str, t: object, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """``t`` is a contiguous CPU tensor of ``dtype`` and ``shape`` (what the kernel reads), or ``ValueError``."""
+    if (not isinstance(t, Tensor) or t.dtype != dtype or t.device.type != "cpu" or tuple(t.shape) != shape
+            or not t.is_contiguous()):
+        raise ValueError(f"{name} must be a contiguous {dtype} CPU tensor of shape {shape}, got {_describe(t)}")
+
+
+def _int_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
+    try:
+        pair = tuple(operator.index(v) for v in value if not isinstance(v, bool))  # type: ignore[union-attr]
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or min(pair) < minimum:
+        raise ValueError(f"{name} must be a pair of ints >= {minimum}, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _vector(name: str, t: object, channels: int) -> None:
+    if t is not None and (not isinstance(t, Tensor) or not t.is_floating_point() or tuple(t.shape) != (channels,)):
+        raise ValueError(f"{name} must be None or a floating-point tensor of shape ({channels},), got {_describe(t)}")
+
+
+def _check_boxes(name: str, boxes: Tensor, height: int, width: int) -> None:
+    """Every box ``y0, y1, x0, x1`` of ``boxes`` lies within an ``height`` x ``width`` map (empty boxes too)."""
+    b = boxes.to(torch.int64).cpu()
+    bad = (b < 0).any(1) | (b[:, :2] > height).any(1) | (b[:, 2:] > width).any(1)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise ValueError(f"{name} boxes (y0, y1, x0, x1) must lie within the {height}x{width} map, got "
+                         f"{b[i].tolist()} for channel {i}")
+
+
+def _check_csr(off_name: str, offsets: object, list_name: str, values: object, rows: int, limit: int) -> None:
+    """CSR lists: ``offsets`` ``(rows + 1,)`` int32 from 0, non-decreasing, ending at ``len(values)``; ``values``
+    int32 in ``[0, limit)``."""
+    _expect(off_name, offsets, (rows + 1,), torch.int32)
+    length = int(offsets[-1])  # type: ignore[index]
+    _expect(list_name, values, (length,), torch.int32)
+    o = offsets.to(torch.int64)  # type: ignore[union-attr]
+    if int(o[0]) != 0 or bool((o[1:] < o[:-1]).any()):
+        raise ValueError(f"{off_name} must be non-decreasing offsets from 0 into {list_name}")
+    if length and (int(values.min()) < 0 or int(values.max()) >= limit):  # type: ignore[union-attr]
+        raise ValueError(f"{list_name} must hold channels in [0, {limit}), got values in "
+                         f"[{int(values.min())}, {int(values.max())}]")  # type: ignore[union-attr]
+
+
+def _check_arguments(weight: object, bias: object, window_map: object, roi: object, *, conv_hw: object,
+                     input_hw: object, stride: object, dilation: object, pad: object, scale: object, shift: object,
+                     pool: object, support: object) -> tuple[Tensor, Tensor]:
+    """The checks of :class:`NativeConv`'s arguments (``ValueError`` naming the argument); returns the weight and
+    the ROIs."""
+    if not isinstance(weight, Tensor) or weight.dim() != 4 or not weight.is_floating_point() or 0 in weight.shape:
+        raise ValueError(f"weight must be a non-empty floating-point (C_out, C_in, kH, kW) tensor, got "
+                         f"{_describe(weight)}")
+    c_out, c_in, kh, kw = weight.shape
+    ho, wo = _int_pair("conv_hw", conv_hw, 1)
+    h, w = _int_pair("input_hw", input_hw, 1)
+    sy, sx = _int_pair("stride", stride, 1)
+    dy, dx = _int_pair("dilation", dilation, 1)
+    try:
+        pads = tuple(operator.index(v) for v in pad)  # type: ignore[union-attr]
+    except TypeError:
+        pads = ()
+    if len(pads) != 4 or min(pads) < 0:
+        raise ValueError(f"pad must be four ints >= 0 (left, right, top, bottom), got {pad!r}")
+    left, right, top, bottom = pads
+    expect = ((h + top + bottom - dy * (kh - 1) - 1) // sy + 1, (w + left + right - dx * (kw - 1) - 1) // sx + 1)
+    if (ho, wo) != expect:
+        raise ValueError(f"conv_hw must be the convolution's output size for input_hw={(h, w)}, kernel "
+                         f"{(kh, kw)}, stride {(sy, sx)}, dilation {(dy, dx)} and pad {tuple(pad)}: {expect}, "
+                         f"got {(ho, wo)}")
+    if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= MAX_POOL:
+        raise ValueError(f"the native kernel fuses max-pools of size 1..{MAX_POOL}, got pool={pool!r}")
+    if pool > min(ho, wo):
+        raise ValueError(f"pool={pool} is larger than the conv output {(ho, wo)}")
+    _vector("bias", bias, c_out)
+    _vector("scale", scale, c_out)
+    _vector("shift", shift, c_out)
+    if (not isinstance(window_map, Tensor) or not window_map.is_floating_point()
+            or tuple(window_map.shape) != (c_out, ho, wo)):
+        raise ValueError(f"window_map must be a floating-point tensor of shape ({c_out}, {ho}, {wo}), got "
+                         f"{_describe(window_map)}")
+    for name, boxes, rows, (bh, bw) in (("roi", roi, c_out, (ho, wo)), ("support", support, c_in, (h, w))):
+        if boxes is None and name == "support":
+            continue
+        if (not isinstance(boxes, Tensor) or boxes.is_floating_point() or boxes.is_complex()
+                or tuple(boxes.shape) != (rows, 4)):
+            raise ValueError(f"{name} must be an integer tensor of shape ({rows}, 4) (boxes y0, y1, x0, x1), got "
+                             f"{_describe(boxes)}")
+        _check_boxes(name, boxes, bh, bw)
+    return weight, roi  # type: ignore[return-value]
+
+
 def _ptr(t: Tensor | None) -> ctypes.c_void_p | None:
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -333,9 +497,10 @@ class NativeConv:
                  dilation: tuple[int, int], pad: tuple[int, int, int, int], scale: Tensor | None = None,
                  shift: Tensor | None = None, relu: bool = False, pool: int = 1, support: Tensor | None = None,
                  residual: bool = False, strategy: str = "groups"):
-        vw = vector_width()
-        if not 1 <= pool <= MAX_POOL:
-            raise ValueError(f"the native kernel fuses max-pools of size 1..{MAX_POOL}, got {pool}")
+        vector_width()  # RuntimeError when the kernel is not available
+        weight, roi = _check_arguments(weight, bias, window_map, roi, conv_hw=conv_hw, input_hw=input_hw,
+                                       stride=stride, dilation=dilation, pad=pad, scale=scale, shift=shift,
+                                       pool=pool, support=support)
         if residual and pool != 1:
             raise ValueError(f"a residual addition needs pool=1, got pool={pool}")
         why = strategy_unsupported(strategy, weight.shape[1], residual)
@@ -344,7 +509,8 @@ class NativeConv:
         self.strategy = strategy
         self.residual = bool(residual)
         c_out, c_in, kh, kw = weight.shape
-        ho, wo = conv_hw
+        ho, wo = conv_hw = (int(conv_hw[0]), int(conv_hw[1]))
+        input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.conv_hw, self.input_hw, self.pool, self.relu = conv_hw, input_hw, pool, bool(relu)
         self.output_hw = (ho // pool, wo // pool)
         self.c_in, self.c_out = c_in, c_out
@@ -364,10 +530,19 @@ class NativeConv:
         self._buffer_refs = 0
         if strategy == "batch":
             self._pack_batch(weight, bias, window_map, roi, scale, shift)
-            return
-        if strategy == "reduce":
+        elif strategy == "reduce":
             self._pack_reduce(weight, bias, window_map, roi, scale, shift)
-            return
+        else:
+            self._pack_groups(weight, bias, window_map, roi, scale, shift)
+        self._check_packed()
+
+    def _pack_groups(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor,
+                     scale: Tensor | None, shift: Tensor | None) -> None:
+        """The tensors of the ``"groups"`` strategy: channels in lanes of :func:`vector_width` (``index``), weights
+        ``(G, kh, C_in, kw, VW)``, window·mask ``(G, H_out, W_out, VW)``, column ranges per group and conv row."""
+        vw = vector_width()
+        c_out, c_in, kh, kw = weight.shape
+        ho, wo = self.conv_hw
         groups = group_channels(roi, vw)
         self.groups = groups
         g_count = len(groups)
@@ -385,9 +560,58 @@ class NativeConv:
         self.bias = None if bias is None else (bias.detach().to(**f32).cpu()[lanes] * real).contiguous()
         self.scale = None if scale is None else (scale.detach().to(**f32).cpu()[lanes] * real).contiguous()
         self.shift = None if shift is None else (shift.detach().to(**f32).cpu()[lanes] * real).contiguous()
-        self.ranges = self._ranges(roi, groups, max(g_count, 1), pool, ho, wo)
+        self.ranges = self._ranges(roi, groups, max(g_count, 1), self.pool, ho, wo)
         #: multiply–accumulates per sample the kernel executes (every lane of every computed position)
         self.executed_macs = int(self._computed_positions()) * vw * c_in * kh * kw
+
+    def _check_packed(self) -> None:
+        """Check every tensor this layer hands to the kernel: dtype, CPU, contiguous, its shape for the geometry,
+        and the indices it holds (lane channels, column ranges, ROIs, CSR lists) within what the kernel reads.
+        Raises ``ValueError``."""
+        vw = vector_width()
+        (h, w), (ho, wo), pool = self.input_hw, self.conv_hw, self.pool
+        c_in, c = self.c_in, self.c_out
+        kh, kw = int(self.dims[4]), int(self.dims[5])
+        f32, i32 = torch.float32, torch.int32
+        _expect("dims", self.dims, (18,), i32)
+        _expect("fill", self.fill, (c,), f32)
+        if self.support is not None:
+            _expect("support", self.support, (c_in, 4), i32)
+            _check_boxes("support", self.support, h, w)
+        if self.strategy == "groups":
+            g = self.index.shape[0] if self.index.dim() == 2 else -1
+            vectors = (g, vw)
+            _expect("index", self.index, vectors, i32)
+            _expect("weight", self.weight, (g, kh, c_in, kw, vw), f32)
+            _expect("window", self.window, (g, ho, wo, vw), f32)
+            _expect("ranges", self.ranges, (g, max((ho // pool) * pool, 1), 2), i32)
+            if len(self.groups) > g:
+                raise ValueError(f"index must have a row per channel group ({len(self.groups)}), got {g}")
+            idx = self.index
+            if bool(((idx < -1) | (idx >= c)).any()):
+                raise ValueError(f"index must hold output channels in [0, {c}) or -1, got values in "
+                                 f"[{int(idx.min())}, {int(idx.max())}]")
+            r = self.ranges
+            used = r[..., 1] > r[..., 0]
+            width = (wo // pool) * pool
+            if bool((used & ((r[..., 0] < 0) | (r[..., 1] > width))).any()):
+                raise ValueError(f"ranges must be column ranges within [0, {width}]")
+        else:
+            if self.strategy == "reduce":
+                _expect("weight", self.weight, (c, kh, kw, c_in), f32)
+                _expect("roi", self.roi, (c, 4), i32)
+                _check_boxes("roi", self.roi, ho, wo)
+            else:
+                _expect("weight", self.weight, (c, kh * kw * c_in), f32)
+                _check_csr("zoff", self.zoff, "zlist", self.zlist, h * w, c_in)
+                _check_csr("soff", self.soff, "slist", self.slist, ho * wo, c)
+            _expect("window", self.window, (c, ho, wo), f32)
+            vectors = (c,)
+        for name in ("bias", "scale", "shift"):
+            if getattr(self, name) is not None:
+                _expect(name, getattr(self, name), vectors, f32)
+        if (self.scale is None) != (self.shift is None):
+            raise ValueError("scale and shift must be given together (the layer fills in the other)")
 
     def _pack_reduce(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor,
                      scale: Tensor | None, shift: Tensor | None) -> None:
@@ -457,6 +681,7 @@ class NativeConv:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._check_packed()
 
     def _output(self, shape: tuple[int, ...]) -> Tensor:
         """A new ``(N, H_out, W_out, C_out)`` tensor, or the last one returned once nothing else holds it.
@@ -498,13 +723,16 @@ class NativeConv:
         return int((r[..., 1] - r[..., 0]).clamp(min=0).sum())
 
     def __call__(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            raise ValueError(f"the native kernel needs float32 CPU input, got {x.dtype} on {x.device}")
-        n = x.shape[0]
+        if not isinstance(x, Tensor) or x.dtype != torch.float32 or x.device.type != "cpu":
+            got = f"{x.dtype} on {x.device}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"the native kernel needs float32 CPU input, got {got}")
         if x.dim() != 4 or x.shape[1] != self.c_in or tuple(x.shape[-2:]) != tuple(self.input_hw):
             raise ValueError(f"input must be (N, {self.c_in}, {self.input_hw[0]}, {self.input_hw[1]}), "
                              f"got {tuple(x.shape)}")
-        if self.strategy != "groups" and residual is not None:
+        n = x.shape[0]
+        if n >= 2 ** 31 - 64:
+            raise ValueError(f"input has {n} samples, more than the kernel's int32 sizes allow")
+        if residual is not None and not self.residual:
             raise ValueError("this layer was built without a residual addition (residual=True)")
         if self.strategy == "batch":
             return self._call_batch(x)
@@ -515,34 +743,37 @@ class NativeConv:
         rl = None
         if self.residual:
             want = (n, self.c_out, hp, wp)
-            if residual is None or tuple(residual.shape) != want or residual.dtype != torch.float32:
-                got = None if residual is None else (tuple(residual.shape), residual.dtype)
-                raise ValueError(f"this layer adds a float32 residual of shape {want}, got {got}")
+            if (not isinstance(residual, Tensor) or tuple(residual.shape) != want or residual.dtype != torch.float32
+                    or residual.device.type != "cpu"):
+                got = (tuple(residual.shape), residual.dtype, str(residual.device)) if isinstance(
+                    residual, Tensor) else None
+                raise ValueError(f"this layer adds a float32 residual of shape {want} on the CPU, got {got}")
             rl = residual.permute(0, 2, 3, 1)
             rl = rl if rl.is_contiguous() else rl.contiguous()
-        elif residual is not None:
-            raise ValueError("this layer was built without a residual addition (residual=True)")
         out = self._output((n, hp, wp, self.c_out))
-        if self.strategy == "reduce":
-            if n and out.numel():
-                dims = self.dims.clone()
-                dims[0] = n
-                code = _load().tkn_roi_conv_reduce(  # type: ignore[union-attr]
-                    _ptr(xl), _ptr(self.weight), _ptr(self.roi), _ptr(self.window), _ptr(self.bias),
-                    _ptr(self.scale), _ptr(self.shift), _ptr(self.fill), _ptr(out), _ptr(dims), int(self.relu),
-                    torch.get_num_threads())
-                if code != 0:
-                    raise RuntimeError(f"the native kernel rejected its arguments (code {code})")
+        if not (n and out.numel()):
             return out.permute(0, 3, 1, 2)
-        if n and out.numel():
-            dims = self.dims.clone()
-            dims[0] = n
-            code = _load().tkn_roi_conv(  # type: ignore[union-attr]
+        _expect("input (as N, H, W, C_in)", xl, (n, *self.input_hw, self.c_in), torch.float32)
+        _expect("output", out, (n, hp, wp, self.c_out), torch.float32)
+        if rl is not None:
+            _expect("residual (as N, H_out, W_out, C_out)", rl, (n, hp, wp, self.c_out), torch.float32)
+        dims = self.dims.clone()
+        dims[0] = n
+        lib = _load()
+        if lib is None:
+            raise RuntimeError(f"the native kernel is not available: {reason()}")
+        if self.strategy == "reduce":
+            code = lib.tkn_roi_conv_reduce(
+                _ptr(xl), _ptr(self.weight), _ptr(self.roi), _ptr(self.window), _ptr(self.bias),
+                _ptr(self.scale), _ptr(self.shift), _ptr(self.fill), _ptr(out), _ptr(dims), int(self.relu),
+                torch.get_num_threads())
+            _check_code(code, "tkn_roi_conv_reduce")
+        else:
+            code = lib.tkn_roi_conv(
                 _ptr(xl), _ptr(self.weight), _ptr(self.ranges), _ptr(self.window), _ptr(self.bias),
                 _ptr(self.scale), _ptr(self.shift), _ptr(self.index), _ptr(self.fill), _ptr(self.support),
                 _ptr(rl), _ptr(out), _ptr(dims), len(self.groups), int(self.relu), torch.get_num_threads())
-            if code != 0:
-                raise RuntimeError(f"the native kernel rejected its arguments (code {code})")
+            _check_code(code, "tkn_roi_conv")
         return out.permute(0, 3, 1, 2)
 
     def _call_batch(self, x: Tensor) -> Tensor:
@@ -550,23 +781,27 @@ class NativeConv:
         vw = vector_width()
         lanes = -(-max(n, 1) // vw) * vw
         hp, wp = self.output_hw
+        h, w = self.input_hw
         xt = batch_layout(x, lanes)
         if xt is None:  # transpose into (H, W, C_in, lanes), padding lanes zero
-            h, w = self.input_hw
             xt = torch.empty((h, w, self.c_in, lanes), dtype=torch.float32)
             xt[..., :n].copy_(x.permute(2, 3, 1, 0))
             if lanes > n:
                 xt[..., n:].zero_()
         out = self._output((hp, wp, self.c_out, lanes))
         if n and out.numel():
+            _expect("input (as H, W, C_in, lanes)", xt, (h, w, self.c_in, lanes), torch.float32)
+            _expect("output", out, (hp, wp, self.c_out, lanes), torch.float32)
             dims = self.dims.clone()
             dims[0] = lanes
-            code = _load().tkn_roi_conv_batch(  # type: ignore[union-attr]
+            lib = _load()
+            if lib is None:
+                raise RuntimeError(f"the native kernel is not available: {reason()}")
+            code = lib.tkn_roi_conv_batch(
                 _ptr(xt), _ptr(self.weight), _ptr(self.zoff), _ptr(self.zlist), _ptr(self.soff), _ptr(self.slist),
                 _ptr(self.window), _ptr(self.bias), _ptr(self.scale), _ptr(self.shift), _ptr(self.fill), _ptr(out),
-                _ptr(dims), int(self.relu), torch.get_num_threads())
-            if code != 0:
-                raise RuntimeError(f"the native kernel rejected its arguments (code {code})")
+                _ptr(dims), self.zlist.numel(), self.slist.numel(), int(self.relu), torch.get_num_threads())
+            _check_code(code, "tkn_roi_conv_batch")
         return out[..., :n].permute(3, 2, 0, 1)
 
 

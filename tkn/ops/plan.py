@@ -92,7 +92,9 @@ def input_span(lo: int, hi: int, stride: int, extent: int, pad_before: int, size
     """
     a = lo * stride - pad_before
     b = (hi - 1) * stride + extent - pad_before
-    return max(a, 0), min(b, size), max(-a, 0), max(b - size, 0)
+    # a span wholly in the padding (before the map or after it) reads no input row: all of it is padding
+    ca, cb = min(max(a, 0), size), min(max(b, 0), size)
+    return ca, cb, max(min(b, 0) - a, 0), max(b - max(a, size), 0)
 
 
 @dataclass

@@ -53,6 +53,53 @@ struct Geometry {
     int Ho, Wo, pool, Hp, Wp, C;  // conv output, pooled output, output channels
 };
 
+// The largest fused max-pool (MAX_POOL in tkn/engine/native.py).
+static const int TKN_MAX_POOL = 8;
+// The most kernel rows the channel-group strategy handles (its per-row pointer arrays).
+static const int TKN_MAX_KH = 64;
+
+// What the entry points return for arguments they refuse (0: done). tkn/engine/native.py maps each code to a
+// message (_ERRORS there); a new code goes into both.
+enum {
+    TKN_E_SIZE = -1,        // a size below 1 (H, W, Cin, kh, kw, Ho, Wo, C), a negative N or G, kh > TKN_MAX_KH
+    TKN_E_TOO_LARGE = -2,   // sizes whose offsets overflow the kernel's index types
+    TKN_E_RESIDUAL = -3,    // a residual with pool != 1
+    TKN_E_LANES = -4,       // batch lanes not a positive multiple of the vector width
+    TKN_E_POOLED = -5,      // pooled size not (Ho / pool, Wo / pool)
+    TKN_E_TAPS = -6,        // more than 4096 kernel taps
+    TKN_E_REDUCE_CIN = -7,  // input channels not a multiple of the vector width ("reduce")
+    TKN_E_NULL = -8,        // a required pointer is null
+    TKN_E_POOL = -9,        // pool outside 1..TKN_MAX_POOL
+    TKN_E_STEP = -10,       // a stride or dilation below 1, or a negative padding
+    TKN_E_RANGE = -11,      // a column range or ROI outside the conv map
+    TKN_E_CHANNEL = -12,    // a channel index out of range (lane index, CSR lists)
+    TKN_E_CSR = -13,        // CSR offsets not 0-based, non-decreasing and ending at the list's length
+};
+
+// Reads dims (18 int32: N, H, W, Cin, kh, kw, sy, sx, dy, dx, pt, pl, Ho, Wo, pool, Hp, Wp, C) into g and checks
+// what every entry point needs: positive sizes, steps and pool, the pooled size, and index arithmetic that
+// stays within int (every input row and column a position's window can reach, every map offset).
+static int read_geometry(const int32_t* dims, Geometry& g) {
+    if (!dims) return TKN_E_NULL;
+    g.N = dims[0]; g.H = dims[1]; g.W = dims[2]; g.Cin = dims[3];
+    g.kh = dims[4]; g.kw = dims[5]; g.sy = dims[6]; g.sx = dims[7]; g.dy = dims[8]; g.dx = dims[9];
+    g.pt = dims[10]; g.pl = dims[11]; g.Ho = dims[12]; g.Wo = dims[13]; g.pool = dims[14];
+    g.Hp = dims[15]; g.Wp = dims[16]; g.C = dims[17];
+    if (g.N < 0 || g.H < 1 || g.W < 1 || g.Cin < 1 || g.kh < 1 || g.kw < 1 || g.Ho < 1 || g.Wo < 1 || g.C < 1)
+        return TKN_E_SIZE;
+    if (g.sy < 1 || g.sx < 1 || g.dy < 1 || g.dx < 1 || g.pt < 0 || g.pl < 0) return TKN_E_STEP;
+    if (g.pool < 1 || g.pool > TKN_MAX_POOL) return TKN_E_POOL;
+    if (g.Hp != g.Ho / g.pool || g.Wp != g.Wo / g.pool) return TKN_E_POOLED;
+    const int64_t lim = INT32_MAX;
+    const int64_t reach_y = (int64_t)(g.Ho - 1) * g.sy + (int64_t)(g.kh - 1) * g.dy + g.pt + g.H;
+    const int64_t reach_x = (int64_t)(g.Wo - 1) * g.sx + (int64_t)(g.kw - 1) * g.dx + g.pl + g.W;
+    if (reach_y >= lim || reach_x >= lim || (int64_t)g.H * g.W * g.Cin >= lim || (int64_t)g.Ho * g.Wo * g.C >= lim
+        || (int64_t)g.kh * g.kw * g.Cin >= lim || (int64_t)g.N * g.H * g.W * g.Cin >= ((int64_t)1 << 60)
+        || (int64_t)g.N * g.Hp * g.Wp * g.C >= ((int64_t)1 << 60))
+        return TKN_E_TOO_LARGE;
+    return 0;
+}
+
 // acc[p] += sum over (ky, kx, ci) of w[ky][kx][ci][:] * x[n, iy(ky), ix(p, kx), ci]
 template <int NP, bool LIST>
 static inline void accumulate(vf* acc, const float* const* rows, const int* ok_rows, int nrows_k,
@@ -315,8 +362,8 @@ extern "C" {
 
 int tkn_vector_width() { return VW; }
 
-// The argument list of tkn_roi_conv; tkn/engine/native.py refuses a library with another version.
-int tkn_abi_version() { return 3; }
+// The argument lists of the entry points; tkn/engine/native.py refuses a library with another version.
+int tkn_abi_version() { return 4; }
 
 // x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, kw, Cin, VW). ranges: (G, Hp * pool, 2) int32:
 // the conv columns [xa, xb) to compute on each conv row (xb <= xa: none), xb <= Wp * pool. Positions of a
@@ -324,19 +371,23 @@ int tkn_abi_version() { return 3; }
 // or null. index: (G, VW) output channel of each lane (-1: padding). fill: (C,) value of each output
 // channel where not computed. support: (Cin, 4) int32 boxes y0, y1, x0, x1 or null. residual: (N, Hp, Wp, C)
 // or null (pool 1 only; fill is then the value before the residual and the ReLU). out: (N, Hp, Wp, C).
-// Returns 0, or a negative code for an argument it cannot handle.
+// Returns 0, or a negative code (TKN_E_*) for an argument it cannot handle.
 int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, const float* window,
                  const float* bias, const float* scale, const float* shift, const int32_t* index,
                  const float* fill, const int32_t* support, const float* residual, float* out,
                  const int32_t* dims, int G, int relu, int nthreads) {
     Geometry g;
-    g.N = dims[0]; g.H = dims[1]; g.W = dims[2]; g.Cin = dims[3];
-    g.kh = dims[4]; g.kw = dims[5]; g.sy = dims[6]; g.sx = dims[7]; g.dy = dims[8]; g.dx = dims[9];
-    g.pt = dims[10]; g.pl = dims[11]; g.Ho = dims[12]; g.Wo = dims[13]; g.pool = dims[14];
-    g.Hp = dims[15]; g.Wp = dims[16]; g.C = dims[17];
+    if (const int code = read_geometry(dims, g)) return code;
+    if (!x || !weight || !ranges || !window || !index || !fill || !out) return TKN_E_NULL;
+    if (G < 0 || g.kh > TKN_MAX_KH) return TKN_E_SIZE;
     const int P = g.pool;
-    if (P < 1 || P > NP_MAX || g.kh > 64 || g.Cin < 1) return -1;
-    if (residual && P != 1) return -3;
+    if (residual && P != 1) return TKN_E_RESIDUAL;
+    for (int64_t i = 0; i < (int64_t)G * VW; ++i)
+        if (index[i] < -1 || index[i] >= g.C) return TKN_E_CHANNEL;
+    for (int64_t i = 0; i < (int64_t)G * g.Hp * P; ++i) {
+        const int32_t xa = ranges[2 * i], xb = ranges[2 * i + 1];
+        if (xb > xa && (xa < 0 || xb > g.Wp * P)) return TKN_E_RANGE;
+    }
     const bool relu_inner = relu && !residual;  // with a residual the ReLU comes after the addition
     if (nthreads < 1) nthreads = 1;
 
@@ -381,7 +432,7 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
     std::vector<int32_t> koff(K);
     // (with 256 input channels the nested loops ran 5% faster: no offset load per step)
     const bool flat = !support && g.Cin < 32;
-    if ((int64_t)((g.kh - 1) * g.dy + 1) * g.W * g.Cin >= (int64_t)1 << 31) return -2;
+    if ((int64_t)((g.kh - 1) * g.dy + 1) * g.W * g.Cin >= (int64_t)1 << 31) return TKN_E_TOO_LARGE;
     for (int ky = 0, k = 0; ky < g.kh; ++ky)
         for (int ci = 0; ci < g.Cin; ++ci)
             for (int kx = 0; kx < g.kw; ++kx, ++k) koff[k] = ((ky * g.dy) * g.W + kx * g.dx) * g.Cin + ci;
@@ -425,10 +476,11 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
             const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
             const int32_t* idx = index + (size_t)gi * VW;
             const vf fillv = loadu(lane_fill.data() + (size_t)gi * VW);
-            vf bv = {}, scv = {}, shv = {};
+            vf bv = {}, scv = vf{} + 1.0f, shv = {};
             if (bias) bv = loadu(bias + (size_t)gi * VW);
             if (scale) scv = loadu(scale + (size_t)gi * VW);
             if (shift) shv = loadu(shift + (size_t)gi * VW);
+            const bool affine = scale || shift;
             // the pooled columns [A / P, B / P) this item writes
             int A = g.Wp * P, B = 0;
             for (int y = r * P; y < r * P + P; ++y)
@@ -486,7 +538,7 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
                         vf v = acc[p];
                         if (bias) v += bv;
                         v *= loadu(wrow + (size_t)p * VW);
-                        if (scale) v = v * scv + shv;
+                        if (affine) v = v * scv + shv;
                         if (relu_inner) v = vmax(v, vf{});
                         m[p] = vmax(m[p], v);
                     }
@@ -528,24 +580,32 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
 // per conv position, the output channels whose ROI holds it (CSR; only rows < Hp * pool and columns
 // < Wp * pool are read). window: (C, Ho, Wo) window·mask. bias, scale, shift: (C,) or null. fill: (C,) the
 // value where a channel is not computed. out: (Hp, Wp, C, P). dims: as for tkn_roi_conv, with dims[0] = P.
-// Returns 0, or a negative code for an argument it cannot handle.
+// zlen, slen: the lengths of zlist and slist (zoff and soff end there).
+// Returns 0, or a negative code (TKN_E_*) for an argument it cannot handle.
+static int check_csr(const int32_t* off, int64_t rows, const int32_t* list, int64_t len, int limit) {
+    if (len < 0 || off[0] != 0 || off[rows] != len) return TKN_E_CSR;
+    for (int64_t r = 0; r < rows; ++r)
+        if (off[r + 1] < off[r]) return TKN_E_CSR;
+    for (int64_t j = 0; j < len; ++j)
+        if (list[j] < 0 || list[j] >= limit) return TKN_E_CHANNEL;
+    return 0;
+}
+
 int tkn_roi_conv_batch(const float* xt, const float* wc, const int32_t* zoff, const int32_t* zlist,
                        const int32_t* soff, const int32_t* slist, const float* window, const float* bias,
                        const float* scale, const float* shift, const float* fill, float* out,
-                       const int32_t* dims, int relu, int nthreads) {
+                       const int32_t* dims, int zlen, int slen, int relu, int nthreads) {
     Geometry g;
-    g.N = dims[0]; g.H = dims[1]; g.W = dims[2]; g.Cin = dims[3];
-    g.kh = dims[4]; g.kw = dims[5]; g.sy = dims[6]; g.sx = dims[7]; g.dy = dims[8]; g.dx = dims[9];
-    g.pt = dims[10]; g.pl = dims[11]; g.Ho = dims[12]; g.Wo = dims[13]; g.pool = dims[14];
-    g.Hp = dims[15]; g.Wp = dims[16]; g.C = dims[17];
+    if (const int code = read_geometry(dims, g)) return code;
+    if (!xt || !wc || !zoff || !soff || !window || !fill || !out || (zlen > 0 && !zlist) || (slen > 0 && !slist))
+        return TKN_E_NULL;
     const int64_t P = g.N;
     const int pool = g.pool;
-    if (pool < 1 || pool > NP_MAX || g.Cin < 1 || g.C < 1 || g.kh < 1 || g.kw < 1) return -1;
-    if (P % VW != 0 || P < VW) return -4;
-    if (g.Hp * pool > g.Ho || g.Wp * pool > g.Wo) return -5;
+    if (P % VW != 0 || P < VW) return TKN_E_LANES;
     const int ntaps = g.kh * g.kw;
-    if (ntaps > 4096) return -6;
-    if ((int64_t)g.H * g.W * g.Cin * P >= ((int64_t)1 << 62) / 4) return -2;
+    if (ntaps > 4096) return TKN_E_TAPS;
+    if (const int code = check_csr(zoff, (int64_t)g.H * g.W, zlist, zlen, g.Cin)) return code;
+    if (const int code = check_csr(soff, (int64_t)g.Ho * g.Wo, slist, slen, g.C)) return code;
     if (nthreads < 1) nthreads = 1;
     const int NV = (int)(P / VW);
     // sample vectors in chunks of at most 4, as even as possible
@@ -635,19 +695,20 @@ int tkn_roi_conv_batch(const float* xt, const float* wc, const int32_t* zoff, co
 // The reduction-lane strategy (see above). x: (N, H, W, Cin) channels_last, Cin a multiple of VW.
 // weight: (C, kh, kw, Cin). roi: (C, 4) int32 boxes y0, y1, x0, x1 of the conv output. window: (C, Ho, Wo).
 // bias, scale, shift: (C,) or null. fill: (C,). out: (N, Hp, Wp, C). dims: as for tkn_roi_conv.
-// Returns 0, or a negative code for an argument it cannot handle.
+// Returns 0, or a negative code (TKN_E_*) for an argument it cannot handle.
 int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi, const float* window,
                         const float* bias, const float* scale, const float* shift, const float* fill, float* out,
                         const int32_t* dims, int relu, int nthreads) {
     Geometry g;
-    g.N = dims[0]; g.H = dims[1]; g.W = dims[2]; g.Cin = dims[3];
-    g.kh = dims[4]; g.kw = dims[5]; g.sy = dims[6]; g.sx = dims[7]; g.dy = dims[8]; g.dx = dims[9];
-    g.pt = dims[10]; g.pl = dims[11]; g.Ho = dims[12]; g.Wo = dims[13]; g.pool = dims[14];
-    g.Hp = dims[15]; g.Wp = dims[16]; g.C = dims[17];
+    if (const int code = read_geometry(dims, g)) return code;
+    if (!x || !weight || !roi || !window || !fill || !out) return TKN_E_NULL;
     const int pool = g.pool;
-    if (pool < 1 || pool > NP_MAX || g.Cin < 1 || g.C < 1 || g.kh < 1 || g.kw < 1) return -1;
-    if (g.Cin % VW != 0) return -7;
-    if (g.Hp * pool > g.Ho || g.Wp * pool > g.Wo) return -5;
+    if (g.Cin % VW != 0) return TKN_E_REDUCE_CIN;
+    for (int c = 0; c < g.C; ++c) {
+        const int32_t* b = roi + (size_t)c * 4;
+        if (b[0] < 0 || b[0] > g.Ho || b[1] < 0 || b[1] > g.Ho || b[2] < 0 || b[2] > g.Wo || b[3] < 0 || b[3] > g.Wo)
+            return TKN_E_RANGE;
+    }
     if (nthreads < 1) nthreads = 1;
     const int64_t positions = (int64_t)g.N * g.Hp * g.Wp;
     if (positions == 0) return 0;
