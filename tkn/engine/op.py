@@ -52,7 +52,7 @@ from tkn.engine import triton_roi
 
 __all__ = ["roi_conv2d", "reference_roi_conv2d", "CACHE_SIZE"]
 
-#: How many packed layers the operator keeps (least recently used ones are dropped and repacked on demand).
+#: How many packed layers the operator keeps (the oldest are dropped and repacked on demand).
 CACHE_SIZE = 256
 
 _packed: "OrderedDict[tuple, native_kernel.NativeConv]" = OrderedDict()
@@ -73,19 +73,16 @@ def remember(conv: native_kernel.NativeConv, tensors: tuple[Optional[Tensor], ..
         _packed.popitem(last=False)
 
 
-def _conv_for(x: Tensor, tensors: tuple[Optional[Tensor], ...], geometry: tuple) -> native_kernel.NativeConv:
-    key = _key(tensors, geometry)
-    conv = _packed.get(key)
-    if conv is not None:
-        _packed.move_to_end(key)
-        return conv
+def _pack(x: Tensor, tensors: tuple[Optional[Tensor], ...], geometry: tuple, key: tuple) -> native_kernel.NativeConv:
     weight, window, roi, bias, scale, shift, support = tensors
     stride, padding, dilation, relu, pool, strategy, residual = geometry
     conv = native_kernel.NativeConv(
         weight, bias, window, roi, conv_hw=tuple(window.shape[-2:]), input_hw=tuple(x.shape[-2:]),
         stride=tuple(stride), dilation=tuple(dilation), pad=tuple(padding), scale=scale, shift=shift, relu=relu,
         pool=pool, support=support, residual=residual, strategy=strategy)
-    remember(conv, tensors, geometry)
+    _packed[key] = conv
+    while len(_packed) > CACHE_SIZE:
+        _packed.popitem(last=False)
     return conv
 
 
@@ -148,12 +145,17 @@ def roi_conv2d(x: Tensor, weight: Tensor, window: Tensor, roi: Tensor, bias: Opt
         return triton_roi.roi_conv2d_triton(x, weight, window, roi, bias=bias, scale=scale, shift=shift,
                                             stride=tuple(stride), padding=tuple(padding),
                                             dilation=tuple(dilation), relu=relu, pool=pool).contiguous()
-    native_ok = (x.device.type == "cpu" and x.dtype == torch.float32 and native_kernel.available()
-                 and not native_kernel.strategy_unsupported(strategy, weight.shape[1], residual is not None))
-    if native_ok:
-        conv = _conv_for(x, (weight, window, roi, bias, scale, shift, support),
-                         (tuple(stride), tuple(padding), tuple(dilation), bool(relu), int(pool), strategy,
-                          residual is not None))
+    conv = None
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        tensors = (weight, window, roi, bias, scale, shift, support)
+        geometry = (tuple(stride), tuple(padding), tuple(dilation), bool(relu), int(pool), strategy,
+                    residual is not None)
+        key = _key(tensors, geometry)
+        conv = _packed.get(key)  # a packed layer was checked when it was packed
+        if conv is None and native_kernel.available() and not native_kernel.strategy_unsupported(
+                strategy, weight.shape[1], residual is not None):
+            conv = _pack(x, tensors, geometry, key)
+    if conv is not None:
         y = conv(x, residual)
     else:
         y = reference_roi_conv2d(x, weight, window, roi, bias, scale, shift, residual, stride, padding, dilation,

@@ -733,46 +733,51 @@ int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi,
             const int32_t* b = roi + (size_t)c * 4;
             const int y0 = b[0], y1 = std::min(b[1], rows_used), x0 = b[2], x1 = std::min(b[3], cols_used);
             const int rh = y1 - y0, rw = x1 - x0;
-            vals.assign((size_t)rh * rw, 0.0f);
+            vals.resize((size_t)rh * rw);
             const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
             const float* wc = weight + (int64_t)c * g.kh * g.kw * g.Cin;
             const int64_t pstep = (int64_t)g.dx * g.Cin;
-            for (int y = y0; y < y1; ++y) {
-                for (int xa = x0; xa < x1; xa += NPR) {
-                    const int np = std::min(NPR, x1 - xa);
-                    vf acc[NPR];
-                    for (int p = 0; p < np; ++p) acc[p] = vf{};
-                    for (int ky = 0; ky < g.kh; ++ky) {
-                        const int iy = y * g.sy - g.pt + ky * g.dy;
+            // the ROI's positions in chunks of up to NPR, row-major across its rows: one weight vector serves every
+            // position of a chunk, so a ROI of a few pixels reads its channel's weights once
+            const int total = rh * rw;
+            for (int first = 0; first < total; first += NPR) {
+                const int np = std::min(NPR, total - first);
+                vf acc[NPR];
+                int py[NPR], pxc[NPR];
+                for (int p = 0; p < np; ++p) {
+                    acc[p] = vf{};
+                    py[p] = y0 + (first + p) / rw;
+                    pxc[p] = x0 + (first + p) % rw;
+                }
+                for (int ky = 0; ky < g.kh; ++ky) {
+                    const float* wk = wc + (int64_t)ky * g.kw * g.Cin;
+                    // positions whose whole window row lies inside the input run together; the others one kx at
+                    // a time, the taps outside skipped
+                    const float* px[NPR];
+                    bool inside = true;
+                    for (int p = 0; p < np; ++p) {
+                        const int iy = py[p] * g.sy - g.pt + ky * g.dy;
+                        const int ix = pxc[p] * g.sx - g.pl;
+                        inside = inside && iy >= 0 && iy < g.H && ix >= 0 && ix + (g.kw - 1) * g.dx < g.W;
+                        px[p] = xn + ((int64_t)iy * g.W + ix) * g.Cin;
+                    }
+                    if (inside) {
+                        reduce_rows[np](acc, px, wk, g.kw, g.Cin, pstep);
+                        continue;
+                    }
+                    for (int p = 0; p < np; ++p) {
+                        const int iy = py[p] * g.sy - g.pt + ky * g.dy;
                         if (iy < 0 || iy >= g.H) continue;
-                        const float* xrow = xn + (int64_t)iy * g.W * g.Cin;
-                        const float* wk = wc + (int64_t)ky * g.kw * g.Cin;
-                        // positions whose whole window row lies inside the input run together; the others
-                        // one kx at a time, the taps outside skipped
-                        const float* px[NPR];
-                        bool inside = true;
-                        for (int p = 0; p < np; ++p) {
-                            const int ix = (xa + p) * g.sx - g.pl;
-                            inside = inside && ix >= 0 && ix + (g.kw - 1) * g.dx < g.W;
-                            px[p] = xrow + (int64_t)ix * g.Cin;
-                        }
-                        if (inside) {
-                            reduce_rows[np](acc, px, wk, g.kw, g.Cin, pstep);
-                            continue;
-                        }
-                        for (int p = 0; p < np; ++p) {
-                            const int ix0 = (xa + p) * g.sx - g.pl;
-                            for (int kx = 0; kx < g.kw; ++kx) {
-                                const int ix = ix0 + kx * g.dx;
-                                if (ix < 0 || ix >= g.W) continue;
-                                const float* one = xrow + (int64_t)ix * g.Cin;
-                                reduce_rows[1](acc + p, &one, wk + (int64_t)kx * g.Cin, 1, g.Cin, 0);
-                            }
+                        const int ix0 = pxc[p] * g.sx - g.pl;
+                        for (int kx = 0; kx < g.kw; ++kx) {
+                            const int ix = ix0 + kx * g.dx;
+                            if (ix < 0 || ix >= g.W) continue;
+                            const float* one = xn + ((int64_t)iy * g.W + ix) * g.Cin;
+                            reduce_rows[1](acc + p, &one, wk + (int64_t)kx * g.Cin, 1, g.Cin, 0);
                         }
                     }
-                    float* res = vals.data() + (size_t)(y - y0) * rw + (xa - x0);
-                    for (int p = 0; p < np; ++p) res[p] = hsum(acc[p]);
                 }
+                for (int p = 0; p < np; ++p) vals[first + p] = hsum(acc[p]);
             }
             // epilogue on the ROI's values, then the pool over the pooled positions the ROI meets
             const float bv = bias ? bias[c] : 0.0f;
