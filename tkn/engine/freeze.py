@@ -406,7 +406,7 @@ def freeze(
         frozen = fx.GraphModule(frozen, analysis.graph).eval()
     layout_hook = None
     if channels_last:
-        frozen = frozen.to(memory_format=torch.channels_last)
+        frozen = _channels_last_(frozen)
         layout_hook = frozen.register_forward_pre_hook(channels_last_inputs)
     if analysis is None and not _runs(frozen, example_input[:1]):
         # code no graph showed needs contiguous maps (e.g. ``x.view(n, -1)`` after a target layer): every
@@ -422,6 +422,16 @@ def freeze(
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
                       input_sparsity=input_sparsity, graph=graph, native=native, channels_last=requested_layout)
     return frozen
+
+
+def _channels_last_(model: nn.Module) -> nn.Module:
+    """``model`` with its 4-D parameters and buffers in ``channels_last`` memory (in place; returns it).
+
+    By ``contiguous``, not ``to``: a weight whose memory already reads as ``channels_last`` (one input channel)
+    keeps its plain strides; restriding it moves no byte and sent PyTorch's CPU convolution down a path that
+    returned garbage rows (see :func:`tkn.engine.native.nhwc_as_nchw`).
+    """
+    return model._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
 
 
 def _runs(model: nn.Module, x: Tensor) -> bool:
