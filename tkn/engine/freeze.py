@@ -369,7 +369,7 @@ def freeze(
         else:
             consumer = next((c for c, (a, _) in producers.items() if a == name), None)
         if (consumer is not None and chosen.plan.mode is PlanMode.TILES and consumer not in in_perms
-                and calls.get(consumer) == 1):
+                and calls.get(consumer) == 1 and frozen.get_submodule(consumer).groups == 1):
             # emit the channels ordered by ROI position: the consumer's blocks then read short channel ranges
             order = _spatial_order(chosen.output_support())
             chosen = FrozenTargetConv2d(layer, hw, chosen.plan, in_perm=in_perm, relu=relu, pool=pool,
