@@ -511,3 +511,22 @@ def test_one_channel_maps_keep_plain_strides(use_native):
         assert frozen[1].weight.stride() == (6, 6, 6, 1)
         for batch in (1, 3, 5):
             torch.testing.assert_close(frozen(x[:batch]), net(x[:batch]), rtol=1e-4, atol=1e-5)
+
+
+@needs_native
+def test_plain_convolution_of_one_channel_gets_plain_strides():
+    """In a channels_last frozen model a plain convolution returning one channel hands on channels_last strides;
+    the next one-channel convolution receives them as plain NCHW strides (a pre-hook; the same memory)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(TargetConv2d(16, 4, 3, padding=1), nn.Conv2d(4, 1, 1), nn.Conv2d(1, 2, (1, 6), stride=(1, 2)))
+    random_rois_(net[0], 0, s_range=(0.05, 0.2))
+    net = net.eval()
+    x = torch.randn(5, 16, 5, 7)
+    frozen = freeze(net, x[:1], measure=False)
+    assert frozen[0].plan.mode == "native" and frozen._forward_pre_hooks  # a channels_last model
+    seen = []
+    frozen[2].register_forward_pre_hook(lambda m, args: seen.append(args[0].stride()))
+    with torch.no_grad():
+        for batch in (1, 3, 5):
+            torch.testing.assert_close(frozen(x[:batch]), net(x[:batch]), rtol=1e-4, atol=1e-5)
+    assert seen == [(35, 35, 7, 1)] * 3

@@ -69,8 +69,8 @@ from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan
 from tkn.ops.fast_conv import train_grid
 from tkn.layers import TargetConv2d
 
-__all__ = ["freeze", "channels_last_inputs", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES",
-           "FINAL_CANDIDATES", "plan_summary"]
+__all__ = ["freeze", "channels_last_inputs", "plain_one_channel_inputs", "DEFAULT_CANDIDATES", "TILE_GRIDS",
+           "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
@@ -408,6 +408,9 @@ def freeze(
     if channels_last:
         frozen = _channels_last_(frozen)
         layout_hook = frozen.register_forward_pre_hook(channels_last_inputs)
+        for m in frozen.modules():  # a plain convolution may still hand a one-channel map on in channels_last
+            if isinstance(m, nn.Conv2d) and m.in_channels == 1:
+                m.register_forward_pre_hook(plain_one_channel_inputs)
     if analysis is None and not _runs(frozen, example_input[:1]):
         # code no graph showed needs contiguous maps (e.g. ``x.view(n, -1)`` after a target layer): every
         # frozen layer returns them, and the model keeps its memory format
@@ -422,6 +425,13 @@ def freeze(
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
                       input_sparsity=input_sparsity, graph=graph, native=native, channels_last=requested_layout)
     return frozen
+
+
+def plain_one_channel_inputs(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: every one-channel 4-D tensor argument with plain NCHW strides (the same memory: for one
+    channel both layouts are; see :func:`tkn.engine.native.nhwc_as_nchw`)."""
+    return tuple(a.reshape(-1).view(a.shape) if isinstance(a, Tensor) and a.dim() == 4 and a.shape[1] == 1
+                 and a.is_contiguous() else a for a in args)
 
 
 def _channels_last_(model: nn.Module) -> nn.Module:
