@@ -11,6 +11,7 @@ from torch import nn
 from tkn.engine import FrozenTargetConv2d, freeze, native
 from tkn.engine.permute import find_routes
 from tkn.layers import TargetConv2d
+from tkn.ops.plan import CostModel
 from helpers_engine import FINE, random_rois_
 
 
@@ -249,3 +250,16 @@ def test_no_input_sparsity_through_a_batch_norm():
     layers = _layers(frozen)
     assert all(r is None for r in getattr(layers[1], "input_ranges", [None]))
     _assert_same(net, frozen, torch.randn(2, 3, 14, 14))
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_tile_plan_feeding_a_grouped_layer_keeps_its_channel_order(graph):
+    """A tile plan emits its channels sorted by ROI position for a consumer that can take any input order; a
+    grouped convolution cannot (its groups fix which input channels each output reads): it gets them in order."""
+    torch.manual_seed(1)
+    net = nn.Sequential(TargetConv2d(3, 8, 3, padding=1), nn.ReLU(), TargetConv2d(8, 4, 3, padding=1, groups=2)).eval()
+    random_rois_(net[0], 1, s_range=(0.02, 0.1))
+    x = torch.randn(2, 3, 24, 24)
+    frozen = freeze(net, x, measure=False, graph=graph, candidates=[CostModel(8, 0.0, 0.0)], grids=(2, 3, 4))
+    assert frozen[0].plan.mode == "tiles" and frozen[0].identity_order and frozen[2].in_perm is None
+    _assert_same(net, frozen, x)

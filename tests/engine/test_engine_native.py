@@ -509,3 +509,46 @@ def test_freeze_backends_choose_the_executors():
         freeze(net, x, backend="cuda")
     with pytest.raises(ValueError, match="backend='native' with native=False"):
         freeze(net, x, backend="native", native=False)
+
+
+@pytest.mark.parametrize("use_native", [False, True])
+def test_one_channel_maps_keep_plain_strides(use_native):
+    """A frozen layer with one output channel returns plain NCHW strides (not channels_last ones: PyTorch's CPU
+    convolution returned garbage rows for such one-channel inputs at horizontal stride 2 and output width 1),
+    and a channels_last frozen model leaves one-channel weights as they are."""
+    if use_native:
+        require_native()
+    torch.manual_seed(0)
+    net = nn.Sequential(TargetConv2d(16, 1, 3, padding=1), nn.Conv2d(1, 3, (1, 6), stride=(1, 2)), nn.ReLU(),
+                        TargetConv2d(3, 1, 1))
+    for i, m in enumerate(m for m in net if isinstance(m, TargetConv2d)):
+        random_rois_(m, i, s_range=(0.1, 0.3))
+    net = net.eval()
+    x = torch.randn(5, 16, 5, 7)
+    frozen = freeze(net, x[:1], measure=False, native=use_native, candidates=[CostModel(1, 0.0, 0.0)], grids=())
+    assert frozen[0].plan.mode == ("native" if use_native else "blocks")
+    with torch.no_grad():
+        y = frozen[0](x.contiguous(memory_format=torch.channels_last))
+        assert y.stride() == (35, 35, 7, 1)
+        assert frozen[1].weight.stride() == (6, 6, 6, 1)
+        for batch in (1, 3, 5):
+            torch.testing.assert_close(frozen(x[:batch]), net(x[:batch]), rtol=1e-4, atol=1e-5)
+
+
+@needs_native
+def test_plain_convolution_of_one_channel_gets_plain_strides():
+    """In a channels_last frozen model a plain convolution returning one channel hands on channels_last strides;
+    the next one-channel convolution receives them as plain NCHW strides (a pre-hook; the same memory)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(TargetConv2d(16, 4, 3, padding=1), nn.Conv2d(4, 1, 1), nn.Conv2d(1, 2, (1, 6), stride=(1, 2)))
+    random_rois_(net[0], 0, s_range=(0.05, 0.2))
+    net = net.eval()
+    x = torch.randn(5, 16, 5, 7)
+    frozen = freeze(net, x[:1], measure=False)
+    assert frozen[0].plan.mode == "native" and frozen._forward_pre_hooks  # a channels_last model
+    seen = []
+    frozen[2].register_forward_pre_hook(lambda m, args: seen.append(args[0].stride()))
+    with torch.no_grad():
+        for batch in (1, 3, 5):
+            torch.testing.assert_close(frozen(x[:batch]), net(x[:batch]), rtol=1e-4, atol=1e-5)
+    assert seen == [(35, 35, 7, 1)] * 3

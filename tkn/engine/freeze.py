@@ -69,8 +69,8 @@ from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan
 from tkn.ops.fast_conv import train_grid
 from tkn.layers import TargetConv2d
 
-__all__ = ["freeze", "BACKENDS", "channels_last_inputs", "DEFAULT_CANDIDATES", "TILE_GRIDS", "SCREENED_CANDIDATES",
-           "FINAL_CANDIDATES", "plan_summary"]
+__all__ = ["freeze", "BACKENDS", "channels_last_inputs", "plain_one_channel_inputs", "DEFAULT_CANDIDATES",
+           "TILE_GRIDS", "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
 
 #: The ``backend`` values of :func:`freeze`.
 BACKENDS = ("auto", "native", "triton", "torch")
@@ -398,7 +398,7 @@ def freeze(
         else:
             consumer = next((c for c, (a, _) in producers.items() if a == name), None)
         if (consumer is not None and chosen.plan.mode is PlanMode.TILES and consumer not in in_perms
-                and calls.get(consumer) == 1):
+                and calls.get(consumer) == 1 and frozen.get_submodule(consumer).groups == 1):
             # emit the channels ordered by ROI position: the consumer's blocks then read short channel ranges
             order = _spatial_order(chosen.output_support())
             chosen = FrozenTargetConv2d(layer, hw, chosen.plan, in_perm=in_perm, relu=relu, pool=pool,
@@ -435,8 +435,11 @@ def freeze(
         frozen = fx.GraphModule(frozen, analysis.graph).eval()
     layout_hook = None
     if channels_last:
-        frozen = frozen.to(memory_format=torch.channels_last)
+        frozen = _channels_last_(frozen)
         layout_hook = frozen.register_forward_pre_hook(channels_last_inputs)
+        for m in frozen.modules():  # a plain convolution may still hand a one-channel map on in channels_last
+            if isinstance(m, nn.Conv2d) and m.in_channels == 1:
+                m.register_forward_pre_hook(plain_one_channel_inputs)
     if analysis is None and not _runs(frozen, example_input[:1]):
         # code no graph showed needs contiguous maps (e.g. ``x.view(n, -1)`` after a target layer): every
         # frozen layer returns them, and the model keeps its memory format
@@ -451,6 +454,23 @@ def freeze(
                       candidates=candidates, grids=grids, permute=False, fuse=fuse,
                       input_sparsity=input_sparsity, graph=graph, native=native, channels_last=requested_layout)
     return frozen
+
+
+def plain_one_channel_inputs(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: every one-channel 4-D tensor argument with plain NCHW strides (the same memory: for one
+    channel both layouts are; see :func:`tkn.engine.native.nhwc_as_nchw`)."""
+    return tuple(a.reshape(-1).view(a.shape) if isinstance(a, Tensor) and a.dim() == 4 and a.shape[1] == 1
+                 and a.is_contiguous() else a for a in args)
+
+
+def _channels_last_(model: nn.Module) -> nn.Module:
+    """``model`` with its 4-D parameters and buffers in ``channels_last`` memory (in place; returns it).
+
+    By ``contiguous``, not ``to``: a weight whose memory already reads as ``channels_last`` (one input channel)
+    keeps its plain strides; restriding it moves no byte and sent PyTorch's CPU convolution down a path that
+    returned garbage rows (see :func:`tkn.engine.native.nhwc_as_nchw`).
+    """
+    return model._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
 
 
 def _runs(model: nn.Module, x: Tensor) -> bool:

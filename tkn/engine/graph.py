@@ -228,14 +228,15 @@ class GraphAnalysis:
     def direct_consumer(self, name: str) -> str | None:
         """The target layer that alone reads target layer ``name``'s output, through nothing but zero-keeping
         single-input operations (in the graph as rewritten so far), or ``None``: that consumer may be built
-        for any order of ``name``'s output channels."""
+        for any order of ``name``'s output channels (so it is not a grouped convolution, whose groups fix
+        which input channels each output reads)."""
         cur = self.nodes.get(name)
         while cur is not None:
             u = self._only_user(cur)
             if u is None:
                 return None
             if u.op == "call_module" and u.target in self.nodes:
-                return u.target
+                return u.target if self.modules[u.target].groups == 1 else None
             cur = u if self._keeps_zeros(u) else None
         return None
 

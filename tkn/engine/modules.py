@@ -347,6 +347,8 @@ class FrozenTargetConv2d(nn.Module):
         # NCHW: oneDNN's blocked direct convolution behind it ran this layer 1.3x faster than channels_last
         # (256->256, 5x5, 28x28, batch 64), and a block-planned producer hands over channels_last
         x = x.contiguous()
+        if x.shape[1] == 1:  # plain NCHW strides for a one-channel map (see tkn.engine.native.nhwc_as_nchw)
+            x = x.reshape(-1).view(x.shape)
         left, right, top, bottom = self.pad
         if self.padding_mode == "zeros" and left == right and top == bottom:
             y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=(top, left), dilation=self.dilation,
@@ -432,7 +434,7 @@ class FrozenTargetConv2d(nn.Module):
                 out[:, rows, cols, getattr(self, f"index_{i}")] = y[..., :b.count]
             else:
                 out[:, rows, cols, b.c0:b.c1] = y[..., :b.count]
-        return out.permute(0, 3, 1, 2)
+        return native_kernel.nhwc_as_nchw(out)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if tuple(x.shape[-2:]) != self.input_hw:

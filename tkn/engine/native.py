@@ -56,7 +56,7 @@ except ImportError:  # not POSIX: builds are not serialised between processes
 
 __all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "MAX_POOL",
            "STRATEGIES", "strategy_unsupported", "batch_layout", "to_batch_layout", "ERROR_CODES", "ABI_VERSION",
-           "build_flags"]
+           "build_flags", "nhwc_as_nchw"]
 
 #: The largest fused max-pool the kernel handles.
 MAX_POOL = 8
@@ -752,7 +752,7 @@ class NativeConv:
             rl = rl if rl.is_contiguous() else rl.contiguous()
         out = self._output((n, hp, wp, self.c_out))
         if not (n and out.numel()):
-            return out.permute(0, 3, 1, 2)
+            return nhwc_as_nchw(out)
         _expect("input (as N, H, W, C_in)", xl, (n, *self.input_hw, self.c_in), torch.float32)
         _expect("output", out, (n, hp, wp, self.c_out), torch.float32)
         if rl is not None:
@@ -774,7 +774,7 @@ class NativeConv:
                 _ptr(self.scale), _ptr(self.shift), _ptr(self.index), _ptr(self.fill), _ptr(self.support),
                 _ptr(rl), _ptr(out), _ptr(dims), len(self.groups), int(self.relu), torch.get_num_threads())
             _check_code(code, "tkn_roi_conv")
-        return out.permute(0, 3, 1, 2)
+        return nhwc_as_nchw(out)
 
     def _call_batch(self, x: Tensor) -> Tensor:
         n = x.shape[0]
@@ -803,6 +803,17 @@ class NativeConv:
                 _ptr(dims), self.zlist.numel(), self.slist.numel(), int(self.relu), torch.get_num_threads())
             _check_code(code, "tkn_roi_conv_batch")
         return out[..., :n].permute(3, 2, 0, 1)
+
+
+def nhwc_as_nchw(out: Tensor) -> Tensor:
+    """A contiguous ``(N, H, W, C)`` tensor as the ``(N, C, H, W)`` view of the same memory (``channels_last``).
+
+    With one channel the view gets plain NCHW strides instead (the same addresses): PyTorch's CPU convolution
+    (2.13, oneDNN) returned garbage rows for one-channel inputs whose strides read as ``channels_last``
+    (horizontal stride 2, output width 1), which the original model, in NCHW, never feeds it.
+    """
+    n, h, w, c = out.shape
+    return out.view(n, 1, h, w) if c == 1 else out.permute(0, 3, 1, 2)
 
 
 def to_batch_layout(x: Tensor) -> Tensor:

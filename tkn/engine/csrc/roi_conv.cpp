@@ -59,7 +59,7 @@ static const int TKN_MAX_POOL = 8;
 static const int TKN_MAX_KH = 64;
 
 // What the entry points return for arguments they refuse (0: done). tkn/engine/native.py maps each code to a
-// message (_ERRORS there); a new code goes into both.
+// message (ERROR_CODES there); a new code goes into both.
 enum {
     TKN_E_SIZE = -1,        // a size below 1 (H, W, Cin, kh, kw, Ho, Wo, C), a negative N or G, kh > TKN_MAX_KH
     TKN_E_TOO_LARGE = -2,   // sizes whose offsets overflow the kernel's index types
@@ -365,7 +365,7 @@ int tkn_vector_width() { return VW; }
 // The argument lists of the entry points; tkn/engine/native.py refuses a library with another version.
 int tkn_abi_version() { return 4; }
 
-// x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, kw, Cin, VW). ranges: (G, Hp * pool, 2) int32:
+// x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, Cin, kw, VW). ranges: (G, Hp * pool, 2) int32:
 // the conv columns [xa, xb) to compute on each conv row (xb <= xa: none), xb <= Wp * pool. Positions of a
 // pool window that are not computed hold the fill value. window: (G, Ho, Wo, VW). bias, scale, shift: (G, VW)
 // or null. index: (G, VW) output channel of each lane (-1: padding). fill: (C,) value of each output
