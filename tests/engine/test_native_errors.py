@@ -40,7 +40,8 @@ def _arguments(entry: str, conv: native.NativeConv, batch: int = 2) -> dict:
     is filled with NaN, which a refusing kernel leaves as it is."""
     dims = conv.dims.clone()
     hp, wp = conv.output_hw
-    (h, w), c_in, c = conv.input_hw, conv.c_in, conv.c_out
+    h, w = int(dims[H]), int(dims[W])  # the input as the kernel reads it (a layer may pad it itself)
+    c_in, c = conv.c_in, conv.c_out
     if entry == "tkn_roi_conv_batch":
         lanes = native.vector_width()
         dims[N] = lanes

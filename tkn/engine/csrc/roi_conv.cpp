@@ -431,7 +431,7 @@ int tkn_roi_conv(const float* x, const float* weight, const int32_t* ranges, con
     const int K = g.kh * g.kw * g.Cin;
     std::vector<int32_t> koff(K);
     // (with 256 input channels the nested loops ran 5% faster: no offset load per step)
-    const bool flat = !support && g.Cin < 32;
+    const bool flat = !support && g.Cin < 32;  // FLAT_CHANNELS in native.py
     if ((int64_t)((g.kh - 1) * g.dy + 1) * g.W * g.Cin >= (int64_t)1 << 31) return TKN_E_TOO_LARGE;
     for (int ky = 0, k = 0; ky < g.kh; ++ky)
         for (int ci = 0; ci < g.Cin; ++ci)
