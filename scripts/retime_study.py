@@ -16,7 +16,8 @@ import json
 
 import torch
 
-from tkn.benchmark import conditions, interleaved
+from tkn.benchmark import conditions
+from tkn.timing import BLOCK_S, interleaved
 from tkn.engine import freeze
 from tkn.flops import count
 from tkn.models import create_model
@@ -40,7 +41,8 @@ def main() -> None:
         x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
         models = {**dense, **{name: freeze(m, x) for name, m in tkns.items()}}
         with torch.no_grad():
-            times = interleaved({name: (lambda m=m: m(x)) for name, m in models.items()}, args.repeats)
+            times = interleaved({name: (lambda m=m: m(x)) for name, m in models.items()}, args.repeats,
+                                min_block_s=BLOCK_S)
         ref = times["CNN6 width 1"]["min"]
         for name, t in times.items():
             rows[name][f"batch{batch}_ms"] = 1e3 * t["min"]

@@ -33,8 +33,11 @@ What is timed
   same batch size.
 
 Variants are run round-robin (``dense, target, frozen, dense, ...``) for
-``repeats`` rounds after one warm-up round; the report gives the minimum (the
-least disturbed run: the machine may be shared) and the median. Per-layer
+``repeats`` rounds after one warm-up round, each in blocks of consecutive calls
+lasting at least :data:`tkn.timing.BLOCK_S` (see :mod:`tkn.timing`); the report
+gives the minimum per call (the least disturbed run: the machine may be shared)
+and the median, of the steady state (block means) and of the first call of each
+block (a cold start, right after the other variants ran). Per-layer
 figures time each layer alone on the activations it receives. One training
 step is forward + cross-entropy + backward + SGD step, the dense CNN against
 the target model with ``execution="fast"`` (:mod:`tkn.ops.fast_conv`).
@@ -52,11 +55,10 @@ import copy
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -67,6 +69,7 @@ from tkn.convert import target_layers
 from tkn.engine.freeze import freeze, plan_summary
 from tkn.engine.modules import FrozenTargetConv2d
 from tkn.layers import TargetConv2d
+from tkn.timing import BLOCK_S, interleaved
 from tkn.training.fusion import fused_training_view
 
 __all__ = [
@@ -146,19 +149,6 @@ def dense_baseline(model: nn.Module) -> nn.Module:
     return new
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
-    """Time each callable round-robin; ``{name: {"min": s, "median": s}}``."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(warmup + repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            dt = time.perf_counter() - t0
-            if r >= warmup:
-                times[k].append(dt)
-    return {k: {"min": min(v), "median": statistics.median(v)} for k, v in times.items()}
-
-
 def _flop_ratio(model: nn.Module, input_size: Sequence[int]) -> tuple[float, dict[str, float]]:
     from tkn.flops import count
 
@@ -209,9 +199,10 @@ def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats
         err = float(((frozen(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item())
         fns = {"dense": lambda: dense(x), "target": lambda: target(x), "frozen": lambda: frozen(x)}
         fns.update({name: (lambda m=m: m(x)) for name, m in extra.items()})
-        times = interleaved(fns, repeats)
+        times = interleaved(fns, repeats, min_block_s=BLOCK_S)
     ratio, _ = _flop_ratio(target, input_size)
     speedup = times["dense"]["min"] / times["frozen"]["min"]
+    first = times["dense"]["first_min"] / times["frozen"]["first_min"]
     return {
         "batch": batch,
         "flop_ratio": ratio,
@@ -219,6 +210,8 @@ def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats
         "speedup_vs_dense": speedup,
         "speedup_vs_target": times["target"]["min"] / times["frozen"]["min"],
         "efficiency": speedup / ratio,
+        "first_call_speedup_vs_dense": first,
+        "first_call_efficiency": first / ratio,
         "throughput_per_s": {k: batch / v["min"] for k, v in times.items()},
         "frozen_max_rel_error": err,
         "freeze_s": freeze_s,
@@ -269,7 +262,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         xf = frozen_inputs[name]
         with torch.no_grad():
             t = interleaved({"dense": lambda: conv(xi), "target": lambda: layer(xi), "frozen": lambda: fl(xf)},
-                            repeats)
+                            repeats, min_block_s=BLOCK_S)
         speedup = t["dense"]["min"] / t["frozen"]["min"]
         ratio = ratios.get(name, float("nan"))
         rows.append({
@@ -302,7 +295,7 @@ def bench_train_step(model: nn.Module, input_size: Sequence[int], batch: int, re
         opt.step()
 
     times = interleaved({"dense": lambda: step(dense, opts["dense"]), "fast": lambda: step(view, opts["fast"]),
-                         "fast_unfused": lambda: step(target, opts["fast"])}, repeats)
+                         "fast_unfused": lambda: step(target, opts["fast"])}, repeats, min_block_s=BLOCK_S)
     ratio, _ = _flop_ratio(target, input_size)
     return {"batch": batch, "flop_ratio": ratio, "times_s": times, "fused_epilogues": fused,
             "speedup_vs_dense": times["dense"]["min"] / times["fast"]["min"],

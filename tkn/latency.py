@@ -20,8 +20,9 @@ ratios (``LEVELS``), every target layer gets scattered ROIs of that ratio (centr
 uniform in ``[0.15, 0.85]``, one seed), the model is frozen at the batch size as
 :func:`tkn.freeze` freezes it (the lane strategies timed against dense), and the
 whole frozen model and each frozen layer on its own input are timed
-(interleaved, minimum of ``repeats``). ``t_l`` interpolates the layer's points
-linearly in MACs (made non-decreasing, flat outside the measured range);
+(:func:`tkn.timing.interleaved`, as ``tkn bench`` times them: blocks of consecutive
+calls, minimum of ``repeats``). ``t_l`` interpolates the layer's points linearly
+in MACs (made non-decreasing, flat outside the measured range);
 ``fixed`` is the median over the levels of the whole model's time minus the
 layers' sum (at least 0). A calibration takes seconds to a minute and is
 cached as JSON under ``$TKN_CACHE/latency`` (default ``~/.cache/tkn``), keyed by
@@ -52,13 +53,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tkn.benchmark import dense_baseline, interleaved
+from tkn.benchmark import dense_baseline
 from tkn.budget import MacBudget, roi_mac_measure
 from tkn.convert import target_layers
 from tkn.engine import native as native_kernel
 from tkn.engine.freeze import freeze
 from tkn.engine.modules import FrozenTargetConv2d
 from tkn.io import atomic_write_text
+from tkn.timing import BLOCK_S, interleaved
 from tkn.validate import positive_int
 
 __all__ = ["LatencyModel", "LayerTable", "calibrate", "LatencyBudget", "LEVELS"]
@@ -67,7 +69,7 @@ __all__ = ["LatencyModel", "LayerTable", "calibrate", "LatencyBudget", "LEVELS"]
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 #: Version of the cached calibration format (and of the method: a change re-calibrates).
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: timed in blocks of consecutive calls (tkn.timing)
 
 
 def _monotone(values: list[float]) -> list[float]:
@@ -237,7 +239,7 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
                 fl, xi = frozen.get_submodule(name), inputs[name]
                 fns[name] = lambda fl=fl, xi=xi: fl(xi)
         with torch.no_grad():
-            t = interleaved(fns, repeats)
+            t = interleaved(fns, repeats, min_block_s=BLOCK_S)
         if "dense" in t:
             dense_times.append(t["dense"]["min"])
         layer_sum = 0.0

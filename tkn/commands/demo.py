@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -103,31 +102,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _time_once(fn, x) -> float:
-    t = time.perf_counter()
-    fn(x)
-    return time.perf_counter() - t
-
-
 def measure_interleaved(models: dict[str, Any], example_shape: tuple[int, int, int], *, batch: int, repeats: int,
-                        warmup: int = 2, progress=None) -> dict[str, float]:
-    """Median seconds per forward pass of each model at ``batch``, the models timed alternately.
+                        warmup: int = 2) -> dict[str, float]:
+    """Median seconds per forward pass of each model at ``batch``, the models timed alternately
+    (:func:`tkn.timing.interleaved`, in blocks of consecutive calls as ``tkn bench`` times them).
 
-    Each repetition runs every model once, in turn, so a change of machine
-    load affects all of them alike. Runs under ``torch.inference_mode``.
+    Each round runs every model in turn, so a change of machine load affects all of them alike. Runs under
+    ``torch.inference_mode``.
     """
     import torch
 
+    from tkn.timing import BLOCK_S, interleaved
+
     x = torch.rand(batch, *example_shape, generator=torch.Generator().manual_seed(0))
-    times: dict[str, list[float]] = {name: [] for name in models}
-    rounds = range(warmup + repeats)
     with torch.inference_mode():
-        for i in (progress(rounds) if progress else rounds):
-            for name, model in models.items():
-                dt = _time_once(model, x)
-                if i >= warmup:
-                    times[name].append(dt)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+        t = interleaved({name: (lambda m=model: m(x)) for name, model in models.items()}, repeats, warmup=warmup,
+                        min_block_s=BLOCK_S)
+    return {name: v["median"] for name, v in t.items()}
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -245,19 +236,10 @@ def run_demo(out: str | Path, schedule: DemoSchedule, *, seed: int = 0, progress
     frozen1 = tkn.freeze(nets[TARGETED][0].eval(), torch.rand(1, *shape))
     frozen_tb = tkn.freeze(nets[TARGETED][0].eval(), torch.rand(tb, *shape))
     freeze_s = time.perf_counter() - t0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        def bar(it, desc=""):
-            return tqdm(it, desc=desc, file=sys.stderr, leave=False)
-
     log("timing CNN6 (dense) and TKN6 (frozen) interleaved on the CPU")
-    lat = measure_interleaved({DENSE: dense, TARGETED: frozen1}, shape, batch=1, repeats=schedule.latency_repeats,
-                              progress=bar and (lambda it: bar(it, "latency, batch 1")))
+    lat = measure_interleaved({DENSE: dense, TARGETED: frozen1}, shape, batch=1, repeats=schedule.latency_repeats)
     thr = measure_interleaved({DENSE: dense, TARGETED: frozen_tb}, shape, batch=tb,
-                              repeats=schedule.throughput_repeats, warmup=1,
-                              progress=bar and (lambda it: bar(it, f"throughput, batch {tb}")))
+                              repeats=schedule.throughput_repeats, warmup=1)
     for name in (DENSE, TARGETED):
         report["models"][name]["latency_s"] = lat[name]
         report["models"][name]["throughput"] = tb / thr[name]

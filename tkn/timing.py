@@ -1,0 +1,91 @@
+"""The one timing function of ``tkn``: callables timed round-robin, in blocks of consecutive calls.
+
+``tkn bench``, ``tkn demo``, ``tkn frontier``, the study scripts and the latency calibration of
+:class:`tkn.LatencyBudget` all time through :func:`interleaved`, so their figures mean the same thing.
+
+How it times
+------------
+Every round runs each callable in turn (``a, b, c, a, b, c, ...``), so a change of machine load during
+the run touches all of them alike. In a round, a callable runs a *block* of ``calls`` consecutive calls,
+``calls`` chosen once (after the warm-up rounds) so that a block lasts at least ``min_block_s``:
+
+* ``min`` / ``median``: seconds per call, the fastest / median block's mean. This is the steady-state
+  latency of calling the same model again and again (what ``timeit`` and
+  ``torch.utils.benchmark.Timer.blocked_autorange`` measure): its weights and code are in the caches.
+* ``first_min`` / ``first_median``: the first call of each block alone, made right after the other
+  callables ran. At small batches this call finds its weights evicted by the others (a TKN6 at batch 1
+  reads 12 MB of weights; the dense CNN it is compared with, 18 MB), so it measures a cold start.
+
+With ``min_block_s=0`` (or calls longer than it) a block is one call and the two pairs agree. At batch
+64 a forward pass of TKN6 takes tens of milliseconds, so blocks of one call are the rule there; at
+batch 1 the two differ, and ``tkn bench`` reports both.
+
+Example:
+    >>> import time
+    >>> t = interleaved({"sleep": lambda: time.sleep(0.002)}, repeats=2, min_block_s=0.005)
+    >>> t["sleep"]["calls"] >= 2 and t["sleep"]["min"] >= 0.002
+    True
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["interleaved", "BLOCK_S", "MAX_CALLS"]
+
+#: The shortest block the benchmarks time (seconds): 20 ms, over 15 calls of a 1.2 ms batch-1 pass.
+BLOCK_S = 0.02
+
+#: The most calls one block makes, however fast a call.
+MAX_CALLS = 1000
+
+
+def _once(f: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                min_block_s: float = 0.0) -> dict[str, dict[str, float]]:
+    """Time each callable round-robin, in blocks of consecutive calls (see the module documentation).
+
+    Args:
+        fns: name -> callable without arguments.
+        repeats: timed rounds (at least 1).
+        warmup: untimed rounds before them (one call of each callable per round).
+        min_block_s: the shortest block (seconds); each callable's block length is set from one timed call
+            after the warm-up, at most :data:`MAX_CALLS`.
+
+    Returns:
+        ``{name: {"min", "median", "first_min", "first_median": seconds per call, "calls": block length}}``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats}")
+    if warmup < 0 or min_block_s < 0:
+        raise ValueError(f"warmup and min_block_s must be >= 0, got {warmup} and {min_block_s}")
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    calls = {k: 1 for k in fns}
+    if min_block_s > 0:
+        for k, f in fns.items():
+            calls[k] = max(1, min(MAX_CALLS, math.ceil(min_block_s / max(_once(f), 1e-9))))
+    blocks: dict[str, list[float]] = {k: [] for k in fns}
+    firsts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            t2 = t1 = time.perf_counter()
+            if calls[k] > 1:
+                for _ in range(calls[k] - 1):
+                    f()
+                t2 = time.perf_counter()
+            firsts[k].append(t1 - t0)
+            blocks[k].append((t2 - t0) / calls[k])
+    return {k: {"min": min(blocks[k]), "median": statistics.median(blocks[k]), "first_min": min(firsts[k]),
+                "first_median": statistics.median(firsts[k]), "calls": calls[k]} for k in fns}
