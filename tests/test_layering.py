@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tkn"
 
 #: Rank of each top-level part of the package; a module may import only parts of the same or a lower rank.
 RANKS = {
-    "tkn.validate": 0, "tkn.io": 0,
+    "tkn.validate": 0, "tkn.io": 0, "tkn.timing": 0,
     "tkn.functional": 1,
     "tkn.ops": 2,
     "tkn.layers": 3,
