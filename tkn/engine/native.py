@@ -522,12 +522,13 @@ class NativeConv:
         self.dims = torch.tensor([0, input_hw[0], input_hw[1], c_in, kh, kw, stride[0], stride[1], dilation[0],
                                   dilation[1], top, left, ho, wo, pool, ho // pool, wo // pool, c_out],
                                  dtype=torch.int32)
-        # The "groups" kernel's flat loop (C_in below FLAT_CHANNELS, no input support) runs only where a chunk's
-        # windows lie inside the input; the others take the bounds-checked loop. Such a layer pads its input
-        # itself (a copy of few channels), so every chunk runs flat: TKN6's first layer (C_in 1, padding 2)
-        # at batch 1 took 406 -> 244 us on one thread.
-        self._pad_copy: tuple[int, int, int, int] | None = None
-        if strategy == "groups" and c_in < FLAT_CHANNELS and support is None and any(pad):
+        # The "groups" kernel's flat loop (C_in below FLAT_CHANNELS, no input support) and the "reduce" kernel's
+        # row loop run only where a chunk's windows lie inside the input; the others take bounds-checked loops,
+        # one tap at a time. Such layers pad their input themselves (a copy), so every chunk runs the fast loop:
+        # at batch 1, TKN6's first layer (C_in 1, padding 2) took 406 -> 244 us on one thread.
+        self._pad_copy: tuple[int, ...] | None = None
+        if any(pad) and (strategy == "reduce" or (strategy == "groups" and c_in < FLAT_CHANNELS
+                                                   and support is None)):
             self._pad_copy = (0, 0, left, right, top, bottom)
             self.dims[1:3] = torch.tensor([input_hw[0] + top + bottom, input_hw[1] + left + right])
             self.dims[10:12] = 0

@@ -718,6 +718,13 @@ int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi,
         const int32_t* b = roi + (size_t)c * 4;
         if (std::min(b[1], rows_used) > b[0] && std::min(b[3], cols_used) > b[2]) active.push_back(c);
     }
+    // largest ROIs first: the threads take items dynamically, so the last items, small ones, even out the
+    // finishing times (learned ROIs range from one pixel to the whole map)
+    auto area = [&](int c) {
+        const int32_t* b = roi + (size_t)c * 4;
+        return (int64_t)(std::min(b[1], rows_used) - b[0]) * (std::min(b[3], cols_used) - b[2]);
+    };
+    std::stable_sort(active.begin(), active.end(), [&](int a, int b) { return area(a) > area(b); });
     const int64_t n_items = (int64_t)active.size() * g.N;
 
 #pragma omp parallel num_threads(nthreads)
