@@ -689,6 +689,8 @@ class NativeConv:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         del state["_lock"]
+        state.pop("_pointers", None)
+        state.pop("_dims_cache", None)
         state["_buffer"], state["_buffer_refs"] = None, 0
         return state
 
@@ -769,28 +771,46 @@ class NativeConv:
         out = self._output((n, hp, wp, self.c_out))
         if not (n and out.numel()):
             return nhwc_as_nchw(out)
-        _expect("input (as N, H, W, C_in)", xl, (n, int(self.dims[1]), int(self.dims[2]), self.c_in), torch.float32)
-        _expect("output", out, (n, hp, wp, self.c_out), torch.float32)
-        if rl is not None:
-            _expect("residual (as N, H_out, W_out, C_out)", rl, (n, hp, wp, self.c_out), torch.float32)
-        dims = self.dims.clone()
-        dims[0] = n
+        # xl and out have the shapes the kernel reads (x was checked above; both are built here, contiguous)
         lib = _load()
         if lib is None:
             raise RuntimeError(f"the native kernel is not available: {reason()}")
+        dims = self._dims_for(n)
+        packed = self._packed_pointers()
         if self.strategy == "reduce":
-            code = lib.tkn_roi_conv_reduce(
-                _ptr(xl), _ptr(self.weight), _ptr(self.roi), _ptr(self.window), _ptr(self.bias),
-                _ptr(self.scale), _ptr(self.shift), _ptr(self.fill), _ptr(out), _ptr(dims), int(self.relu),
-                torch.get_num_threads())
+            weight, roi, window, bias, scale, shift, fill = packed
+            code = lib.tkn_roi_conv_reduce(_ptr(xl), weight, roi, window, bias, scale, shift, fill, _ptr(out), dims,
+                                           int(self.relu), torch.get_num_threads())
             _check_code(code, "tkn_roi_conv_reduce")
         else:
-            code = lib.tkn_roi_conv(
-                _ptr(xl), _ptr(self.weight), _ptr(self.ranges), _ptr(self.window), _ptr(self.bias),
-                _ptr(self.scale), _ptr(self.shift), _ptr(self.index), _ptr(self.fill), _ptr(self.support),
-                _ptr(rl), _ptr(out), _ptr(dims), len(self.groups), int(self.relu), torch.get_num_threads())
+            weight, ranges, window, bias, scale, shift, index, fill, support = packed
+            code = lib.tkn_roi_conv(_ptr(xl), weight, ranges, window, bias, scale, shift, index, fill, support,
+                                    _ptr(rl), _ptr(out), dims, len(self.groups), int(self.relu),
+                                    torch.get_num_threads())
             _check_code(code, "tkn_roi_conv")
         return nhwc_as_nchw(out)
+
+    def _dims_for(self, n: int) -> ctypes.c_void_p:
+        """A pointer to ``dims`` with the batch ``n`` (one int32 tensor kept per batch size, the last 8)."""
+        cache = self.__dict__.setdefault("_dims_cache", {})
+        hit = cache.get(n)
+        if hit is None:
+            dims = self.dims.clone()
+            dims[0] = n
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            hit = cache[n] = (dims, _ptr(dims))
+        return hit[1]
+
+    def _packed_pointers(self) -> tuple[ctypes.c_void_p | None, ...]:
+        """The addresses of the packed tensors the strategy's entry point takes, in its order (computed once:
+        the tensors are not replaced after packing; unpickling drops the cache)."""
+        cached = self.__dict__.get("_pointers")
+        if cached is None:
+            names = (("weight", "roi", "window", "bias", "scale", "shift", "fill") if self.strategy == "reduce" else
+                     ("weight", "ranges", "window", "bias", "scale", "shift", "index", "fill", "support"))
+            cached = self._pointers = tuple(_ptr(getattr(self, k)) for k in names)
+        return cached
 
     def _call_batch(self, x: Tensor) -> Tensor:
         n = x.shape[0]
