@@ -63,13 +63,13 @@ from tkn.io import atomic_write_text
 from tkn.timing import BLOCK_S, interleaved
 from tkn.validate import positive_int
 
-__all__ = ["LatencyModel", "LayerTable", "calibrate", "LatencyBudget", "LEVELS"]
+__all__ = ["LatencyModel", "LayerTable", "calibrate", "producers", "LatencyBudget", "LEVELS"]
 
 #: FLOP ratios at which :func:`calibrate` measures every target layer.
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 #: Version of the cached calibration format (and of the method: a change re-calibrates).
-_CACHE_VERSION = 2  # 2: timed in blocks of consecutive calls (tkn.timing)
+_CACHE_VERSION = 3  # 2: timed in blocks of consecutive calls (tkn.timing); 3: dense-input tables
 
 
 def _monotone(values: list[float]) -> list[float]:
@@ -131,13 +131,31 @@ class LatencyModel:
     layers: dict[str, LayerTable]
     checks: list[dict[str, float]] = field(default_factory=list)
     key: str = ""
+    dense_input: dict[str, LayerTable] = field(default_factory=dict)
+    producers: dict[str, str] = field(default_factory=dict)
+    dense_macs: dict[str, float] = field(default_factory=dict)
 
     def predict(self, macs: dict[str, Tensor | float]) -> Tensor:
-        """Seconds per batch for the ROI MACs per sample of each target layer (differentiable in tensors)."""
+        """Seconds per batch for the ROI MACs per sample of each target layer (differentiable in tensors).
+
+        A layer with a producer (``producers``) and a table measured on a dense input (``dense_input``) is
+        priced between its two tables by its producer's ROI fraction ``φ_p``: ``layers[l]`` was measured
+        with the producer's ROIs as small as its own (fraction ``φ_l``), ``dense_input[l]`` with the
+        producer whole, so ``t = t_same + w · (t_dense − t_same)``, ``w = (φ_p − φ_l) / (1 − φ_l)`` clipped
+        to ``[0, 1]``.
+        """
         total = torch.tensor(self.fixed_seconds, dtype=torch.float64)
+        value = {n: (v if isinstance(v, Tensor) else torch.tensor(float(v))).to(torch.float64)
+                 for n, v in macs.items()}
         for name, table in self.layers.items():
-            value = macs[name]
-            total = total + table(value if isinstance(value, Tensor) else torch.tensor(float(value)))
+            t = table(value[name])
+            producer = self.producers.get(name)
+            if name in self.dense_input and producer in value and self.dense_macs.get(producer):
+                own = (value[name] / self.dense_macs[name]).clamp(0.0, 1.0 - 1e-6)
+                fraction = (value[producer] / self.dense_macs[producer]).clamp(0.0, 1.0)
+                w = ((fraction - own) / (1.0 - own)).clamp(0.0, 1.0)
+                t = t + w * (self.dense_input[name](value[name]) - t)
+            total = total + t
         return total
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,8 +164,11 @@ class LatencyModel:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LatencyModel":
         layers = {k: LayerTable(**v) for k, v in data["layers"].items()}
+        dense_input = {k: LayerTable(**v) for k, v in data.get("dense_input", {}).items()}
         return cls(int(data["batch_size"]), float(data["dense_seconds"]), float(data["fixed_seconds"]), layers,
-                   list(data.get("checks", [])), str(data.get("key", "")))
+                   list(data.get("checks", [])), str(data.get("key", "")), dense_input,
+                   {str(k): str(v) for k, v in data.get("producers", {}).items()},
+                   {str(k): float(v) for k, v in data.get("dense_macs", {}).items()})
 
 
 def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float]) -> str:
@@ -172,9 +193,15 @@ def _cache_dir() -> Path:
     return Path(root) / "latency"
 
 
-def _set_level(model: nn.Module, ratio: float, seed: int) -> None:
-    """Scattered ROIs of about ``ratio`` times fewer MACs in every target layer (in place)."""
-    for i, (_, layer) in enumerate(target_layers(model)):
+def _set_level(model: nn.Module, ratio: float, seed: int, whole: Sequence[str] = ()) -> None:
+    """Scattered ROIs of about ``ratio`` times fewer MACs in every target layer (in place); the layers named in
+    ``whole`` get ROIs covering their whole map instead."""
+    for i, (name, layer) in enumerate(target_layers(model)):
+        if name in whole:
+            with torch.no_grad():
+                layer.m.fill_(0.5)
+                layer.s.fill_(math.sqrt(2.0) / 2.0)  # the interval [0, 1]
+            continue
         g = torch.Generator().manual_seed(seed + i)
         m = torch.rand(layer.m.shape, generator=g, dtype=torch.float64) * 0.7 + 0.15
         # per axis a width of ratio ** -1/2 of the map: the ROI interval [m - s/√2, m + s/√2]
@@ -195,6 +222,18 @@ def _layer_inputs(frozen: nn.Module, x: Tensor) -> dict[str, Tensor]:
         for h in hooks:
             h.remove()
     return inputs
+
+
+def producers(model: nn.Module) -> dict[str, str]:
+    """Each target layer's producer: the target layer before it (module order) when that one's output channels
+    are its input channels (a chain such as TKN6's ``features``). Layers fed otherwise (a model's first layer, a
+    residual sum, a concatenation) are not listed: their input is priced as calibrated."""
+    out, previous = {}, None
+    for name, layer in target_layers(model):
+        if previous is not None and previous[1].out_channels == layer.in_channels:
+            out[name] = previous[0]
+        previous = (name, layer)
+    return out
 
 
 def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64, *,
@@ -224,9 +263,19 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
     x = torch.rand(batch_size, *input_size, generator=g)
     work = copy.deepcopy(model).eval()
     names = [name for name, _ in target_layers(work)]
+    feeds = producers(work)
     dense = dense_baseline(work).eval()
+    from tkn.flops import count
+
+    dense_macs = {row.name: float(row.dense_macs) for row in count(work, tuple(input_size)).layers
+                  if row.name in names}
     points: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in names}
+    dense_points: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in feeds}
     totals, sums, dense_times = [], [], []
+    # the layers fed by a producer, split into two sets that hold no producer of each other: each set is
+    # measured once more with its producers whole (the other set's layers and the unfed ones)
+    fed = [n for n in names if n in feeds]
+    passes = [fed[0::2], fed[1::2]] if fed else []
     for ratio in levels:
         _set_level(work, ratio, seed)
         frozen = freeze(work, x, repeats=1)
@@ -252,9 +301,24 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
             layer_sum += t[name]["min"]
         totals.append(t["frozen"]["min"])
         sums.append(layer_sum)
+        for measured in passes:
+            if not measured:
+                continue
+            _set_level(work, ratio, seed, whole=[n for n in names if n not in measured])
+            frozen = freeze(work, x, repeats=1)
+            inputs = _layer_inputs(frozen, x)
+            fns = {n: (lambda fl=frozen.get_submodule(n), xi=inputs[n]: fl(xi)) for n in measured if n in inputs}
+            with torch.no_grad():
+                t = interleaved(fns, repeats, min_block_s=BLOCK_S)
+            for n in fns:
+                dense_points[n][0].append(float(frozen.get_submodule(n).macs()))
+                dense_points[n][1].append(t[n]["min"])
     fixed = max(0.0, statistics.median(tot - s for tot, s in zip(totals, sums)))
     tables = {n: LayerTable(*points[n]) for n in names if points[n][0]}
-    result = LatencyModel(batch_size, min(dense_times), fixed, tables, key=key)
+    dense_input = {n: LayerTable(*dense_points[n]) for n in dense_points if dense_points[n][0] and n in tables}
+    result = LatencyModel(batch_size, min(dense_times), fixed, tables, key=key, dense_input=dense_input,
+                          producers={n: p for n, p in feeds.items() if n in dense_input and p in tables},
+                          dense_macs=dense_macs)
     for i, (ratio, total) in enumerate(zip(levels, totals)):
         macs = {n: table.macs[0] for n, table in tables.items()}  # placeholder for layers missing a point
         macs.update({n: points[n][0][i] for n in tables if len(points[n][0]) > i})
