@@ -58,6 +58,7 @@ from tkn.commands import add_study_arguments
 from tkn.commands.demo import measure_interleaved
 from tkn.commands.sweep import baseline_macs
 from tkn.io import atomic_write_text
+from tkn.validate import at_least, each, non_negative_int, positive_int, positive_number
 
 if TYPE_CHECKING:
     from torch import nn
@@ -129,22 +130,6 @@ class Point:
         return {"model": self.model, "width": 1.0, "l2": 0.0, "target_speedup": self.target_speedup, **seed}
 
 
-def _positive_finite(name: str, values: Sequence[float], minimum: float, strict: bool) -> list[float]:
-    """``values`` as floats without duplicates, or ``ValueError`` naming option ``--name``.
-
-    Args:
-        name: the option, for the message.
-        values: its values (at least one).
-        minimum: the bound; ``strict``: values must exceed it, else reach it.
-    """
-    out = [float(v) for v in values]
-    bad = [v for v in out if not math.isfinite(v) or v < minimum or (strict and v == minimum)]
-    if bad:
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ValueError(f"--{name} needs one or more finite numbers {bound}, got {list(values)}")
-    return list(dict.fromkeys(out))
-
-
 def plan_points(targeted: str, widths: Sequence[float], speedups: Sequence[float],
                 seeds: Sequence[int | None] = (None,)) -> list[Point]:
     """The points of a study: the dense twin of ``targeted`` at ``widths``, ``targeted`` at ``speedups``,
@@ -165,10 +150,11 @@ def plan_points(targeted: str, widths: Sequence[float], speedups: Sequence[float
     if dense is None:
         raise ValueError(f"--model must be a targeted model with a dense twin (e.g. tkn6, tdn10), got {targeted!r}")
     seeds = list(dict.fromkeys(seeds)) or [None]
-    if any(s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0) for s in seeds):
-        raise ValueError(f"--seeds must be non-negative ints, got {seeds}")
-    kinds = [("dense", dense, w, None) for w in _positive_finite("widths", widths, 0.0, strict=True)]
-    kinds += [("tkn", targeted, 1.0, r) for r in _positive_finite("target-speedup", speedups, 1.0, False)]
+    each("--seeds", [s for s in seeds if s is not None], non_negative_int)
+    widths = dict.fromkeys(each("--widths", widths, positive_number))
+    speedups = dict.fromkeys(each("--target-speedup", speedups, lambda name, v: at_least(name, v, 1)))
+    kinds = [("dense", dense, w, None) for w in widths]
+    kinds += [("tkn", targeted, 1.0, r) for r in speedups]
     if not kinds:
         raise ValueError("a study needs at least one point: give --widths or --target-speedup values")
     return [Point(kind, model, w, r, seed) for kind, model, w, r in kinds for seed in seeds]
@@ -479,9 +465,10 @@ def run_frontier(
     from tkn.training.loaders import build_data
 
     out = Path(out)
-    batches = [int(b) for b in dict.fromkeys(batches)]
-    if not batches or any(b < 1 for b in batches) or repeats < 1:
-        raise ValueError(f"--batch sizes and --repeats must be >= 1, got batch={batches} repeats={repeats}")
+    batches = list(dict.fromkeys(each("--batch", batches, positive_int)))
+    positive_int("--repeats", repeats)
+    if not batches:
+        raise ValueError("--batch needs at least one batch size")
     probe = resolve_config(recipe, {**base, "out": str(out / "probe")}, sets)
     points = plan_points(probe.model, widths, speedups, seeds)
     data = build_data(probe)

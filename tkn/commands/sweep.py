@@ -44,13 +44,13 @@ import argparse
 import csv
 import io
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tkn.commands import add_study_arguments
 from tkn.io import atomic_write_text
+from tkn.validate import at_least, each, non_negative, positive_number
 
 __all__ = ["COLUMNS", "DEFAULTS", "add_parser", "run", "run_sweep", "setting_name", "write_rows", "baseline_macs"]
 
@@ -141,16 +141,11 @@ def run_sweep(
     from tkn.training import resolve_config, train
     from tkn.training.loaders import build_data
 
-    l2s, betas, speedups = [float(v) for v in l2s], [float(v) for v in betas], [float(v) for v in speedups]
     if bool(l2s) != bool(betas) or not (l2s or speedups):
         raise ValueError("give an --l2 and --beta grid (both), --target-speedup values, or all three")
-    for name, values in (("l2", l2s), ("beta", betas), ("target-speedup", speedups)):
-        if any(not math.isfinite(v) for v in values):
-            raise ValueError(f"--{name} values must be finite, got {values}")
-    if any(v < 1 for v in speedups):
-        raise ValueError(f"--target-speedup values must be >= 1, got {speedups}")
-    if any(v < 0 for v in l2s) or any(v <= 0 for v in betas):
-        raise ValueError(f"--l2 values must be >= 0 and --beta values > 0, got l2={l2s} beta={betas}")
+    l2s = each("--l2", l2s, non_negative)
+    betas = each("--beta", betas, positive_number)
+    speedups = each("--target-speedup", speedups, lambda name, v: at_least(name, v, 1))
     out = Path(out)
     probe = resolve_config(recipe, {**base, "out": str(out / "probe")}, sets)
     if baseline_of(probe.model) is None:

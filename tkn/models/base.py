@@ -13,7 +13,6 @@ Every model built by :func:`tkn.models.create_model` is a :class:`PaperModel`:
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -21,17 +20,9 @@ from torch import Tensor, nn
 
 from tkn import functional as TF
 from tkn.layers import TargetConv2d
-from tkn.validate import positive_int, positive_number
+from tkn.validate import in_range, int_pair, positive_int, positive_number
 
 __all__ = ["PaperModel", "resolve_args", "conv", "block_l2", "he_init_"]
-
-
-def _input_size(value: Any) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"input_size must be an int or a pair (H, W) of positive ints, got {value!r}")
-    return (positive_int("input_size[0]", value[0]), positive_int("input_size[1]", value[1]))
 
 
 def resolve_args(
@@ -55,15 +46,11 @@ def resolve_args(
     """
     num_classes = positive_int("num_classes", num_classes)
     in_channels = positive_int("in_channels", in_channels)
-    h, w = _input_size(input_size)
+    h, w = int_pair("input_size", input_size)
     window = TF.check_window(window)
     l2 = positive_number("l2", l2, allow_zero=True)
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    if dropout is not None:
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be None (the paper's value) or a number in [0, 1), got {dropout!r}")
-        dropout = float(dropout)
+    beta = positive_number("beta", beta)
+    dropout = in_range("dropout", dropout, 0, 1, high_open=True, allow_none=True, note="None: the paper's value")
     min_roi = TF.check_min_roi(min_roi)
     return dict(
         num_classes=num_classes,
@@ -71,7 +58,7 @@ def resolve_args(
         input_size=h if h == w else [h, w],
         window=window,
         l2=l2,
-        beta=float(beta),
+        beta=beta,
         dropout=dropout,
         min_roi=min_roi,
     )

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tkn.validate import at_least, in_range, one_of
 
 __all__ = [
     "TrainConfig",
@@ -208,9 +209,7 @@ class TrainConfig:
         if self.target_speedup is not None:
             _float(self, "target_speedup", minimum=1.0)
         _float(self, "window_lr_scale", positive=True)
-        _float(self, "budget_ramp", minimum=0.0)
-        if self.budget_ramp > 1:
-            raise ValueError(f"budget_ramp must be a fraction of the steps in [0, 1], got {self.budget_ramp}")
+        self.budget_ramp = in_range("budget_ramp", self.budget_ramp, 0, 1, note="a fraction of the steps")
         _choice(self, "execution", EXECUTIONS)
         _choice(self, "budget", BUDGETS)
         _int(self, "latency_batch", minimum=1)
@@ -258,29 +257,17 @@ def _bool(cfg: TrainConfig, name: str) -> None:
 
 
 def _int(cfg: TrainConfig, name: str, minimum: int) -> None:
-    value = getattr(cfg, name)
-    if not _is_int(value):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    at_least(name, getattr(cfg, name), minimum, integer=True)
 
 
 def _float(cfg: TrainConfig, name: str, *, minimum: float | None = None, positive: bool = False) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    setattr(cfg, name, float(value))
+    value = in_range(name, getattr(cfg, name), minimum if minimum is not None else 0.0 if positive else None,
+                     low_open=positive and minimum is None)
+    setattr(cfg, name, value)
 
 
 def _choice(cfg: TrainConfig, name: str, choices: Iterable[str]) -> None:
-    value = getattr(cfg, name)
-    choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    one_of(name, getattr(cfg, name), choices)
 
 
 # --------------------------------------------------------------------------- files and recipes
