@@ -16,6 +16,9 @@ _SUBMODULES = ("benchmark", "budget", "checkpoint", "convert", "data", "engine",
                "io", "latency", "layers", "models", "ops", "rescale", "summary", "training", "validate", "viz",
                "windowfile")
 
+#: Names of :mod:`tkn.models` also reachable as ``tkn.NAME`` (``tkn.create_model("tkn6")``, ``@tkn.register_model``).
+_MODEL_NAMES = ("create_model", "list_models", "register_model")
+
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
@@ -26,6 +29,10 @@ def __getattr__(name: str):
         from tkn.engine import freeze
 
         return freeze
+    if name in _MODEL_NAMES:  # the model registry (tkn.models): loaded on first use
+        from tkn import models
+
+        return getattr(models, name)
     if name == "LatencyBudget":  # calibrates the engine: loaded on first use
         from tkn.latency import LatencyBudget
 
@@ -46,4 +53,7 @@ __all__ = [
     "freeze",
     "MacBudget",
     "LatencyBudget",
+    "create_model",
+    "list_models",
+    "register_model",
 ]

@@ -72,7 +72,7 @@ def check_window(kind: str) -> str:
     """Return the canonical window name, or raise ``ValueError`` naming the choices."""
     if isinstance(kind, str) and kind.lower() in WINDOWS:
         return kind.lower()
-    return one_of("window", kind, WINDOWS)
+    return one_of("window", kind, sorted(WINDOWS))
 
 
 def check_min_roi(min_roi) -> int | None:

@@ -58,7 +58,7 @@ def test_parse_set_rejects_malformed(item):
     ("lr", float("nan"), "lr must be a finite number"),
     ("optimizer", "rmsprop", "optimizer must be one of sgd, adam"),
     ("window", "box", "window must be one of cauchy, gaussian"),
-    ("l2", -1e-4, "l2 must be a finite number >= 0, got -0.0001"),
+    ("l2", -1e-4, "l2 must be a finite non-negative number, got -0.0001"),
     ("beta", 0, "beta must be a finite number > 0, got 0"),
     ("milestones", [15, 10], "strictly increasing"),
     ("milestones", [0], "positive epoch numbers"),

@@ -76,13 +76,12 @@ def baseline_macs(model: str, num_classes: int, input_shape: Sequence[int]) -> t
     """``(baseline name, its MACs)`` for the dense baseline of ``model`` at ``input_shape`` (C, H, W)."""
     from tkn import flops
     from tkn.models import baseline_of, create_model
+    from tkn.models.registry import shape_kwargs
 
     name = baseline_of(model)
     if name is None:
         raise ValueError(f"model {model!r} has no dense baseline: sweep a targeted model (e.g. tdn10, tkn6)")
-    c, h, w = input_shape
-    dense = create_model(name, num_classes=num_classes, in_channels=c,
-                         input_size=h if h == w else (h, w))
+    dense = create_model(name, num_classes=num_classes, **shape_kwargs(name, input_shape))
     return name, int(flops.count(dense.eval(), tuple(input_shape)).macs)
 
 

@@ -18,50 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tkn import functional as TF
 from tkn.layers import TargetConv2d
-from tkn.validate import in_range, int_pair, positive_int, positive_number
 
-__all__ = ["PaperModel", "resolve_args", "conv", "block_l2", "he_init_"]
-
-
-def resolve_args(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 1,
-    input_size: int | tuple[int, int] = 28,
-    window: str = "cauchy",
-    l2: float = 1e-4,
-    beta: float = 2.0,
-    dropout: float | None = None,
-    min_roi: int | None = None,
-) -> dict[str, Any]:
-    """Validate the arguments shared by all builders and return them normalised.
-
-    ``input_size`` comes back as an int for square inputs and as a list
-    ``[H, W]`` otherwise (plain data, so that checkpoints and JSON keep it).
-
-    Raises:
-        ValueError: an argument is out of range (the message names it).
-    """
-    num_classes = positive_int("num_classes", num_classes)
-    in_channels = positive_int("in_channels", in_channels)
-    h, w = int_pair("input_size", input_size)
-    window = TF.check_window(window)
-    l2 = positive_number("l2", l2, allow_zero=True)
-    beta = positive_number("beta", beta)
-    dropout = in_range("dropout", dropout, 0, 1, high_open=True, allow_none=True, note="None: the paper's value")
-    min_roi = TF.check_min_roi(min_roi)
-    return dict(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        input_size=h if h == w else [h, w],
-        window=window,
-        l2=l2,
-        beta=beta,
-        dropout=dropout,
-        min_roi=min_roi,
-    )
+__all__ = ["PaperModel", "conv", "block_l2", "he_init_"]
 
 
 def block_l2(l2: float, beta: float, block: int) -> float:
