@@ -15,7 +15,7 @@ import pytest
 
 from tkn.checkpoint import load_checkpoint
 from tkn.cli import main
-from tkn.commands.frontier import Point, columns, plan_points, summarize
+from tkn.study.frontier import Point, columns, plan_points, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

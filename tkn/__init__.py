@@ -13,7 +13,7 @@ from tkn.budget import MacBudget
 
 #: Subpackages loaded on first attribute access (``tkn.models.create_model``, ``tkn.flops.count``, ...).
 _SUBMODULES = ("benchmark", "budget", "checkpoint", "convert", "data", "engine", "export", "flops", "functional",
-               "io", "latency", "layers", "models", "ops", "rescale", "summary", "training", "validate", "viz",
+               "io", "latency", "layers", "models", "ops", "rescale", "study", "summary", "training", "validate", "viz",
                "windowfile")
 
 #: Names of :mod:`tkn.models` also reachable as ``tkn.NAME`` (``tkn.create_model("tkn6")``, ``@tkn.register_model``).
