@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tkn.commands.frontier import time_column
+from tkn.study.frontier import time_column
 
 
 def _label(row: dict[str, Any]) -> str:

@@ -82,7 +82,8 @@ def test_speedup_equals_the_counter_and_max_is_enforced():
     top = budget.max_speedup
     with pytest.raises(ValueError, match=f"largest speed-up this model can reach, {top:.3f}"):
         MacBudget(model, (1, 28, 28), top * 1.01, total_steps=10)
-    for bad, match in [(0.5, "target_speedup must be >= 1"), (float("nan"), "target_speedup must be a finite")]:
+    for bad, match in [(0.5, "target_speedup must be a finite number >= 1"),
+                       (float("nan"), "target_speedup must be a finite")]:
         with pytest.raises(ValueError, match=match):
             MacBudget(model, (1, 28, 28), bad, total_steps=10)
     with pytest.raises(ValueError, match="total_steps must be a positive int"):

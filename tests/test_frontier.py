@@ -15,7 +15,7 @@ import pytest
 
 from tkn.checkpoint import load_checkpoint
 from tkn.cli import main
-from tkn.commands.frontier import Point, columns, plan_points, summarize
+from tkn.study.frontier import Point, columns, plan_points, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -169,10 +169,10 @@ def test_points_per_seed():
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "cnn6"], "--model must be a targeted model"),
-    (["--widths", "0"], "--widths needs one or more finite numbers > 0"),
-    (["--target-speedup", "0.5"], "--target-speedup needs one or more finite numbers >= 1"),
+    (["--widths", "0"], "each --widths value must be a finite number > 0, got 0.0"),
+    (["--target-speedup", "0.5"], "each --target-speedup value must be a finite number >= 1, got 0.5"),
     (["--set", "width=0.5"], "--set must not change width"),
-    (["--batch", "0"], "--batch sizes and --repeats must be >= 1"),
+    (["--batch", "0"], "each --batch value must be a positive int, got 0"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(["frontier", "--out", str(tmp_path), "--no-train", *argv]) == 2

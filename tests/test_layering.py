@@ -20,7 +20,7 @@ RANKS = {
     "tkn.convert": 4, "tkn.flops": 4, "tkn.rescale": 4,
     "tkn.budget": 5, "tkn.summary": 5, "tkn.models": 5,
     "tkn.engine": 6, "tkn.checkpoint": 6, "tkn.data": 6, "tkn.windowfile": 6,
-    "tkn.training": 7, "tkn.benchmark": 7, "tkn.export": 7, "tkn.viz": 7, "tkn.latency": 7,
+    "tkn.training": 7, "tkn.study": 7, "tkn.benchmark": 7, "tkn.export": 7, "tkn.viz": 7, "tkn.latency": 7,
     "tkn.commands": 8,
     "tkn.cli": 9,
 }

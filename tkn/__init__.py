@@ -13,8 +13,11 @@ from tkn.budget import MacBudget
 
 #: Subpackages loaded on first attribute access (``tkn.models.create_model``, ``tkn.flops.count``, ...).
 _SUBMODULES = ("benchmark", "budget", "checkpoint", "convert", "data", "engine", "export", "flops", "functional",
-               "io", "latency", "layers", "models", "ops", "rescale", "summary", "training", "validate", "viz",
+               "io", "latency", "layers", "models", "ops", "rescale", "study", "summary", "training", "validate", "viz",
                "windowfile")
+
+#: Names of :mod:`tkn.models` also reachable as ``tkn.NAME`` (``tkn.create_model("tkn6")``, ``@tkn.register_model``).
+_MODEL_NAMES = ("create_model", "list_models", "register_model")
 
 
 def __getattr__(name: str):
@@ -26,6 +29,10 @@ def __getattr__(name: str):
         from tkn.engine import freeze
 
         return freeze
+    if name in _MODEL_NAMES:  # the model registry (tkn.models): loaded on first use
+        from tkn import models
+
+        return getattr(models, name)
     if name == "LatencyBudget":  # calibrates the engine: loaded on first use
         from tkn.latency import LatencyBudget
 
@@ -46,4 +53,7 @@ __all__ = [
     "freeze",
     "MacBudget",
     "LatencyBudget",
+    "create_model",
+    "list_models",
+    "register_model",
 ]

@@ -71,7 +71,7 @@ from torch import Tensor, nn
 
 from tkn import functional as TF
 from tkn.layers import TargetConv2d
-from tkn.validate import positive_int, positive_number
+from tkn.validate import at_least, in_range, positive_int, positive_number
 
 __all__ = ["MacBudget", "max_speedup", "roi_mac_measure"]
 
@@ -185,15 +185,11 @@ class MacBudget:
                  ramp: float = 0.25, dual_lr: float = 5.0, band: float = 1.1) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        positive_number("target_speedup", target_speedup)
-        if target_speedup < 1:
-            raise ValueError(f"target_speedup must be >= 1 (dense MACs / ROI MACs), got {target_speedup!r}")
+        at_least("target_speedup", target_speedup, 1, note="dense MACs / ROI MACs")
         positive_int("total_steps", total_steps)
-        if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 0 <= ramp <= 1:
-            raise ValueError(f"ramp must be a fraction of total_steps in [0, 1], got {ramp!r}")
+        in_range("ramp", ramp, 0, 1, note="a fraction of total_steps")
         positive_number("dual_lr", dual_lr)
-        if isinstance(band, bool) or not isinstance(band, (int, float)) or not 1 < band <= 2:
-            raise ValueError(f"band must be a number in (1, 2], got {band!r}")
+        in_range("band", band, 1, 2, low_open=True)
         self.model = model
         self.calls, self.dense_macs, self.fixed_macs = _calls(model, input_size)
         self.max_speedup = _max_speedup(self.calls, self.dense_macs, self.fixed_macs)

@@ -8,8 +8,9 @@ key                 value
 =================== ==========================================================
 ``format``          ``"tkn-checkpoint"``
 ``version``         ``1``
-``model``           ``{"name": str, "kwargs": dict}``: rebuilt with
-                    :func:`tkn.models.create_model`
+``model``           ``{"name": str, "kwargs": dict}`` (and ``"module"`` for a
+                    model registered outside ``tkn``): rebuilt with
+                    :func:`tkn.models.registry.rebuild`
 ``model_state``     the model's ``state_dict``
 ``epoch``           number of completed epochs
 ``config``          the fully resolved training configuration (plain data)
@@ -90,14 +91,13 @@ def model_from_checkpoint(
         FileNotFoundError / ValueError: as :func:`load_checkpoint`; ``ValueError`` for a dict without the
             ``model`` and ``model_state`` entries.
     """
-    from tkn.models import create_model
+    from tkn.models.registry import rebuild
 
     payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location)
     missing = [key for key in ("model", "model_state") if key not in payload]
     if missing or not isinstance(payload["model"], dict) or "name" not in payload["model"]:
         raise ValueError("checkpoint must be a tkn checkpoint dict with 'model' ({'name': ..., 'kwargs': ...}) and "
                          f"'model_state' entries; got keys {sorted(map(str, payload))}")
-    spec = payload["model"]
-    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    model = rebuild(payload["model"])
     model.load_state_dict(payload["model_state"])
     return model.eval(), payload

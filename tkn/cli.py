@@ -1,7 +1,9 @@
 """The ``tkn`` command line: one sub-command per module, dispatched from here.
 
 Each sub-command lives in its own module and registers itself through
-``add_parser(subparsers)`` / ``run(args)``; this file only wires them up and
+``add_parser(subparsers)`` / ``run(args)``; this file only wires them up, gives
+every command ``--import MODULE`` (and reads ``$TKN_PLUGINS``: modules that
+register models of their own, imported before the command runs), and
 turns expected failures (:class:`TknError`, ``ValueError``, ``FileNotFoundError``)
 into one clear line on stderr and a non-zero exit code.
 """
@@ -12,7 +14,7 @@ import importlib
 import sys
 
 from tkn import __version__
-from tkn.commands import OneLineErrorParser
+from tkn.commands import OneLineErrorParser, add_import_argument
 
 # name -> module that defines ``add_parser(subparsers)`` and ``run(args)``.
 # Modules import their heavy dependencies inside ``run`` so that ``tkn --help`` stays fast.
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="show full tracebacks on errors")
         except argparse.ArgumentError:
             pass
+        try:  # `tkn CMD --import MODULE`: e.g. a module that registers a model of its own
+            add_import_argument(command)
+        except argparse.ArgumentError:
+            pass
     return parser
 
 
@@ -53,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        from tkn.models import import_plugins
+
+        import_plugins(getattr(args, "imports", ()))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("tkn: interrupted", file=sys.stderr)

@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tkn.validate import one_of
+
 __all__ = ["FORMATS", "ExportResult", "MissingDependency", "export_model", "export_torchscript", "export_onnx",
            "verify_onnx",
            "verify_torchscript"]
@@ -205,8 +207,7 @@ def export_model(
         RuntimeError: no attempt reproduced the model (every reason listed),
             or a needed package is missing (with the ``pip install`` line).
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    one_of("format", format, FORMATS)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example, Tensor) or example.dim() != 4 or not example.is_floating_point():

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tkn.validate import int_pair, positive_int
+from tkn.validate import at_least, int_pair, one_of, positive_int
 
 __all__ = [
     "WINDOWS",
@@ -70,20 +70,15 @@ _SQRT2 = math.sqrt(2.0)
 
 def check_window(kind: str) -> str:
     """Return the canonical window name, or raise ``ValueError`` naming the choices."""
-    if not isinstance(kind, str) or kind.lower() not in WINDOWS:
-        raise ValueError(f"window must be one of {list(WINDOWS)}, got {kind!r}")
-    return kind.lower()
+    if isinstance(kind, str) and kind.lower() in WINDOWS:
+        return kind.lower()
+    return one_of("window", kind, sorted(WINDOWS))
 
 
 def check_min_roi(min_roi) -> int | None:
     """Validate a minimum ROI width: ``None`` (the kernel's extent) or an int ``>= 1`` (output pixels per axis)."""
-    if min_roi is None:
-        return None
-    if isinstance(min_roi, bool) or not isinstance(min_roi, int) or min_roi < 1:
-        raise ValueError(
-            f"min_roi must be None (the kernel's extent) or a positive int (output pixels), got {min_roi!r}"
-        )
-    return min_roi
+    return at_least("min_roi", min_roi, 1, integer=True, allow_none=True,
+                    note="None: the kernel's extent; else output pixels")
 
 
 def roi_floor(kernel_extent: Sequence[int], min_roi: int | None) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from tkn import functional as TF
 from tkn.ops.fast_conv import fast_target_conv2d
-from tkn.validate import check_finite, int_pair, positive_int, positive_number
+from tkn.validate import check_finite, int_pair, one_of, positive_int, positive_number
 
 __all__ = ["AttentiveRegularization1d", "AttentiveRegularization2d", "TargetConv2d"]
 
@@ -217,9 +217,7 @@ class TargetConv2d(nn.Module):
         self.dilation = int_pair("dilation", dilation)
         left, _, top, _ = TF.resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.padding = padding if isinstance(padding, str) else (top, left)
-        if padding_mode not in TF.PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {list(TF.PADDING_MODES)}, got {padding_mode!r}")
-        self.padding_mode = padding_mode
+        self.padding_mode = one_of("padding_mode", padding_mode, TF.PADDING_MODES)
         self.window = TF.check_window(window)
         self.l2 = positive_number("l2", l2, allow_zero=True)
         self.min_roi = TF.check_min_roi(min_roi)

@@ -55,7 +55,8 @@ def save_windows(model: nn.Module, path: str | os.PathLike, *, spec: dict[str, A
     """Write the raw ``m``, ``s`` of every target layer of ``model`` (atomically).
 
     Args:
-        spec: ``{"name": model name, "kwargs": builder keyword arguments}`` (a checkpoint's ``"model"``).
+        spec: ``{"name": model name, "kwargs": builder keyword arguments}`` (a checkpoint's ``"model"``;
+            its ``"module"``, for a model defined outside ``tkn``, is kept).
         input_shape: ``(C, H, W)`` the model runs at.
         provenance: how the windows were obtained (the command, data, budget, test error).
     """
@@ -66,7 +67,10 @@ def save_windows(model: nn.Module, path: str | os.PathLike, *, spec: dict[str, A
     if not layers:
         raise ValueError("the model has no target layers: there are no windows to save")
     report = count(model, tuple(input_shape))
-    payload = {"format": FORMAT, "model": {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))},
+    model_spec = {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
+    if spec.get("module"):
+        model_spec["module"] = spec["module"]
+    payload = {"format": FORMAT, "model": model_spec,
                "input_shape": list(input_shape), "flop_ratio": report.dense_macs / max(report.macs, 1),
                "provenance": provenance, "layers": layers}
     return atomic_write_text(path, json.dumps(payload, separators=(",", ":")) + "\n")
@@ -79,7 +83,7 @@ def load_windows(name_or_path: str | os.PathLike, seed: int = 0
     Returns:
         ``(model in eval mode, (C, H, W), the file's contents)``.
     """
-    from tkn.models import create_model
+    from tkn.models.registry import rebuild
 
     path = Path(name_or_path)
     if not path.is_file():
@@ -95,7 +99,7 @@ def load_windows(name_or_path: str | os.PathLike, seed: int = 0
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a window file (expected \"format\": {FORMAT!r})")
     torch.manual_seed(seed)
-    model = create_model(payload["model"]["name"], **payload["model"].get("kwargs", {}))
+    model = rebuild(payload["model"])
     layers = dict(target_layers(model))
     if set(layers) != set(payload["layers"]):
         raise ValueError(f"{path}: its layers {sorted(payload['layers'])} are not the model's {sorted(layers)}")

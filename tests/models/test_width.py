@@ -144,5 +144,5 @@ def test_width_reaches_the_model_from_a_training_config():
     model = build_model(cfg, 10, (1, 28, 28))
     assert (model.width, model.spec["kwargs"]["width"]) == (0.5, 0.5)
     assert count(model, (1, 28, 28)).macs == cnn6_counts(28, *CNN6_CHANNELS[0.5])[1]
-    with pytest.raises(ValueError, match="width must be > 0, got 0"):
+    with pytest.raises(ValueError, match="width must be a finite number > 0, got 0"):
         resolve_config(None, {"model": "cnn6"}, ["width=0"])

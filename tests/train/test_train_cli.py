@@ -25,13 +25,13 @@ def _error(capsys, argv, *needles):
 
 
 @pytest.mark.parametrize("extra, needles", [
-    (["--epochs", "-1"], ["epochs must be >= 1"]),
-    (["--batch-size", "0"], ["batch_size must be >= 1"]),
+    (["--epochs", "-1"], ["epochs must be an int >= 1, got -1"]),
+    (["--batch-size", "0"], ["batch_size must be an int >= 1, got 0"]),
     (["--model", "resnet50"], ["unknown model 'resnet50'", "tdn10"]),
     (["--data", "imagenet"], ["unknown data set 'imagenet'", "mnist-5k"]),
     (["--set", "optimizer=rmsprop"], ["optimizer must be one of sgd, adam"]),
     (["--set", "window=box"], ["window must be one of cauchy, gaussian"]),
-    (["--lr", "-0.1"], ["lr must be > 0"]),
+    (["--lr", "-0.1"], ["lr must be a finite number > 0, got -0.1"]),
     (["--set", "lr"], ["--set expects key=value"]),
     (["--set", "learning_rate=1"], ["unknown config key", "learning_rate"]),
     (["--data", "svhn"], ["'svhn' needs --data-root"]),
@@ -125,7 +125,7 @@ def test_list_recipes(capsys):
 
 
 def test_demo_rejects_bad_epochs(capsys, tmp_path):
-    _error(capsys, ["demo", "--epochs", "0", "--out", str(tmp_path)], "--epochs must be >= 1")
+    _error(capsys, ["demo", "--epochs", "0", "--out", str(tmp_path)], "--epochs must be a positive int, got 0")
 
 
 @pytest.mark.parametrize("argv, needle", [

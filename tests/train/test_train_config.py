@@ -50,22 +50,22 @@ def test_parse_set_rejects_malformed(item):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("epochs", -1, "epochs must be >= 1"),
-    ("epochs", 0, "epochs must be >= 1"),
-    ("epochs", 2.5, "epochs must be an integer"),
-    ("batch_size", 0, "batch_size must be >= 1"),
-    ("lr", 0, "lr must be > 0"),
+    ("epochs", -1, "epochs must be an int >= 1, got -1"),
+    ("epochs", 0, "epochs must be an int >= 1, got 0"),
+    ("epochs", 2.5, "epochs must be an int >= 1, got 2.5"),
+    ("batch_size", 0, "batch_size must be an int >= 1, got 0"),
+    ("lr", 0, "lr must be a finite number > 0, got 0"),
     ("lr", float("nan"), "lr must be a finite number"),
     ("optimizer", "rmsprop", "optimizer must be one of sgd, adam"),
     ("window", "box", "window must be one of cauchy, gaussian"),
-    ("l2", -1e-4, "l2 must be >= 0"),
-    ("beta", 0, "beta must be > 0"),
+    ("l2", -1e-4, "l2 must be a finite non-negative number, got -0.0001"),
+    ("beta", 0, "beta must be a finite number > 0, got 0"),
     ("milestones", [15, 10], "strictly increasing"),
     ("milestones", [0], "positive epoch numbers"),
     ("device", "tpu", "device must be one of auto, cpu, cuda"),
-    ("workers", -2, "workers must be >= 0"),
+    ("workers", -2, "workers must be an int >= 0, got -2"),
     ("nesterov", "yes", "nesterov must be true or false"),
-    ("max_train_samples", 0, "max_train_samples must be >= 1"),
+    ("max_train_samples", 0, "max_train_samples must be an int >= 1, got 0"),
     ("loss", "hinge", "loss must be one of"),
 ])
 def test_validation_names_the_key(key, value, message):

@@ -47,7 +47,7 @@ def test_tiny_sweep_writes_one_row_per_setting(tmp_path, capsys):
 
 def test_sweep_rejects_bad_grids(tmp_path, capsys):
     assert main(["sweep", "--l2", "-1", "--beta", "2", "--out", str(tmp_path)]) == 2
-    assert "--l2 values must be >= 0" in capsys.readouterr().err
+    assert "each --l2 value must be a finite non-negative number, got -1.0" in capsys.readouterr().err
     assert main(["sweep", "--model", "dn10", "--l2", "1e-3", "--beta", "2", "--out", str(tmp_path)]) == 2
     assert "no dense baseline" in capsys.readouterr().err
     assert main(["sweep", "--config", "paper/tdn10-mnist-cauchy", "--out", str(tmp_path)]) == 2

@@ -3,17 +3,21 @@
 Each module defines ``add_parser(subparsers)`` (which sets ``func=run``) and
 ``run(args) -> int``. The options several commands share are defined here, once:
 ``--model NAME`` / ``--checkpoint PATH`` (:func:`add_model_arguments`, :func:`load_model`) and
-``--input-size C,H,W`` (:func:`input_size`).
+``--input-size C,H,W`` (:func:`input_size`), the model options of :data:`tkn.models.options.MODEL_OPTIONS`
+(:func:`add_model_option_arguments`) and ``--import MODULE`` (:func:`add_import_argument`, read by
+:mod:`tkn.cli`).
 """
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["OneLineErrorParser", "add_model_arguments", "add_study_arguments", "input_size", "load_model"]
+__all__ = ["OneLineErrorParser", "add_model_arguments", "add_model_option_arguments", "model_option_values",
+           "add_import_argument", "add_study_arguments", "input_size", "load_model"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -37,6 +41,40 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
     group = parser.add_mutually_exclusive_group(required=default is None)
     group.add_argument("--model", metavar="NAME", default=default, help=model_help)
     group.add_argument("--checkpoint", metavar="PATH", help=checkpoint_help)
+
+
+def add_model_option_arguments(parser: Any, names: Sequence[str]) -> None:
+    """One flag per model option in ``names`` (``--min-roi PIXELS`` for ``min_roi``), read off
+    :data:`tkn.models.options.MODEL_OPTIONS` (type, choices, help); each defaults to ``None`` (not given).
+
+    ``parser`` may be an argument group.
+    """
+    from tkn.models.options import MODEL_OPTIONS
+
+    for name in names:
+        option = MODEL_OPTIONS[name]
+        kwargs: dict[str, Any] = {"help": option.help}
+        if option.choices is not None:
+            kwargs["choices"] = option.choices
+        if option.type is not None:
+            kwargs["type"] = option.type
+        if option.metavar is not None:
+            kwargs["metavar"] = option.metavar
+        parser.add_argument(option.flag, dest=name, **kwargs)
+
+
+def model_option_values(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The model options of ``names`` given on the command line (those not ``None``), by name."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    """``--import MODULE`` (repeatable): modules to import before the command runs, e.g. one that registers a
+    model with :func:`tkn.models.register_model` (see :func:`tkn.models.import_plugins`; ``$TKN_PLUGINS``
+    names more, comma separated)."""
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (e.g. one that registers your own model with "
+                             "tkn.register_model); repeatable; $TKN_PLUGINS names more, comma separated")
 
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,13 +106,14 @@ def load_model(args: argparse.Namespace, shape: tuple[int, int, int] | None = No
     """
     from tkn.checkpoint import model_from_checkpoint
     from tkn.models import create_model
+    from tkn.models.registry import shape_kwargs
 
     payload: dict[str, Any] = {}
     if args.checkpoint is not None:
         model, payload = model_from_checkpoint(args.checkpoint)
     else:
         if shape is not None:
-            kwargs.update(in_channels=shape[0], input_size=shape[1:])
+            kwargs.update(shape_kwargs(args.model, shape))
         model = create_model(args.model, **kwargs).eval()
     found = shape or payload.get("input_shape")
     if found is None and hasattr(model, "in_channels") and hasattr(model, "input_size"):

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from tkn.commands import add_model_arguments, input_size, load_model
+from tkn.validate import each, positive_int
 from tkn.windowfile import list_windows, load_windows, save_windows
 
 __all__ = ["add_parser", "run"]
@@ -95,10 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from tkn.convert import target_layers
     from tkn import benchmark as B
 
-    if any(b < 1 for b in args.batch):
-        raise ValueError(f"--batch values must be positive ints, got {args.batch}")
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be a positive int, got {args.repeats}")
+    each("--batch", args.batch, positive_int)
+    positive_int("--repeats", args.repeats)
     if args.save_windows:
         if not args.checkpoint:
             raise ValueError("--save-windows needs --checkpoint (the trained model whose windows to keep)")

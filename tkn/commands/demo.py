@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tkn.validate import at_least, positive_int
 
 __all__ = ["add_parser", "DemoSchedule", "run_demo", "measure_interleaved", "format_table", "run"]
 
@@ -154,23 +155,16 @@ def _schedule(args: argparse.Namespace) -> DemoSchedule:
     base = DemoSchedule.quick() if args.quick else DemoSchedule()
     changes: dict[str, Any] = {}
     if args.epochs is not None:
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-        changes["epochs"] = args.epochs
+        changes["epochs"] = positive_int("--epochs", args.epochs)
     if args.train_samples is not None:
-        if args.train_samples < 0:
-            raise ValueError(f"--train-samples must be >= 0 (0 = all), got {args.train_samples}")
-        changes["train_samples"] = args.train_samples or None
+        changes["train_samples"] = at_least("--train-samples", args.train_samples, 0, integer=True,
+                                            note="0 = all") or None
     if args.target_speedup is not None:
-        if not args.target_speedup >= 1:
-            raise ValueError(f"--target-speedup must be >= 1, got {args.target_speedup}")
-        changes["target_speedup"] = args.target_speedup
+        changes["target_speedup"] = at_least("--target-speedup", args.target_speedup, 1)
     if args.budget is not None:
         changes["budget"] = args.budget
     if args.min_roi is not None:
-        if args.min_roi < 1:
-            raise ValueError(f"--min-roi must be >= 1 (output pixels), got {args.min_roi}")
-        changes["min_roi"] = args.min_roi
+        changes["min_roi"] = at_least("--min-roi", args.min_roi, 1, integer=True, note="output pixels")
     return DemoSchedule(**{**base.__dict__, **changes})
 
 

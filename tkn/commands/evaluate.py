@@ -16,6 +16,8 @@ import json
 import sys
 from typing import Any
 
+from tkn.validate import positive_int
+
 
 __all__ = ["add_parser", "evaluate_checkpoint", "format_report", "run"]
 
@@ -72,11 +74,9 @@ def evaluate_checkpoint(
     from tkn.training.loaders import subset
     from tkn.training.metrics import evaluate
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
-                                    or max_samples < 1):
-        raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
+    positive_int("batch_size", batch_size)
+    if max_samples is not None:
+        positive_int("max_samples", max_samples)
     model, payload = model_from_checkpoint(load_checkpoint(checkpoint))
     cfg = payload.get("config") if isinstance(payload.get("config"), dict) else {}
     name = data or cfg.get("data")

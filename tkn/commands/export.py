@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from tkn.commands import add_model_arguments, input_size, load_model
+from tkn.validate import positive_number
 
 __all__ = ["add_parser", "run", "default_path"]
 
@@ -56,8 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tkn.export import export_model
 
-    if not args.atol > 0:
-        raise ValueError(f"--atol must be positive, got {args.atol}")
+    positive_number("--atol", args.atol)
     model, shape, _ = load_model(args, input_size(args))
     example = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0))
     out = Path(args.out) if args.out else default_path(args)

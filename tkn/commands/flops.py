@@ -7,6 +7,7 @@ Examples::
     tkn flops --model stn --input-size 3,32,32 --num-classes 43  # GTSRB
     tkn flops --checkpoint runs/tkn6/best.pt       # a trained TKN: MACs of its ROIs, speed-up vs CNN6
     tkn flops --model tdn10 --json                 # one JSON object
+    tkn flops --import mypkg.models --model mynet  # a model of your own (tkn.register_model)
 
 The speed-up of a targeted model is the paper's (Fig. 5): FLOPs of its dense
 baseline (same arguments, same input) divided by its own FLOPs.
@@ -19,9 +20,13 @@ from typing import Any
 
 from torch import nn
 
-from tkn.commands import add_model_arguments, input_size, load_model
+from tkn.commands import add_model_arguments, add_model_option_arguments, input_size, load_model, model_option_values
+from tkn.models.options import MODEL_OPTIONS, SHAPE_OPTIONS
 
 __all__ = ["add_parser", "run", "flops_summary"]
+
+#: The model options ``tkn flops`` takes as flags: all but the shape, which ``--input-size`` gives.
+_OPTIONS = tuple(name for name in MODEL_OPTIONS if name not in SHAPE_OPTIONS)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -33,24 +38,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_model_arguments(parser, checkpoint_help="count a trained model from a tkn checkpoint")
     parser.add_argument("--input-size", metavar="C,H,W", help="input size (default: the model's own)")
-    parser.add_argument("--num-classes", type=int, help="outputs of the last layer (default 10)")
-    parser.add_argument("--window", choices=("cauchy", "gaussian"), help="window of the target layers")
-    parser.add_argument("--l2", type=float, help="scale penalty of the first block's target layers")
-    parser.add_argument("--beta", type=float, help="β build-up factor of the penalty per block")
+    add_model_option_arguments(parser.add_argument_group("model options (with --model; --input-size gives the "
+                                                        "channels and input size)"), _OPTIONS)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=run)
     return parser
 
 
-def _build(args: argparse.Namespace, dims: tuple[int, int, int] | None) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The model to count, its registry name and the keyword arguments it was built with."""
-    options = {key: getattr(args, key) for key in ("num_classes", "window", "l2", "beta")
-               if getattr(args, key) is not None}
+def _build(args: argparse.Namespace, dims: tuple[int, int, int] | None
+           ) -> tuple[nn.Module, str, dict[str, Any], tuple[int, int, int]]:
+    """The model to count, its registry name, the keyword arguments it was built with and the input shape
+    (``dims``, else the checkpoint's or the model's, see :func:`~tkn.commands.load_model`)."""
+    options = model_option_values(args, _OPTIONS)
     if args.checkpoint is not None and options:
-        flag = "--" + next(iter(options)).replace("_", "-")
+        flag = MODEL_OPTIONS[next(iter(options))].flag
         raise ValueError(f"{flag} cannot be combined with --checkpoint (the checkpoint fixes it)")
-    model, _, _ = load_model(args, dims, **options)
-    return model, model.spec["name"], dict(model.spec["kwargs"])
+    model, shape, _ = load_model(args, dims, **options)
+    return model, model.spec["name"], dict(model.spec["kwargs"]), shape
 
 
 def flops_summary(
@@ -78,8 +82,7 @@ def flops_summary(
 def run(args: argparse.Namespace) -> int:
     from tkn.flops import FlopReport, LayerCount
 
-    dims = input_size(args)
-    model, name, kwargs = _build(args, dims)
+    model, name, kwargs, dims = _build(args, input_size(args))
     summary = flops_summary(model, name, kwargs, dims)
     if args.json:
         print(json.dumps(summary))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from tkn.commands import add_model_arguments, input_size, load_model
+from tkn.validate import positive_int
 
 __all__ = ["add_parser", "run", "load_sample"]
 
@@ -109,8 +110,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tkn import summary
 
-    if args.max_channels < 1:
-        raise ValueError(f"--max-channels must be a positive int, got {args.max_channels}")
+    positive_int("--max-channels", args.max_channels)
     model, shape, payload = load_model(args, input_size(args))
     rows = summary.layer_table(model, shape, args.layers)
     if not rows:

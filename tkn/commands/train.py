@@ -10,6 +10,7 @@ Examples::
     tkn train --model dn10 --data mnist-5k --epochs 3 --max-train-samples 1000 --out runs/dn10
     tkn train --out runs/tdn10 --resume            # continue after an interruption
     torchrun --nproc_per_node=2 -m tkn.cli train --config paper/dn10-mnist --data mnist-5k --out runs/ddp
+    tkn train --import mypkg.models --model mynet --data mnist-5k --set model_kwargs.hidden=64 --out runs/mynet
 """
 from __future__ import annotations
 
@@ -21,15 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from tkn.checkpoint import load_checkpoint
-from tkn.commands import OneLineErrorParser
-from tkn.training.config import BUDGETS, DEVICES, EXECUTIONS, OPTIMIZERS, WINDOWS, list_recipes, resolve_config
+from tkn.commands import OneLineErrorParser, add_import_argument, add_model_option_arguments
+from tkn.training.config import BUDGETS, DEVICES, EXECUTIONS, MODEL_KEYS, OPTIMIZERS, list_recipes, resolve_config
 
 __all__ = ["add_parser", "get_args_parser", "config_from_args", "run", "main"]
 
-# flag dest -> config key (flags whose value maps directly onto the config)
+# flag dest -> config key (flags whose value maps directly onto the config); the model options' flags
+# (MODEL_KEYS: --window, --l2, --beta, --min-roi, --width) come from tkn.models.options.MODEL_OPTIONS
 _FLAG_KEYS = (
     "model", "data", "data_root", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
-    "weight_decay", "milestones", "gamma", "window", "l2", "beta", "min_roi", "target_speedup", "budget",
+    "weight_decay", "milestones", "gamma", *MODEL_KEYS, "target_speedup", "budget",
     "latency_batch", "window_lr_scale",
     "execution", "seed", "max_train_samples",
     "max_test_samples", "workers", "device", "amp", "out", "progress", "download", "augment",
@@ -44,17 +46,13 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="override any config key (dotted keys allowed, value parsed as YAML); repeatable")
     g.add_argument("--list-recipes", action="store_true", help="list the packaged recipes and exit")
     m = parser.add_argument_group("model and data")
-    m.add_argument("--model", help="model name (tkn.models.list_models())")
+    m.add_argument("--model", help="model name (tkn.models.list_models(), or one registered by an --import module)")
     m.add_argument("--data", help="data set name (tkn.data.list_datasets())")
     m.add_argument("--data-root", help="folder holding the data set's files")
     m.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
                    help="download missing files (mnist, tlmnist)")
     m.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="training augmentation")
-    m.add_argument("--window", choices=WINDOWS, help="attention window of target layers")
-    m.add_argument("--l2", type=float, help="scale penalty of the first block's target layers")
-    m.add_argument("--beta", type=float, help="penalty build-up factor per block")
-    m.add_argument("--min-roi", type=int, metavar="PIXELS",
-                   help="narrowest ROI of the target layers, in output pixels (default: each kernel's width)")
+    add_model_option_arguments(m, MODEL_KEYS)
     m.add_argument("--target-speedup", type=float, metavar="R",
                    help="train to this whole-network speed-up: dense MACs / ROI MACs (--budget macs, tkn.MacBudget) "
                         "or the frozen model's measured speed-up (--budget latency, tkn.LatencyBudget)")
@@ -93,6 +91,7 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars on stderr")
     r.add_argument("--json", action="store_true", help="print the result as JSON on stdout (epoch lines go to stderr)")
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    add_import_argument(r)
     return parser
 
 
@@ -155,7 +154,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tkn.commands.train``: the options of ``tkn train`` (errors raise, with their traceback)."""
-    return run(get_args_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    from tkn.models import import_plugins
+
+    args = get_args_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    import_plugins(args.imports)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Baselines and their targeted variants (``baseline_of``):
 ``tkn6 -> cnn6``, ``tdn10 -> dn10``, ``tdn40 -> dn40``, ``tstn -> stn``, ``tresnet18 -> resnet18``
 (a ResNet-18 for small images written with functional ReLUs and residual additions, see
 :mod:`tkn.models.resnet`; not one of the paper's networks).
+Your own model: decorate its builder (a function or an ``nn.Module`` class) with
+:func:`~tkn.models.registry.register_model`; see :mod:`tkn.models.registry`.
 The layouts and how they were derived from the paper's counts are written in
 the docstrings of :class:`~tkn.models.cnn6.CNN6`, :func:`~tkn.models.densenet.dn10`,
 :func:`~tkn.models.densenet.dn40` and :class:`~tkn.models.stn.STN`.
@@ -22,13 +24,20 @@ from tkn.models.base import PaperModel, block_l2
 from tkn.models.cnn6 import CNN6
 from tkn.models.densenet import DenseNet, dn10, dn40
 from tkn.models.resnet import ResNet, resnet18
-from tkn.models.registry import ModelEntry, baseline_of, create_model, get_entry, list_models, register
+from tkn.models.options import MODEL_OPTIONS, ModelOption
+from tkn.models.registry import (ModelEntry, baseline_of, create_model, get_entry, import_plugins, list_models,
+                                 register, register_model, unregister)
 from tkn.models.stn import STN
 
 __all__ = [
     "create_model",
     "list_models",
     "register",
+    "register_model",
+    "unregister",
+    "import_plugins",
+    "MODEL_OPTIONS",
+    "ModelOption",
     "baseline_of",
     "get_entry",
     "ModelEntry",

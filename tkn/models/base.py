@@ -13,68 +13,14 @@ Every model built by :func:`tkn.models.create_model` is a :class:`PaperModel`:
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tkn import functional as TF
 from tkn.layers import TargetConv2d
-from tkn.validate import positive_int, positive_number
 
-__all__ = ["PaperModel", "resolve_args", "conv", "block_l2", "he_init_"]
-
-
-def _input_size(value: Any) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"input_size must be an int or a pair (H, W) of positive ints, got {value!r}")
-    return (positive_int("input_size[0]", value[0]), positive_int("input_size[1]", value[1]))
-
-
-def resolve_args(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 1,
-    input_size: int | tuple[int, int] = 28,
-    window: str = "cauchy",
-    l2: float = 1e-4,
-    beta: float = 2.0,
-    dropout: float | None = None,
-    min_roi: int | None = None,
-) -> dict[str, Any]:
-    """Validate the arguments shared by all builders and return them normalised.
-
-    ``input_size`` comes back as an int for square inputs and as a list
-    ``[H, W]`` otherwise (plain data, so that checkpoints and JSON keep it).
-
-    Raises:
-        ValueError: an argument is out of range (the message names it).
-    """
-    num_classes = positive_int("num_classes", num_classes)
-    in_channels = positive_int("in_channels", in_channels)
-    h, w = _input_size(input_size)
-    window = TF.check_window(window)
-    l2 = positive_number("l2", l2, allow_zero=True)
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    if dropout is not None:
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be None (the paper's value) or a number in [0, 1), got {dropout!r}")
-        dropout = float(dropout)
-    min_roi = TF.check_min_roi(min_roi)
-    return dict(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        input_size=h if h == w else [h, w],
-        window=window,
-        l2=l2,
-        beta=float(beta),
-        dropout=dropout,
-        min_roi=min_roi,
-    )
+__all__ = ["PaperModel", "conv", "block_l2", "he_init_"]
 
 
 def block_l2(l2: float, beta: float, block: int) -> float:

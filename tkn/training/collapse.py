@@ -29,6 +29,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from tkn.validate import at_least
+
 __all__ = ["LOSS_DROP", "CHANCE_MARGIN", "MIN_EPOCHS_FOR_LOSS", "USABLE_FRACTION", "CollapseWarning",
            "detect_collapse", "checkpoint_collapse", "chance_error", "warn_collapse"]
 
@@ -54,8 +56,7 @@ def chance_error(num_classes: int) -> float:
         >>> chance_error(10)
         90.0
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    at_least("num_classes", num_classes, 2, integer=True)
     return (1.0 - 1.0 / num_classes) * 100.0
 
 

@@ -37,33 +37,23 @@ def check_names(cfg: TrainConfig) -> None:
         raise FileNotFoundError(f"data root {cfg.data_root!r} is not an existing folder")
 
 
-def _input_size(shape: tuple[int, int, int]) -> int | tuple[int, int]:
-    _, h, w = shape
-    return h if h == w else (h, w)
-
-
 def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    """``tkn.models.create_model`` for ``cfg.model`` sized for the data (classes, channels, input size).
+    """``tkn.models.create_model`` for ``cfg.model`` sized for the data (classes, and the channels and input size
+    if the model takes them), with the config's model options (:data:`~tkn.training.config.MODEL_KEYS`) and
+    ``model_kwargs``.
 
     Raises:
         ValueError: unknown model name (listing the known ones).
     """
     from tkn.models import create_model, list_models
+    from tkn.models.registry import shape_kwargs
+    from tkn.training.config import MODEL_KEYS
 
     if cfg.model not in list_models():
         raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(list_models())}")
-    return create_model(
-        cfg.model,
-        num_classes=num_classes,
-        in_channels=input_shape[0],
-        input_size=_input_size(input_shape),
-        window=cfg.window,
-        l2=cfg.l2,
-        beta=cfg.beta,
-        min_roi=cfg.min_roi,
-        width=cfg.width,
-        **cfg.model_kwargs,
-    )
+    options = {name: getattr(cfg, name) for name in MODEL_KEYS}
+    return create_model(cfg.model, num_classes=num_classes, **shape_kwargs(cfg.model, input_shape), **options,
+                        **cfg.model_kwargs)
 
 
 def window_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -29,6 +28,9 @@ from typing import Any
 
 import yaml
 
+from tkn.models.options import MODEL_OPTIONS
+from tkn.validate import at_least, in_range, one_of
+
 __all__ = [
     "TrainConfig",
     "resolve_config",
@@ -38,10 +40,11 @@ __all__ = [
     "parse_set",
     "merge",
     "RESUMABLE_CHANGES",
+    "MODEL_KEYS",
 ]
 
 OPTIMIZERS = ("sgd", "adam")
-WINDOWS = ("cauchy", "gaussian")
+WINDOWS = MODEL_OPTIONS["window"].choices
 DEVICES = ("auto", "cpu", "cuda")
 EXECUTIONS = ("auto", "fast", "dense")
 #: What ``target_speedup`` counts: MACs (:class:`tkn.MacBudget`) or measured time (:class:`tkn.LatencyBudget`).
@@ -83,6 +86,8 @@ class TrainConfig:
             kernel's extent, the paper's text).
         width: channel multiplier of the model (``1``: the paper's; CNN6/TKN6 and the
             DenseNets take it, see :func:`tkn.models.create_model`).
+            These five are the model options of :data:`MODEL_KEYS`: their defaults and
+            checks are those of :data:`tkn.models.options.MODEL_OPTIONS`.
         target_speedup: train to this whole-network speed-up ``dense MACs / ROI MACs``
             with :class:`tkn.MacBudget` (``None``: no budget; the paper's recipes use
             ``l2``/``beta`` instead). Both may be combined.
@@ -132,11 +137,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     milestones: list[int] = field(default_factory=lambda: [10, 15])
     gamma: float = 0.1
-    window: str = "cauchy"
-    l2: float = 1e-4
-    beta: float = 2.0
-    min_roi: int | None = None
-    width: float = 1.0
+    window: str = MODEL_OPTIONS["window"].default
+    l2: float = MODEL_OPTIONS["l2"].default
+    beta: float = MODEL_OPTIONS["beta"].default
+    min_roi: int | None = MODEL_OPTIONS["min_roi"].default
+    width: float = MODEL_OPTIONS["width"].default
     target_speedup: float | None = None
     budget_ramp: float = 0.25
     budget: str = "macs"
@@ -199,23 +204,20 @@ class TrainConfig:
             raise ValueError(f"milestones must be a list of positive epoch numbers, got {self.milestones!r}")
         if self.milestones != sorted(set(self.milestones)):
             raise ValueError(f"milestones must be strictly increasing, got {self.milestones!r}")
-        _choice(self, "window", WINDOWS)
-        _float(self, "l2", minimum=0.0)
-        _float(self, "beta", positive=True)
-        if self.min_roi is not None:
-            _int(self, "min_roi", minimum=1)
-        _float(self, "width", positive=True)
+        for name in MODEL_KEYS:
+            setattr(self, name, MODEL_OPTIONS[name].check(getattr(self, name)))
         if self.target_speedup is not None:
             _float(self, "target_speedup", minimum=1.0)
         _float(self, "window_lr_scale", positive=True)
-        _float(self, "budget_ramp", minimum=0.0)
-        if self.budget_ramp > 1:
-            raise ValueError(f"budget_ramp must be a fraction of the steps in [0, 1], got {self.budget_ramp}")
+        self.budget_ramp = in_range("budget_ramp", self.budget_ramp, 0, 1, note="a fraction of the steps")
         _choice(self, "execution", EXECUTIONS)
         _choice(self, "budget", BUDGETS)
         _int(self, "latency_batch", minimum=1)
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
+        repeated = sorted(set(self.model_kwargs) & set(MODEL_KEYS))
+        if repeated:
+            raise ValueError(f"model_kwargs must not hold {', '.join(repeated)}: set the config key itself")
         _choice(self, "loss", LOSSES)
         _int(self, "seed", minimum=0)
         for name in ("max_train_samples", "max_test_samples"):
@@ -231,6 +233,11 @@ class TrainConfig:
         if not isinstance(self.description, str):
             raise ValueError(f"description must be a string, got {self.description!r}")
         return self
+
+
+#: The model options (:data:`tkn.models.options.MODEL_OPTIONS`) that are config keys of their own; any other
+#: keyword argument of a model goes in ``model_kwargs``.
+MODEL_KEYS = tuple(name for name in MODEL_OPTIONS if name in {f.name for f in dataclasses.fields(TrainConfig)})
 
 
 def _copy(value: Any) -> Any:
@@ -258,29 +265,17 @@ def _bool(cfg: TrainConfig, name: str) -> None:
 
 
 def _int(cfg: TrainConfig, name: str, minimum: int) -> None:
-    value = getattr(cfg, name)
-    if not _is_int(value):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    at_least(name, getattr(cfg, name), minimum, integer=True)
 
 
 def _float(cfg: TrainConfig, name: str, *, minimum: float | None = None, positive: bool = False) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    setattr(cfg, name, float(value))
+    value = in_range(name, getattr(cfg, name), minimum if minimum is not None else 0.0 if positive else None,
+                     low_open=positive and minimum is None)
+    setattr(cfg, name, value)
 
 
 def _choice(cfg: TrainConfig, name: str, choices: Iterable[str]) -> None:
-    value = getattr(cfg, name)
-    choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    one_of(name, getattr(cfg, name), choices)
 
 
 # --------------------------------------------------------------------------- files and recipes

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tkn.training.distributed import DistContext, all_reduce_sum
+from tkn.validate import one_of
 
 __all__ = ["TASKS", "compute_loss", "Meter", "evaluate", "metric_names", "best_metric"]
 
@@ -25,9 +26,7 @@ TASKS = ("classification", "regression")
 
 
 def _check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
-    return task
+    return one_of("task", task, TASKS)
 
 
 def compute_loss(output: Tensor, target: Tensor, loss: str) -> Tensor:

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tkn.validate import non_negative_int
+
 __all__ = ["capture_rng", "restore_rng", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
     """Seed PyTorch (CPU and CUDA), NumPy's global generator and Python's ``random``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    non_negative_int("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
