@@ -36,6 +36,41 @@ def test_layer_table_is_made_monotone_by_pooling_violators():
         LayerTable([1.0, 2.0], [1.0])
 
 
+def test_a_fed_layer_is_priced_by_its_producers_roi_fraction():
+    """``b`` has a table measured with its producer ``a`` as small as itself (1 s/MAC) and one with ``a`` whole
+    (3 s/MAC); between the two, the price is linear in ``a``'s ROI fraction."""
+    lm = LatencyModel(1, 100.0, 0.5, {"a": LayerTable([0.0, 100.0], [0.0, 10.0]),
+                                      "b": LayerTable([0.0, 100.0], [0.0, 100.0])},
+                      dense_input={"b": LayerTable([0.0, 100.0], [0.0, 300.0])}, producers={"b": "a"},
+                      dense_macs={"a": 100.0, "b": 100.0})
+    a = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+    # the producer as small as the layer (fraction 0.2 each): the same-level table, 0.5 + 2 + 20
+    assert lm.predict({"a": a, "b": b}).item() == pytest.approx(22.5)
+    assert lm.predict({"a": 10.0, "b": 20.0}).item() == pytest.approx(0.5 + 1 + 20)  # a smaller still: b stays
+    assert lm.predict({"a": 100.0, "b": 20.0}).item() == pytest.approx(0.5 + 10 + 60)  # whole: dense-input table
+    # halfway (fraction 0.6 = 0.2 + 0.5 * 0.8): halfway between 20 and 60 for b, plus a's 6
+    a = torch.tensor(60.0, dtype=torch.float64, requires_grad=True)
+    t = lm.predict({"a": a, "b": b})
+    t.backward()
+    assert t.item() == pytest.approx(0.5 + 6 + 40)
+    # d/da: a's own slope 0.1 plus b's (60 - 20) / (100 * (1 - 0.2)); d/db: b's tables mixed half and half
+    assert a.grad.item() == pytest.approx(0.1 + 40 / 80)
+    # d/db: both tables' slopes mixed half and half, plus the mix weight's own dependence on b's fraction:
+    # dw/db = (φ_a - 1) / (1 - φ_b)^2 / 100
+    assert b.grad.item() == pytest.approx(1.0 + 0.5 * (3.0 - 1.0) + 40.0 * ((0.6 - 1.0) / 100 / (1 - 0.2) ** 2))
+    # a layer without a producer, or a model without the second tables, prices as before
+    plain = LatencyModel(1, 100.0, 0.5, dict(lm.layers))
+    assert plain.predict({"a": 100.0, "b": 20.0}).item() == pytest.approx(0.5 + 10 + 20)
+    again = LatencyModel.from_dict(lm.to_dict())
+    assert again.predict({"a": 60.0, "b": 20.0}).item() == pytest.approx(46.5)
+
+
+def test_producers_are_the_previous_target_layer_of_a_chain():
+    net = create_model("tkn6", input_size=28)
+    assert tkn.latency.producers(net) == {"features.3": "features.0", "features.6": "features.3"}
+
+
 def _synthetic(model: torch.nn.Module, batch: int = 64) -> LatencyModel:
     """A made-up engine: per layer 2 ms of overhead plus 1 ns per MAC per sample below dense, dense at full size."""
     from tkn.flops import count
