@@ -71,7 +71,9 @@ def main() -> None:
         row = {"target": target, "batch": batch, "steps": args.steps, "predicted": info["predicted"],
                "measured": measured, "measured_over_target": measured / target, "test_error": error,
                "flop_ratio": timing["flop_ratio"], "plans": [p["plan"] for p in timing["plans"]],
-               "calibration_s": info["calibration_s"], "ok": 0.8 <= measured / target <= 1.25 and error < 15}
+               "calibration_s": info["calibration_s"], "calibration_checks": info["calibration_checks"],
+               "first_call_measured": timing["first_call_speedup_vs_dense"],
+               "ok": 0.8 <= measured / target <= 1.25 and error < 15}
         rows.append(row)
         print(f"target {target:g}x at batch {batch}: predicted {info['predicted']:.2f}x, measured {measured:.2f}x "
               f"({measured / target:.2f} of the target), FLOP ratio {timing['flop_ratio']:.1f}, test error "

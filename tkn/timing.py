@@ -7,14 +7,15 @@ How it times
 ------------
 Every round runs each callable in turn (``a, b, c, a, b, c, ...``), so a change of machine load during
 the run touches all of them alike. In a round, a callable runs a *block* of ``calls`` consecutive calls,
-``calls`` chosen once (after the warm-up rounds) so that a block lasts at least ``min_block_s``:
+``calls`` chosen once (after the warm-up rounds) so that the calls after a block's first last at least
+``min_block_s``:
 
-* ``min`` / ``median``: seconds per call, the fastest / median block's mean. This is the steady-state
-  latency of calling the same model again and again (what ``timeit`` and
-  ``torch.utils.benchmark.Timer.blocked_autorange`` measure): its weights and code are in the caches.
 * ``first_min`` / ``first_median``: the first call of each block alone, made right after the other
   callables ran. At small batches this call finds its weights evicted by the others (a TKN6 at batch 1
   reads 12 MB of weights; the dense CNN it is compared with, 18 MB), so it measures a cold start.
+* ``min`` / ``median``: seconds per call of the block's other calls (their mean), the fastest / median
+  block. This is the steady-state latency of calling the same model again and again (what ``timeit``
+  and ``torch.utils.benchmark.Timer.blocked_autorange`` measure): its weights and code are in the caches.
 
 With ``min_block_s=0`` (or calls longer than it) a block is one call and the two pairs agree. At batch
 64 a forward pass of TKN6 takes tens of milliseconds, so blocks of one call are the rule there; at
@@ -57,8 +58,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
         fns: name -> callable without arguments.
         repeats: timed rounds (at least 1).
         warmup: untimed rounds before them (one call of each callable per round).
-        min_block_s: the shortest block (seconds); each callable's block length is set from one timed call
-            after the warm-up, at most :data:`MAX_CALLS`.
+        min_block_s: the shortest steady part of a block (seconds, the calls after the first); each
+            callable's block length is set from one timed call after the warm-up, at most :data:`MAX_CALLS`.
 
     Returns:
         ``{name: {"min", "median", "first_min", "first_median": seconds per call, "calls": block length}}``.
@@ -73,7 +74,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
     calls = {k: 1 for k in fns}
     if min_block_s > 0:
         for k, f in fns.items():
-            calls[k] = max(1, min(MAX_CALLS, math.ceil(min_block_s / max(_once(f), 1e-9))))
+            calls[k] = min(MAX_CALLS, 1 + math.ceil(min_block_s / max(_once(f), 1e-9)))
     blocks: dict[str, list[float]] = {k: [] for k in fns}
     firsts: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
@@ -86,6 +87,6 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
                     f()
                 t2 = time.perf_counter()
             firsts[k].append(t1 - t0)
-            blocks[k].append((t2 - t0) / calls[k])
+            blocks[k].append((t2 - t1) / (calls[k] - 1) if calls[k] > 1 else t1 - t0)
     return {k: {"min": min(blocks[k]), "median": statistics.median(blocks[k]), "first_min": min(firsts[k]),
                 "first_median": statistics.median(firsts[k]), "calls": calls[k]} for k in fns}

@@ -68,6 +68,7 @@ from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan
                              plan_union_tiles)
 from tkn.ops.fast_conv import train_grid
 from tkn.layers import TargetConv2d
+from tkn.timing import interleaved
 
 __all__ = ["freeze", "BACKENDS", "channels_last_inputs", "plain_one_channel_inputs", "DEFAULT_CANDIDATES",
            "TILE_GRIDS", "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
@@ -109,6 +110,10 @@ SCREENED_CANDIDATES = 8
 #: ... of which this many fastest are timed ``repeats`` times against dense (interleaved) to choose.
 FINAL_CANDIDATES = 3
 
+#: The shortest block of consecutive calls a finalist is timed in (seconds): at batch 1 a layer call takes
+#: 0.1-1 ms, and single calls chose the slower strategy on some layers of the learned-window models.
+BLOCK_S = 0.005
+
 
 def _record_inputs(model: nn.Module, example: Tensor, watched: Sequence[str] = ()
                    ) -> tuple[list[str], dict[str, Tensor], dict[str, int]]:
@@ -148,8 +153,10 @@ def _time(module: nn.Module, x: Tensor) -> float:
 
 
 def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int, baseline: bool = True) -> list[float]:
-    """Seconds per candidate (minimum): every one timed once after a warm-up, then dense (``modules[0]``, when
-    ``baseline``) and the :data:`FINAL_CANDIDATES` fastest timed ``repeats`` more times, interleaved."""
+    """Seconds per candidate: every one timed once after a warm-up (a screening), then dense (``modules[0]``,
+    when ``baseline``) and the :data:`FINAL_CANDIDATES` fastest timed as ``tkn bench`` times (interleaved,
+    ``repeats`` rounds of blocks of at least :data:`BLOCK_S`; the steady state's minimum replaces their
+    screening time)."""
     with torch.no_grad():
         best = []
         for m in modules:
@@ -157,9 +164,10 @@ def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int, base
             best.append(_time(m, x))
         first = 1 if baseline else 0
         finalists = [0] * baseline + sorted(range(first, len(modules)), key=best.__getitem__)[:FINAL_CANDIDATES]
-        for _ in range(repeats):
-            for i in finalists:
-                best[i] = min(best[i], _time(modules[i], x))
+        timed = interleaved({str(i): (lambda m=modules[i]: m(x)) for i in finalists}, repeats, warmup=0,
+                            min_block_s=BLOCK_S)
+        for i in finalists:
+            best[i] = timed[str(i)]["min"]
     return best
 
 
