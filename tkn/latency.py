@@ -69,7 +69,7 @@ __all__ = ["LatencyModel", "LayerTable", "calibrate", "producers", "LatencyBudge
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 #: Version of the cached calibration format (and of the method: a change re-calibrates).
-_CACHE_VERSION = 3  # 2: timed in blocks of consecutive calls (tkn.timing); 3: dense-input tables
+_CACHE_VERSION = 4  # 2: timed in blocks of calls (tkn.timing); 3: dense-input tables; 4: steady state after the first call
 
 
 def _monotone(values: list[float]) -> list[float]:
