@@ -57,12 +57,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250, help="optimiser steps per run (default 250: 4 epochs)")
     parser.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds (default 10)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--batch", type=int, nargs="+", choices=sorted({b for _, b in TARGETS}),
+                        help="check only the targets at these batch sizes (default: all)")
     args = parser.parse_args()
     train_set, test_set = load("mnist-5k", "train"), load("mnist-5k", "test")
     x, y = train_set.images.float() / 255, train_set.targets
     xt, yt = test_set.images.float() / 255, test_set.targets
     rows = []
-    for target, batch in TARGETS:
+    for target, batch in [(t, b) for t, b in TARGETS if not args.batch or b in args.batch]:
         model, info = train(target, batch, args.steps, x, y)
         with torch.no_grad():
             error = (model(xt).argmax(1) != yt).float().mean().item() * 100

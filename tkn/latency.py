@@ -10,10 +10,10 @@ the machine that trains, as ``tkn bench`` measures it.
 The latency model (:class:`LatencyModel`)
 -----------------------------------------
 Per target layer, a table of measured seconds per batch against the layer's
-ROI MACs, plus a fixed time for the rest of the frozen model and the dense
-model's time, all at one batch size:
+ROI MACs, plus the rest of the frozen model's time as a function of the
+layers' sum, and the dense model's time, all at one batch size:
 
-    t(frozen) ≈ fixed + Σ_l  t_l(ROI MACs of layer l)
+    t(frozen) ≈ S + rest(S),   S = Σ_l  t_l(ROI MACs of layer l)
 
 :func:`calibrate` builds it on the machine that runs: for each of a few FLOP
 ratios (``LEVELS``), every target layer gets scattered ROIs of that ratio (centres
@@ -23,8 +23,11 @@ whole frozen model and each frozen layer on its own input are timed
 (:func:`tkn.timing.interleaved`, as ``tkn bench`` times them: blocks of consecutive
 calls, minimum of ``repeats``). ``t_l`` interpolates the layer's points linearly
 in MACs (made non-decreasing, flat outside the measured range);
-``fixed`` is the median over the levels of the whole model's time minus the
-layers' sum (at least 0). A calibration takes seconds to a minute and is
+``rest`` interpolates, against the layers' sum, the whole model's time minus
+that sum at each level (at least 0, made non-decreasing): inside the whole
+model the layers run slower than each alone in a loop, by more when they do
+more. A layer fed by another target layer also has a table measured with that
+producer whole, see :meth:`LatencyModel.predict`. A calibration takes seconds to a minute and is
 cached as JSON under ``$TKN_CACHE/latency`` (default ``~/.cache/tkn``), keyed by
 the model's structure, the input size, the batch size, the thread count, the
 torch version, the native kernel's source and the CPU's flags.
@@ -69,7 +72,7 @@ __all__ = ["LatencyModel", "LayerTable", "calibrate", "producers", "LatencyBudge
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 #: Version of the cached calibration format (and of the method: a change re-calibrates).
-_CACHE_VERSION = 4  # 2: timed in blocks of calls (tkn.timing); 3: dense-input tables; 4: steady state after the first call
+_CACHE_VERSION = 5  # 3: producer tables; 4: steady state after the first call; 5: rest table
 
 
 def _monotone(values: list[float]) -> list[float]:
@@ -120,7 +123,10 @@ class LatencyModel:
     Attributes:
         batch_size: the batch the times are for.
         dense_seconds: the dense model (plain ``nn.Conv2d`` layers) per batch.
-        fixed_seconds: the frozen model's time outside its target layers.
+        fixed_seconds: the frozen model's time outside its target layers (when ``rest`` is empty).
+        rest: the frozen model's measured time minus its layers' sum, against that sum (one point per
+            calibration level): in the whole model the layers run slower than each alone, by an amount
+            that grows with their work (at batch 1 on TKN6, 0.8 ms at FLOP ratio 32, 1.4 ms at 4).
         layers: per target layer (module name), its :class:`LayerTable`.
         checks: per calibration level, the measured whole-model time and the prediction (its error).
     """
@@ -134,6 +140,7 @@ class LatencyModel:
     dense_input: dict[str, LayerTable] = field(default_factory=dict)
     producers: dict[str, str] = field(default_factory=dict)
     dense_macs: dict[str, float] = field(default_factory=dict)
+    rest: LayerTable | None = None
 
     def predict(self, macs: dict[str, Tensor | float]) -> Tensor:
         """Seconds per batch for the ROI MACs per sample of each target layer (differentiable in tensors).
@@ -144,7 +151,7 @@ class LatencyModel:
         producer whole, so ``t = t_same + w · (t_dense − t_same)``, ``w = (φ_p − φ_l) / (1 − φ_l)`` clipped
         to ``[0, 1]``.
         """
-        total = torch.tensor(self.fixed_seconds, dtype=torch.float64)
+        total = torch.tensor(0.0, dtype=torch.float64)
         value = {n: (v if isinstance(v, Tensor) else torch.tensor(float(v))).to(torch.float64)
                  for n, v in macs.items()}
         for name, table in self.layers.items():
@@ -156,7 +163,7 @@ class LatencyModel:
                 w = ((fraction - own) / (1.0 - own)).clamp(0.0, 1.0)
                 t = t + w * (self.dense_input[name](value[name]) - t)
             total = total + t
-        return total
+        return total + (self.rest(total) if self.rest is not None else self.fixed_seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,10 +172,11 @@ class LatencyModel:
     def from_dict(cls, data: dict[str, Any]) -> "LatencyModel":
         layers = {k: LayerTable(**v) for k, v in data["layers"].items()}
         dense_input = {k: LayerTable(**v) for k, v in data.get("dense_input", {}).items()}
+        rest = LayerTable(**data["rest"]) if data.get("rest") else None
         return cls(int(data["batch_size"]), float(data["dense_seconds"]), float(data["fixed_seconds"]), layers,
                    list(data.get("checks", [])), str(data.get("key", "")), dense_input,
                    {str(k): str(v) for k, v in data.get("producers", {}).items()},
-                   {str(k): float(v) for k, v in data.get("dense_macs", {}).items()})
+                   {str(k): float(v) for k, v in data.get("dense_macs", {}).items()}, rest)
 
 
 def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float]) -> str:
@@ -314,11 +322,12 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
                 dense_points[n][0].append(float(frozen.get_submodule(n).macs()))
                 dense_points[n][1].append(t[n]["min"])
     fixed = max(0.0, statistics.median(tot - s for tot, s in zip(totals, sums)))
+    rest = LayerTable(list(sums), [max(0.0, tot - s) for tot, s in zip(totals, sums)])
     tables = {n: LayerTable(*points[n]) for n in names if points[n][0]}
     dense_input = {n: LayerTable(*dense_points[n]) for n in dense_points if dense_points[n][0] and n in tables}
     result = LatencyModel(batch_size, min(dense_times), fixed, tables, key=key, dense_input=dense_input,
                           producers={n: p for n, p in feeds.items() if n in dense_input and p in tables},
-                          dense_macs=dense_macs)
+                          dense_macs=dense_macs, rest=rest)
     for i, (ratio, total) in enumerate(zip(levels, totals)):
         macs = {n: table.macs[0] for n, table in tables.items()}  # placeholder for layers missing a point
         macs.update({n: points[n][0][i] for n in tables if len(points[n][0]) > i})
