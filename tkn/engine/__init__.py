@@ -8,11 +8,9 @@ It measures the candidate plans against dense execution on the example's own
 activations where that is in doubt, fuses a following batch norm / ReLU /
 max-pool into the layer, lets a layer fed by another (through ReLUs,
 concatenations, additions) read only the input channels that are non-zero
-near each block (both found on the :mod:`torch.fx` graph,
-:mod:`tkn.engine.graph`, or per ``nn.Sequential`` for models that cannot be
-traced), permutes channels
-through the network where the consumer of a layer is visible
-(:mod:`tkn.engine.permute`), lets a linear layer fed by a frozen layer's
+near each block, and permutes channels through the network where the
+consumer of a layer is visible (:mod:`tkn.engine.routes`) — all found by one
+analysis of the model's :mod:`torch.fx` graph (:mod:`tkn.engine.graph`) —, lets a linear layer fed by a frozen layer's
 flattened output read only the ROI features (:class:`FrozenSparseLinear`), and
 returns a model whose target layers are :class:`FrozenTargetConv2d`. The frozen
 model computes the same function as ``model.eval()``.

@@ -30,7 +30,7 @@ channel's *fill value*, ``relu(shift)`` (0 without an affine map).
 
 The output channels come out in the plan's order when ``permute_output`` is
 true (the model's next layer has been permuted to expect them so, see
-:mod:`tkn.engine.permute`); otherwise one final ``index_select`` restores the
+:mod:`tkn.engine.routes`); otherwise one final ``index_select`` restores the
 original order. ``in_perm`` says in which order the input channels arrive; it
 is folded into the weight.
 """
