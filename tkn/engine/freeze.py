@@ -52,6 +52,7 @@ by the batch): freeze with a batch of the size you will run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -62,6 +63,7 @@ from tkn.engine import native as native_kernel
 from tkn.engine.modules import TRITON, FrozenSparseLinear, FrozenTargetConv2d, native_plan
 from tkn.engine.graph import (analyse, fold_batch_norm, fold_conv_batch_norm, rewrite, rewrite_residual,
                               rewrite_views)
+from tkn.engine.options import BACKENDS, DEFAULT_CANDIDATES, TILE_GRIDS, FreezeOptions
 from tkn.engine.routes import apply_route
 from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
@@ -71,8 +73,6 @@ from tkn.layers import TargetConv2d
 __all__ = ["freeze", "BACKENDS", "channels_last_inputs", "plain_one_channel_inputs", "DEFAULT_CANDIDATES",
            "TILE_GRIDS", "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
 
-#: The ``backend`` values of :func:`freeze`.
-BACKENDS = ("auto", "native", "triton", "torch")
 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
@@ -88,20 +88,6 @@ NATIVE_MODELLED = 0.5
 #: A linear layer fed by a frozen target layer's flattened output is replaced by a
 #: :class:`~tkn.engine.modules.FrozenSparseLinear` when at most this fraction of its inputs can be non-zero.
 SPARSE_LINEAR_MAX = 0.5
-
-#: Cost-model settings tried for every layer (see :class:`~tkn.ops.plan.CostModel`); the first also
-#: plans the tiles and ranks all candidates.
-DEFAULT_CANDIDATES: tuple[CostModel, ...] = (
-    CostModel(channel_quantum=16, copy_cost=40.0, call_cost=2e6),
-    CostModel(channel_quantum=8, copy_cost=40.0, call_cost=2e6),
-    CostModel(channel_quantum=8, copy_cost=150.0, call_cost=2e7),
-    CostModel(channel_quantum=8, copy_cost=100.0, call_cost=5e8),
-)
-
-#: Tile grids ``(rows, columns)`` tried per layer (an int ``g`` means ``(g, g)``); grids leaving tiles under
-#: 2 output pixels (or under the fused pool) are skipped. Wide tiles suit ``channels_last`` crops, whose
-#: rows are contiguous: on TKN6's 256→256 layer (28×28, batch 64) 7×3 tiles ran 5–10% faster than 6×6.
-TILE_GRIDS: tuple[int | tuple[int, int], ...] = (2, 3, 4, 5, 6, 7, (4, 2), (5, 2), (7, 2), (7, 3), (10, 3))
 
 #: Tile plans kept after ranking by the cost model (with every block plan), each timed once on the example ...
 SCREENED_CANDIDATES = 8
@@ -162,71 +148,17 @@ def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int, base
     return best
 
 
-def freeze(
-    model: nn.Module,
-    example_input: Tensor,
-    *,
-    backend: str = "auto",
-    input_size: tuple[int, int] | None = None,
-    measure: bool = True,
-    repeats: int = 3,
-    candidates: Sequence[CostModel] = DEFAULT_CANDIDATES,
-    grids: Sequence[int | tuple[int, int]] = TILE_GRIDS,
-    permute: bool = True,
-    fuse: bool = True,
-    input_sparsity: bool = True,
-    graph: bool = True,
-    native: bool | Sequence[str] = True,
-    channels_last: bool | None = None,
-) -> nn.Module:
+def freeze(model: nn.Module, example_input: Tensor, *, options: FreezeOptions | None = None,
+           **kwargs) -> nn.Module:
     """An inference copy of ``model`` whose target layers run only their fixed ROIs.
 
     Args:
         model: a model containing :class:`~tkn.layers.TargetConv2d` layers (left untouched).
         example_input: a batch of the shape (and batch size) the frozen model will see.
-        backend: what runs the ROIs: ``"native"`` (the C++ kernel, through ``torch.ops.tkn.roi_conv2d``;
-            a ``ValueError`` says why when it cannot be built here), ``"torch"`` (the PyTorch executors:
-            block and tile plans), ``"triton"`` (the Triton kernel of :mod:`tkn.engine.triton_roi` through
-            the same operator, for every target layer it can run, without timing against dense: CUDA
-            tensors, or CPU tensors under ``TRITON_INTERPRET=1``), or ``"auto"`` (the default: native
-            where the kernel is available and can run a layer, the PyTorch executors elsewhere). With
-            ``"auto"``, ``"native"`` and ``"torch"`` every layer still runs dense where that measured faster.
-        input_size: optional ``(H, W)`` to plan for instead of the example's size
-            (a zero input of that size is used: the window parameters are
-            relative, so a TKN trained at one resolution runs at another).
-        measure: time the candidate plans on the example's activations and keep
-            the fastest (dense included); ``False`` trusts the cost model. With the
-            native kernel only dense and native are compared, and only when the native
-            plan's work is not clearly smaller (see step 3): a few seconds in all.
-        repeats: timing repeats per candidate (minimum taken; candidates interleaved).
-        candidates: cost-model settings to build block plans with.
-        grids: tile grids ``(rows, columns)`` (or ``g`` for ``(g, g)``) to build tile
-            plans on, with the first cost model; ``()`` for block plans only.
-        permute: let layers emit channels in plan order where the consumer can
-            absorb the permutation (:mod:`tkn.engine.routes`); ``False`` makes
-            every layer restore the original order itself.
-        fuse: fuse a following batch norm, ReLU and max-pool into the frozen layer, and a
-            residual addition into a native one (see step 1 above).
-        input_sparsity: where frozen target layers feed the next one through operations that
-            keep their zeros (their fused epilogue, ReLU, dropout, identity, concatenations,
-            additions), its input is zero outside their ROIs: the consumer's blocks then read
-            only the input channels whose ROI meets their input window (``input_support`` of
-            :class:`~tkn.engine.modules.FrozenTargetConv2d`). Exact; it skips products with zeros.
-            Likewise an ``nn.Linear`` fed by a frozen layer's flattened output through operations
-            that keep zeros reads only the features inside the ROIs
-            (:class:`~tkn.engine.modules.FrozenSparseLinear`, where at most ``SPARSE_LINEAR_MAX`` of them).
-        graph: analyse the model on its :mod:`torch.fx` graph (step 1); ``False`` freezes without
-            the analysis, as for a model that cannot be traced: each target layer replaced where it
-            is, nothing fused, permuted or skipped for input sparsity (the frozen layers' own gain).
-        native: use the native kernel's plans where it is available and can run a layer, with
-            any of its lane strategies (``True``) or only those named (e.g. ``("groups",)``, see
-            :data:`tkn.engine.native.STRATEGIES`); ``False`` plans with the PyTorch executors only.
-        channels_last: run the frozen model in ``channels_last`` memory: its 4-D parameters and
-            buffers are converted and a forward pre-hook converts its 4-D inputs (values are
-            unchanged). ``None`` (default): when a layer runs the native kernel, which reads and
-            writes ``channels_last``; otherwise the dense layers between native ones would convert
-            every map back and forth, and residual additions would mix the two layouts (on
-            TResNet-18 that cost 15 ms of copies and additions 2x slower than the dense CNN's).
+        options: how to plan (:class:`~tkn.engine.options.FreezeOptions`; default: its defaults).
+        **kwargs: fields of :class:`~tkn.engine.options.FreezeOptions` (``backend``, ``input_size``,
+            ``measure``, ``repeats``, ``candidates``, ``grids``, ``permute``, ``fuse``, ``input_sparsity``,
+            ``graph``, ``native``, ``channels_last``), replacing those of ``options``.
 
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
@@ -252,43 +184,43 @@ def freeze(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, Tensor):
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if backend == "triton":
+    opts = _options(options, kwargs)
+    if opts.backend == "triton":
         from tkn.engine import triton_roi
 
         if not triton_roi.available():
             raise ValueError(f"backend='triton' but the Triton kernel cannot run here: {triton_roi.reason()}")
-        native = (TRITON,)
-    elif backend == "torch":
-        native = False
-    elif backend == "native":
-        if native is False:
-            raise ValueError("backend='native' with native=False: give one or the other")
-        if not native_kernel.available():
-            raise ValueError(f"backend='native' but the native kernel is not available: {native_kernel.reason()}")
-    if not isinstance(native, bool) and backend != "triton":
-        if isinstance(native, str) or not all(s in native_kernel.STRATEGIES for s in native):
-            raise ValueError(f"native must be True, False or a sequence of strategies from "
-                             f"{native_kernel.STRATEGIES}, got {native!r}")
-        native = tuple(native) or False
-    allowed = native_kernel.STRATEGIES if native is True else native or ()
-    if input_size is not None:
-        if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
-                or not all(isinstance(v, int) and v > 0 for v in input_size)):
-            raise ValueError(f"input_size must be a pair of positive ints (H, W), got {input_size!r}")
-        example_input = example_input.new_zeros((*example_input.shape[:-2], *input_size))
+    elif opts.backend == "native" and not native_kernel.available():
+        raise ValueError(f"backend='native' but the native kernel is not available: {native_kernel.reason()}")
+    if opts.input_size is not None:
+        example_input = example_input.new_zeros((*example_input.shape[:-2], *opts.input_size))
+    return _freeze(model, example_input, opts)
+
+
+def _options(options: FreezeOptions | None, kwargs: dict) -> FreezeOptions:
+    """``options`` (or the defaults) with the fields in ``kwargs`` replaced; a ``TypeError`` for another name."""
+    if options is not None and not isinstance(options, FreezeOptions):
+        raise TypeError(f"options must be a FreezeOptions, got {type(options).__name__}")
+    unknown = sorted(set(kwargs) - set(FreezeOptions.field_names()))
+    if unknown:
+        raise TypeError(f"freeze() got unexpected keyword arguments {unknown}; its options are the fields of "
+                        f"FreezeOptions: {', '.join(FreezeOptions.field_names())}")
+    return dataclasses.replace(options or FreezeOptions(), **kwargs)
+
+
+def _freeze(model: nn.Module, example_input: Tensor, opts: FreezeOptions) -> nn.Module:
+    """:func:`freeze` with checked options, ``example_input`` of the planned size."""
+    backend, measure, repeats, candidates, grids = (opts.backend, opts.measure, opts.repeats, opts.candidates,
+                                                    opts.grids)
+    permute, fuse, input_sparsity, graph = opts.permute, opts.fuse, opts.input_sparsity, opts.graph
+    channels_last = opts.channels_last
+    allowed = opts.strategies()
     frozen = copy.deepcopy(model).eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
     if isinstance(frozen, TargetConv2d):
         wrapper = nn.Sequential(frozen)
-        return freeze(wrapper, example_input, backend=backend, measure=measure, repeats=repeats, candidates=candidates,
-                      grids=grids, permute=permute, fuse=fuse,
-                      input_sparsity=input_sparsity, graph=graph, native=native,
-                      channels_last=channels_last)[0]
+        return _freeze(wrapper, example_input, opts)[0]
 
     # one analysis: epilogues, input sources, residual additions and permutation routes (None: not traceable)
     analysis = analyse(frozen, example_input, fuse=fuse) if graph else None
