@@ -35,6 +35,35 @@ def _params_are_checked() -> bool:
     return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
 
 
+@torch.fx.wrap
+def target_layer_call(
+    x: Tensor, weight: Tensor, m: Tensor, s: Tensor, bias: Tensor | None, *, in_channels: int,
+    stride: tuple[int, int], padding, dilation: tuple[int, int], groups: int, padding_mode: str, window: str,
+    execution: str, min_roi: int | None, relu: bool, pool: int,
+) -> Tensor:
+    """What :class:`TargetConv2d` computes (``max_pool2d(relu(y), pool)`` when asked), its arguments checked.
+
+    One function of the layer's tensors and settings, so that :func:`torch.fx.symbolic_trace` records a
+    target layer as one node (``torch.fx.wrap``): the checks and the ROI geometry need the input's values and
+    sizes, which a traced graph does not have, and run when the graph runs.
+    """
+    _check_input(x, 4, in_channels, "(N, C_in, H, W)")
+    if _params_are_checked():
+        check_finite("m", m)
+        check_finite("s", s)
+    if execution == "fast":  # ROI blocks re-planned every call (tkn.ops.fast_conv)
+        return fast_target_conv2d(
+            x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+            padding_mode=padding_mode, window=window, min_roi=min_roi, relu=relu, pool=pool,
+        )
+    y = TF.target_conv2d(
+        x, weight, m, s, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+        padding_mode=padding_mode, window=window, execution=execution, min_roi=min_roi,
+    )
+    y = F.relu(y) if relu else y
+    return F.max_pool2d(y, pool) if pool > 1 else y
+
+
 class _AttentiveRegularization(nn.Module):
     """Shared parameters and checks of the 1-D and 2-D AR layers."""
 
@@ -313,21 +342,11 @@ class TargetConv2d(nn.Module):
         return self._run(x, relu=True, pool=positive_int("pool", pool))
 
     def _run(self, x: Tensor, relu: bool, pool: int) -> Tensor:
-        _check_input(x, 4, self.in_channels, "(N, C_in, H, W)")
-        self._check_params()
-        if self.execution == "fast":  # ROI blocks re-planned every call (tkn.ops.fast_conv)
-            return fast_target_conv2d(
-                x, self.weight, self.m, self.s, self.bias, stride=self.stride, padding=self.padding,
-                dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode, window=self.window,
-                min_roi=self.min_roi, relu=relu, pool=pool,
-            )
-        y = TF.target_conv2d(
-            x, self.weight, self.m, self.s, self.bias,
-            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-            padding_mode=self.padding_mode, window=self.window, execution=self.execution, min_roi=self.min_roi,
+        return target_layer_call(
+            x, self.weight, self.m, self.s, self.bias, in_channels=self.in_channels, stride=self.stride,
+            padding=self.padding, dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode,
+            window=self.window, execution=self.execution, min_roi=self.min_roi, relu=relu, pool=pool,
         )
-        y = F.relu(y) if relu else y
-        return F.max_pool2d(y, pool) if pool > 1 else y
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

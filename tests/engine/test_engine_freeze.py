@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tkn.engine import FrozenTargetConv2d, freeze, native
-from tkn.engine.permute import find_routes
+from tkn.engine.graph import analyse
 from tkn.layers import TargetConv2d
 from tkn.ops.plan import CostModel
 from helpers_engine import FINE, random_rois_
@@ -39,7 +39,7 @@ def _net(seed: int = 0) -> nn.Sequential:
 
 
 class Untraceable(nn.Module):
-    """A forward with a Python check on the input (torch.fx cannot trace it: hooks are used instead)."""
+    """A forward with a Python check on the input: torch.fx cannot trace it."""
 
     def __init__(self, side_output: bool = False) -> None:
         super().__init__()
@@ -70,7 +70,7 @@ def _layers(frozen):
 def test_permutations_move_through_bn_pool_and_into_linear():
     net = _net()
     x = torch.randn(4, 3, 14, 14)
-    routes = find_routes(net, ["0", "4", "7"])
+    routes = analyse(net, x).routes
     assert {k: (r.consumer, r.kind, r.batch_norms) for k, r in routes.items()} == {
         "0": ("4", "conv", ["1"]), "4": ("6", "conv", []), "7": ("9", "linear", [])}
     frozen = freeze(net, x, measure=False, candidates=[FINE], grids=())
@@ -81,16 +81,31 @@ def test_permutations_move_through_bn_pool_and_into_linear():
     _assert_same(net, frozen, torch.randn(4, 3, 14, 14))  # not only the example
 
 
-def test_untraceable_model_uses_hooks():
+def test_untraceable_model_is_frozen_layer_by_layer():
+    """Without a graph each target layer is replaced where it is: nothing fused, permuted or skipped."""
     model = Untraceable().eval()
     x = torch.randn(2, 3, 14, 14)
-    assert find_routes(model, ["body.0"]) is None
+    assert analyse(model, x) is None
     frozen = freeze(model, x, measure=False, candidates=[FINE], grids=())
-    assert any(m.permute_output for m in _layers(frozen))
+    layers = _layers(frozen)
+    assert len(layers) == 3 and all(m.plan.mode == "blocks" for m in layers)
+    assert not any(m.permute_output or m.relu or m.pool > 1 or m.affine or m.in_perm for m in layers)
+    assert all(m.input_support is None for m in layers)
+    assert [type(m).__name__ for m in frozen.body][1:4] == ["BatchNorm2d", "ReLU", "MaxPool2d"]
     _assert_same(model, frozen, x)
+    _assert_same(model, frozen, torch.randn(2, 3, 14, 14))
 
 
-def test_invisible_consumer_is_detected_and_permutation_dropped():
+def test_graph_false_freezes_layer_by_layer():
+    net = _net()
+    x = torch.randn(2, 3, 14, 14)
+    frozen = freeze(net, x, measure=False, candidates=[FINE], grids=(), graph=False)
+    assert not any(m.permute_output or m.relu or m.pool > 1 or m.in_perm for m in _layers(frozen))
+    assert type(frozen[1]) is nn.BatchNorm2d and type(frozen[9]) is nn.Linear
+    _assert_same(net, frozen, x)
+
+
+def test_consumer_outside_any_graph_sees_the_original_order():
     model = Untraceable(side_output=True).eval()
     x = torch.randn(2, 3, 14, 14)
     frozen = freeze(model, x, measure=False, candidates=[FINE], grids=())

@@ -272,7 +272,7 @@ class Untraceable(nn.Module):
         return F.relu(self.norm(self.body(x)))
 
 
-def test_untraceable_model_keeps_the_sequential_fusion():
+def test_untraceable_model_is_frozen_layer_by_layer():
     torch.manual_seed(5)
     model = _batch_norms(_rois(Untraceable(), seed=5), seed=5).eval()
     x = torch.randn(2, 3, 12, 12)
@@ -280,15 +280,16 @@ def test_untraceable_model_keeps_the_sequential_fusion():
     frozen = freeze(model, x, **OPTIONS)
     assert type(frozen) is Untraceable
     first, second = _frozen_layers(frozen).values()
-    assert (first.relu, first.pool, first.shift) == (True, 2, None)
-    assert second.shift is None and isinstance(frozen.norm, nn.BatchNorm2d)
+    assert (first.relu, first.pool, first.shift, first.permute_output) == (False, 1, None, False)
+    assert [type(m) for m in frozen.body][1:3] == [nn.ReLU, nn.MaxPool2d]
+    assert second.shift is None and second.input_support is None and isinstance(frozen.norm, nn.BatchNorm2d)
     assert _rel_error(model, frozen, x) <= 1e-5
 
 
-def test_tkn_paper_models_still_take_the_sequential_path():
+def test_tkn_paper_models_take_the_graph_path():
     model = _rois(create_model("tkn6", input_size=12)).eval()
     x = torch.rand(2, 1, 12, 12)
-    assert analyse(model, x) is None
+    assert analyse(model, x) is not None
     frozen = freeze(model, x, **OPTIONS)
     assert [m.relu for m in _frozen_layers(frozen).values()] == [True, True, True]
     assert [m.pool for m in _frozen_layers(frozen).values()] == [2, 2, 1]

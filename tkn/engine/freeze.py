@@ -2,24 +2,23 @@
 
 Steps:
 
-1. Run the example once (no grad) to record each target layer's input (its
-   size, and the activations used to time plans).
-2. Trace the model (:mod:`tkn.engine.permute`) to find, for each layer, a
-   consumer that can absorb a channel permutation.
-3. Find the epilogues to fuse and the layers whose input is a frozen layer's
-   output, zero outside known boxes: on the :mod:`torch.fx` graph
-   (:mod:`tkn.engine.graph`: an eval-mode ``nn.BatchNorm2d`` folded into a
-   per-channel ``scale``/``shift``, a ReLU in any form, a ``k``×``k`` max-pool
-   of stride ``k``; zeros followed through ReLU, dropout, concatenations and
+1. Analyse the model once on its :mod:`torch.fx` graph (:mod:`tkn.engine.graph`;
+   every model of :mod:`tkn.models` traces): for each target layer called once,
+   the consumer that can absorb a permutation of its channels
+   (:mod:`tkn.engine.routes`), the epilogue to fuse (an eval-mode
+   ``nn.BatchNorm2d`` folded into a per-channel ``scale``/``shift``, a ReLU in
+   any form, a ``k``×``k`` max-pool of stride ``k``), the residual addition
+   after it, and whether its input is a frozen layer's output, zero outside
+   known boxes (zeros followed through ReLU, dropout, concatenations and
    additions). The fused nodes leave the graph: fused modules become
    ``nn.Identity``, and where a function or method call was fused the result
    is a :class:`torch.fx.GraphModule` of the rewritten graph. A model that
-   cannot be traced is analysed per ``nn.Sequential`` instead: a target layer
-   followed by ``nn.ReLU`` and/or ``nn.MaxPool2d(k)`` (stride ``k``, no
-   padding, each module called once) has them applied per block
-   (:class:`~tkn.engine.modules.FrozenTargetConv2d` ``relu``/``pool``); the
-   fused modules become ``nn.Identity``.
-4. For each layer, in execution order, when the native kernel is available
+   cannot be traced (or ``graph=False``) is frozen without the analysis: every
+   target layer is replaced where it is, with nothing fused, permuted or skipped
+   for input sparsity.
+2. Run the example once (no grad) to record each target layer's input (its
+   size, and the activations used to time plans).
+3. For each layer, in execution order, when the native kernel is available
    (:func:`tkn.engine.native.available`) and can run the layer: build the dense
    plan and a native plan per lane strategy (:data:`tkn.engine.native.STRATEGIES`:
    channel groups over ROI unions, or batch lanes over exact per-position ROIs).
@@ -30,7 +29,7 @@ Steps:
    batch's padding lanes counted). Without ``measure``, the native plan with the
    least work is kept if it executes under ``NATIVE_MODELLED`` of dense's. This
    takes seconds.
-5. For the other layers (no native kernel, ``native=False``): build candidate plans — dense, block
+4. For the other layers (no native kernel, ``native=False``): build candidate plans — dense, block
    plans from :func:`~tkn.ops.plan.plan_blocks` and tile plans from
    :func:`~tkn.ops.plan.plan_tiles` under a few cost-model settings and
    grids — and keep the block plans and the ``SCREENED_CANDIDATES`` tile
@@ -39,10 +38,10 @@ Steps:
    ``repeats`` more times (interleaved, minimum) and keep the fastest (a
    block plan must beat dense by ``DENSE_MARGIN``); otherwise keep the
    cheapest modelled.
-6. Replace the layer by a :class:`~tkn.engine.modules.FrozenTargetConv2d`
+5. Replace the layer by a :class:`~tkn.engine.modules.FrozenTargetConv2d`
    whose input order is its producer's plan order; permute the batch norms and
    non-target consumers on its route.
-7. With ``input_sparsity``: an ``nn.Linear`` that a frozen layer's flattened
+6. With ``input_sparsity``: an ``nn.Linear`` that a frozen layer's flattened
    output reaches through operations keeping zeros (ReLU, dropout, ...; no batch
    norm or pooling) becomes a :class:`~tkn.engine.modules.FrozenSparseLinear`
    reading only the features inside the layer's ROIs.
@@ -53,6 +52,7 @@ by the batch): freeze with a batch of the size you will run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -63,7 +63,8 @@ from tkn.engine import native as native_kernel
 from tkn.engine.modules import TRITON, FrozenSparseLinear, FrozenTargetConv2d, native_plan
 from tkn.engine.graph import (analyse, fold_batch_norm, fold_conv_batch_norm, rewrite, rewrite_residual,
                               rewrite_views)
-from tkn.engine.permute import apply_route, find_routes, find_routes_by_hooks
+from tkn.engine.options import BACKENDS, DEFAULT_CANDIDATES, TILE_GRIDS, FreezeOptions
+from tkn.engine.routes import apply_route
 from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan, plan_blocks, plan_cost, plan_tiles,
                              plan_union_tiles)
 from tkn.ops.fast_conv import train_grid
@@ -73,8 +74,6 @@ from tkn.timing import interleaved
 __all__ = ["freeze", "BACKENDS", "channels_last_inputs", "plain_one_channel_inputs", "DEFAULT_CANDIDATES",
            "TILE_GRIDS", "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
 
-#: The ``backend`` values of :func:`freeze`.
-BACKENDS = ("auto", "native", "triton", "torch")
 
 #: A measured block plan replaces the dense plan only if it is at least this much faster
 #: (timings of a few repeats on a shared CPU are noisy; losing a 5% gain is cheaper than a slowdown).
@@ -90,20 +89,6 @@ NATIVE_MODELLED = 0.5
 #: A linear layer fed by a frozen target layer's flattened output is replaced by a
 #: :class:`~tkn.engine.modules.FrozenSparseLinear` when at most this fraction of its inputs can be non-zero.
 SPARSE_LINEAR_MAX = 0.5
-
-#: Cost-model settings tried for every layer (see :class:`~tkn.ops.plan.CostModel`); the first also
-#: plans the tiles and ranks all candidates.
-DEFAULT_CANDIDATES: tuple[CostModel, ...] = (
-    CostModel(channel_quantum=16, copy_cost=40.0, call_cost=2e6),
-    CostModel(channel_quantum=8, copy_cost=40.0, call_cost=2e6),
-    CostModel(channel_quantum=8, copy_cost=150.0, call_cost=2e7),
-    CostModel(channel_quantum=8, copy_cost=100.0, call_cost=5e8),
-)
-
-#: Tile grids ``(rows, columns)`` tried per layer (an int ``g`` means ``(g, g)``); grids leaving tiles under
-#: 2 output pixels (or under the fused pool) are skipped. Wide tiles suit ``channels_last`` crops, whose
-#: rows are contiguous: on TKN6's 256→256 layer (28×28, batch 64) 7×3 tiles ran 5–10% faster than 6×6.
-TILE_GRIDS: tuple[int | tuple[int, int], ...] = (2, 3, 4, 5, 6, 7, (4, 2), (5, 2), (7, 2), (7, 3), (10, 3))
 
 #: Tile plans kept after ranking by the cost model (with every block plan), each timed once on the example ...
 SCREENED_CANDIDATES = 8
@@ -171,73 +156,17 @@ def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int, base
     return best
 
 
-def freeze(
-    model: nn.Module,
-    example_input: Tensor,
-    *,
-    backend: str = "auto",
-    input_size: tuple[int, int] | None = None,
-    measure: bool = True,
-    repeats: int = 3,
-    candidates: Sequence[CostModel] = DEFAULT_CANDIDATES,
-    grids: Sequence[int | tuple[int, int]] = TILE_GRIDS,
-    permute: bool = True,
-    fuse: bool = True,
-    input_sparsity: bool = True,
-    graph: bool = True,
-    native: bool | Sequence[str] = True,
-    channels_last: bool | None = None,
-) -> nn.Module:
+def freeze(model: nn.Module, example_input: Tensor, *, options: FreezeOptions | None = None,
+           **kwargs) -> nn.Module:
     """An inference copy of ``model`` whose target layers run only their fixed ROIs.
 
     Args:
         model: a model containing :class:`~tkn.layers.TargetConv2d` layers (left untouched).
         example_input: a batch of the shape (and batch size) the frozen model will see.
-        backend: what runs the ROIs: ``"native"`` (the C++ kernel, through ``torch.ops.tkn.roi_conv2d``;
-            a ``ValueError`` says why when it cannot be built here), ``"torch"`` (the PyTorch executors:
-            block and tile plans), ``"triton"`` (the Triton kernel of :mod:`tkn.engine.triton_roi` through
-            the same operator, for every target layer it can run, without timing against dense: CUDA
-            tensors, or CPU tensors under ``TRITON_INTERPRET=1``), or ``"auto"`` (the default: native
-            where the kernel is available and can run a layer, the PyTorch executors elsewhere). With
-            ``"auto"``, ``"native"`` and ``"torch"`` every layer still runs dense where that measured faster.
-        input_size: optional ``(H, W)`` to plan for instead of the example's size
-            (a zero input of that size is used: the window parameters are
-            relative, so a TKN trained at one resolution runs at another).
-        measure: time the candidate plans on the example's activations and keep
-            the fastest (dense included); ``False`` trusts the cost model. With the
-            native kernel only dense and native are compared, and only when the native
-            plan's work is not clearly smaller (see step 4): a few seconds in all.
-        repeats: timing repeats per candidate (minimum taken; candidates interleaved).
-        candidates: cost-model settings to build block plans with.
-        grids: tile grids ``(rows, columns)`` (or ``g`` for ``(g, g)``) to build tile
-            plans on, with the first cost model; ``()`` for block plans only.
-        permute: let layers emit channels in plan order where the consumer can
-            absorb the permutation (:mod:`tkn.engine.permute`); ``False`` makes
-            every layer restore the original order itself.
-        fuse: fuse a following ``nn.ReLU`` / ``nn.MaxPool2d`` into the frozen layer
-            (see step 3 above).
-        input_sparsity: where a frozen target layer feeds the next one directly (in an
-            ``nn.Sequential``, through nothing but its fused epilogue, ``nn.ReLU``,
-            ``nn.Dropout`` or ``nn.Identity``), the producer's output is zero outside its
-            ROIs: the consumer's blocks then read only the input channels whose ROI meets
-            their input window (``input_support`` of
-            :class:`~tkn.engine.modules.FrozenTargetConv2d`). Exact; it skips products with zeros.
-            Likewise an ``nn.Linear`` fed by a frozen layer's flattened output through operations
-            that keep zeros reads only the features inside the ROIs
-            (:class:`~tkn.engine.modules.FrozenSparseLinear`, where at most ``SPARSE_LINEAR_MAX`` of them).
-        graph: find epilogues and input sparsity on the model's :mod:`torch.fx` graph
-            (:mod:`tkn.engine.graph`: batch norms folded, functional ReLUs and max-pools, through
-            concatenations and additions); ``False``, or a model that cannot be traced, uses the
-            ``nn.Sequential`` analysis described above.
-        native: use the native kernel's plans where it is available and can run a layer, with
-            any of its lane strategies (``True``) or only those named (e.g. ``("groups",)``, see
-            :data:`tkn.engine.native.STRATEGIES`); ``False`` plans with the PyTorch executors only.
-        channels_last: run the frozen model in ``channels_last`` memory: its 4-D parameters and
-            buffers are converted and a forward pre-hook converts its 4-D inputs (values are
-            unchanged). ``None`` (default): when a layer runs the native kernel, which reads and
-            writes ``channels_last``; otherwise the dense layers between native ones would convert
-            every map back and forth, and residual additions would mix the two layouts (on
-            TResNet-18 that cost 15 ms of copies and additions 2x slower than the dense CNN's).
+        options: how to plan (:class:`~tkn.engine.options.FreezeOptions`; default: its defaults).
+        **kwargs: fields of :class:`~tkn.engine.options.FreezeOptions` (``backend``, ``input_size``,
+            ``measure``, ``repeats``, ``candidates``, ``grids``, ``permute``, ``fuse``, ``input_sparsity``,
+            ``graph``, ``native``, ``channels_last``), replacing those of ``options``.
 
     Returns:
         A copy in ``eval()`` mode without gradients; target layers reached by the
@@ -263,60 +192,49 @@ def freeze(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, Tensor):
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if backend == "triton":
+    opts = _options(options, kwargs)
+    if opts.backend == "triton":
         from tkn.engine import triton_roi
 
         if not triton_roi.available():
             raise ValueError(f"backend='triton' but the Triton kernel cannot run here: {triton_roi.reason()}")
-        native = (TRITON,)
-    elif backend == "torch":
-        native = False
-    elif backend == "native":
-        if native is False:
-            raise ValueError("backend='native' with native=False: give one or the other")
-        if not native_kernel.available():
-            raise ValueError(f"backend='native' but the native kernel is not available: {native_kernel.reason()}")
-    if not isinstance(native, bool) and backend != "triton":
-        if isinstance(native, str) or not all(s in native_kernel.STRATEGIES for s in native):
-            raise ValueError(f"native must be True, False or a sequence of strategies from "
-                             f"{native_kernel.STRATEGIES}, got {native!r}")
-        native = tuple(native) or False
-    allowed = native_kernel.STRATEGIES if native is True else native or ()
-    if input_size is not None:
-        if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
-                or not all(isinstance(v, int) and v > 0 for v in input_size)):
-            raise ValueError(f"input_size must be a pair of positive ints (H, W), got {input_size!r}")
-        example_input = example_input.new_zeros((*example_input.shape[:-2], *input_size))
+    elif opts.backend == "native" and not native_kernel.available():
+        raise ValueError(f"backend='native' but the native kernel is not available: {native_kernel.reason()}")
+    if opts.input_size is not None:
+        example_input = example_input.new_zeros((*example_input.shape[:-2], *opts.input_size))
+    return _freeze(model, example_input, opts)
+
+
+def _options(options: FreezeOptions | None, kwargs: dict) -> FreezeOptions:
+    """``options`` (or the defaults) with the fields in ``kwargs`` replaced; a ``TypeError`` for another name."""
+    if options is not None and not isinstance(options, FreezeOptions):
+        raise TypeError(f"options must be a FreezeOptions, got {type(options).__name__}")
+    unknown = sorted(set(kwargs) - set(FreezeOptions.field_names()))
+    if unknown:
+        raise TypeError(f"freeze() got unexpected keyword arguments {unknown}; its options are the fields of "
+                        f"FreezeOptions: {', '.join(FreezeOptions.field_names())}")
+    return dataclasses.replace(options or FreezeOptions(), **kwargs)
+
+
+def _freeze(model: nn.Module, example_input: Tensor, opts: FreezeOptions) -> nn.Module:
+    """:func:`freeze` with checked options, ``example_input`` of the planned size."""
+    backend, measure, repeats, candidates, grids = (opts.backend, opts.measure, opts.repeats, opts.candidates,
+                                                    opts.grids)
+    permute, fuse, input_sparsity, graph = opts.permute, opts.fuse, opts.input_sparsity, opts.graph
+    channels_last = opts.channels_last
+    allowed = opts.strategies()
     frozen = copy.deepcopy(model).eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
     if isinstance(frozen, TargetConv2d):
         wrapper = nn.Sequential(frozen)
-        return freeze(wrapper, example_input, backend=backend, measure=measure, repeats=repeats, candidates=candidates,
-                      grids=grids, permute=permute, fuse=fuse,
-                      input_sparsity=input_sparsity, graph=graph, native=native,
-                      channels_last=channels_last)[0]
+        return _freeze(wrapper, example_input, opts)[0]
 
-    reference = copy.deepcopy(frozen) if permute else None
-    analysis = analyse(frozen, example_input, fuse=fuse) if graph and (fuse or input_sparsity) else None
-    if analysis is None:  # not traceable: epilogues and producers inside nn.Sequential only
-        fusable = _fusable(frozen) if fuse else {}
-        producers = _producers(frozen) if input_sparsity else {}
-        watched = {follower for chain in fusable.values() for follower, _ in chain}
-        watched |= {n for _, between in producers.values() for n in between}
-    else:
-        fusable, producers = {}, {}
-        watched = {m for epi in analysis.epilogues.values() for m in epi.modules}
+    # one analysis: epilogues, input sources, residual additions and permutation routes (None: not traceable)
+    analysis = analyse(frozen, example_input, fuse=fuse) if graph else None
+    watched = {m for epi in analysis.epilogues.values() for m in epi.modules} if analysis is not None else set()
     order, inputs, calls = _record_inputs(frozen, example_input, sorted(watched))
-    single = [n for n in order if calls[n] == 1]
-    routes = find_routes(frozen, single) if permute else {}
-    by_hooks = routes is None
-    if by_hooks:
-        routes = find_routes_by_hooks(frozen, example_input[:1], single)
+    routes = {n: r for n, r in analysis.routes.items() if calls.get(n) == 1} if permute and analysis else {}
     in_perms: dict[str, list[int]] = {}
     built: dict[str, FrozenTargetConv2d] = {}
     supports: dict[str, Tensor] = {}
@@ -339,15 +257,10 @@ def freeze(
             if epi.batch_norm is not None:
                 scale, shift = fold_batch_norm(frozen.get_submodule(epi.batch_norm))
             functional |= rewrite(analysis, [name])
-        elif calls[name] == 1 and name in fusable:
-            relu, pool, names = _epilogue(fusable[name], calls, out_hw)
         in_perm = in_perms.get(name)
-        if calls[name] != 1:
-            support = None
-        elif analysis is not None:
-            support = analysis.input_support(name, supports) if input_sparsity else None
-        else:
-            support = _input_support(frozen, producers.get(name), built, fused, calls)
+        support = None
+        if analysis is not None and input_sparsity and calls[name] == 1:
+            support = analysis.input_support(name, supports)
         res = analysis.residuals.get(name) if analysis is not None and fuse and calls[name] == 1 else None
         strategies = [s for s in allowed
                       if s == TRITON or not native_kernel.strategy_unsupported(s, layer.in_channels, res is not None)]
@@ -401,10 +314,9 @@ def freeze(
         if measure and times[best] > (1.0 - DENSE_MARGIN) * times[0]:
             best = 0  # a block plan must beat dense clearly: timing noise must not pick a slower plan
         chosen = options[best]
-        if analysis is not None:
-            consumer = analysis.direct_consumer(name) if input_sparsity and calls[name] == 1 else None
-        else:
-            consumer = next((c for c, (a, _) in producers.items() if a == name), None)
+        consumer = None
+        if analysis is not None and input_sparsity and calls[name] == 1:
+            consumer = analysis.direct_consumer(name)
         if (consumer is not None and chosen.plan.mode is PlanMode.TILES and consumer not in in_perms
                 and calls.get(consumer) == 1 and frozen.get_submodule(consumer).groups == 1):
             # emit the channels ordered by ROI position: the consumer's blocks then read short channel ranges
@@ -434,7 +346,6 @@ def freeze(
         for name, route in routes.items():
             if name in built and route.kind == "linear" and route.keeps_zeros:
                 _sparse_linear(frozen, route.consumer, built[name])
-    requested_layout = channels_last
     if channels_last is None:
         channels_last = any(m.plan.mode is PlanMode.NATIVE and m.plan.strategy != TRITON for m in built.values())
     if analysis is not None and (channels_last or any(m.plan.mode is not PlanMode.DENSE for m in built.values())):
@@ -456,11 +367,6 @@ def freeze(
         if layout_hook is not None:
             layout_hook.remove()
             frozen = frozen.to(memory_format=torch.contiguous_format)
-    if by_hooks and routes and not _same_outputs(reference, frozen, torch.randn_like(example_input[:2])):
-        # a consumer the hooks could not see: plan again without moving permutations through the model
-        return freeze(model, example_input, input_size=None, measure=measure, repeats=repeats,
-                      candidates=candidates, grids=grids, permute=False, fuse=fuse,
-                      input_sparsity=input_sparsity, graph=graph, native=native, channels_last=requested_layout)
     return frozen
 
 
@@ -518,7 +424,7 @@ def _choose_native(layer: TargetConv2d, hw: tuple[int, int], x: Tensor, in_perm:
                    pool: int, support: Tensor | None, measure: bool, repeats: int, scale: Tensor | None = None,
                    shift: Tensor | None = None, strategies: Sequence[str] = native_kernel.STRATEGIES,
                    force: bool = False) -> FrozenTargetConv2d:
-    """The native plan of one of ``strategies`` or the dense plan, whichever step 4 of :func:`freeze` picks
+    """The native plan of one of ``strategies`` or the dense plan, whichever step 3 of :func:`freeze` picks
     (``force``: the first strategy's plan, neither timed nor compared).
 
     ``x`` is timed in the memory layout the layer will receive (its producer's output layout)."""
@@ -581,48 +487,6 @@ def _candidate_plans(layer: TargetConv2d, out_hw: tuple[int, int], batch: int, c
     return distinct
 
 
-#: Modules that keep zeros zero and channels apart (in eval mode): a target layer's ROI zeros pass them.
-_ZERO_PRESERVING = (nn.Identity, nn.ReLU, nn.Dropout, nn.Dropout2d)
-
-
-def _producers(model: nn.Module) -> dict[str, tuple[str, list[str]]]:
-    """``{target layer: (the target layer before it, modules in between)}`` in each ``nn.Sequential`` where
-    everything in between is a fusable follower of the producer or keeps zeros (:data:`_ZERO_PRESERVING`)."""
-    found: dict[str, tuple[str, list[str]]] = {}
-    for prefix, kids, j in _sequential_targets(model):
-        k = j - 1
-        while k >= 0 and (isinstance(kids[k][1], _ZERO_PRESERVING) or _pool_size(kids[k][1]) > 1):
-            k -= 1
-        if k >= 0 and isinstance(kids[k][1], TargetConv2d):
-            found[prefix + kids[j][0]] = (prefix + kids[k][0], [prefix + n for n, _ in kids[k + 1:j]])
-    return found
-
-
-def _sequential_targets(model: nn.Module):
-    """``(name prefix, named children, index)`` of every target layer that is a child of an ``nn.Sequential``
-    (exactly that class: its forward is known to chain its children)."""
-    for seq_name, seq in model.named_modules():
-        if type(seq) is not nn.Sequential:
-            continue
-        kids = list(seq.named_children())
-        prefix = f"{seq_name}." if seq_name else ""
-        for i, (_, module) in enumerate(kids):
-            if isinstance(module, TargetConv2d):
-                yield prefix, kids, i
-
-
-def _input_support(model: nn.Module, producer: tuple[str, list[str]] | None, built: dict[str, FrozenTargetConv2d],
-                   fused: list[str], calls: dict[str, int]) -> Tensor | None:
-    """The boxes outside which each input channel is zero, when a frozen layer feeds this one directly."""
-    if producer is None or producer[0] not in built or calls.get(producer[0]) != 1:
-        return None
-    source, between = producer
-    for name in between:  # a max-pool in between must be the producer's fused one (it moves the boxes)
-        if name not in fused and (calls.get(name) != 1 or _pool_size(model.get_submodule(name)) > 1):
-            return None
-    return built[source].output_support()
-
-
 def _spatial_order(boxes: Tensor) -> list[int]:
     """Channels sorted by the centre of their box (row, then column); empty boxes last."""
     boxes = boxes.to(torch.float64)
@@ -630,70 +494,6 @@ def _spatial_order(boxes: Tensor) -> list[int]:
     cy, cx = (boxes[:, 0] + boxes[:, 1]) / 2, (boxes[:, 2] + boxes[:, 3]) / 2
     key = empty.to(torch.float64) * 1e12 + cy * 1e6 + cx
     return torch.argsort(key, stable=True).tolist()
-
-
-def _fusable(model: nn.Module) -> dict[str, list[tuple[str, int]]]:
-    """``{target layer: [(follower, pool size or 0 for a ReLU), ...]}`` for each run ``TargetConv2d → nn.ReLU →
-    nn.MaxPool2d`` in an ``nn.Sequential`` (exactly that class: its forward is known to chain its children);
-    either follower may be missing, not both."""
-    found: dict[str, list[tuple[str, int]]] = {}
-    for prefix, kids, i in _sequential_targets(model):
-        chain, j = [], i + 1
-        if j < len(kids) and type(kids[j][1]) is nn.ReLU:
-            chain.append((prefix + kids[j][0], 0))
-            j += 1
-        if j < len(kids) and _pool_size(kids[j][1]) > 1:
-            chain.append((prefix + kids[j][0], _pool_size(kids[j][1])))
-        if chain:
-            found[prefix + kids[i][0]] = chain
-    return found
-
-
-def _pool_size(module: nn.Module) -> int:
-    """``k`` for an ``nn.MaxPool2d(k)`` with stride ``k`` and nothing else set; 0 otherwise."""
-    if type(module) is not nn.MaxPool2d:
-        return 0
-    k = module.kernel_size if isinstance(module.kernel_size, int) else None
-    if isinstance(module.kernel_size, tuple) and len(set(module.kernel_size)) == 1:
-        k = module.kernel_size[0]
-    stride = module.stride if not isinstance(module.stride, tuple) else (
-        module.stride[0] if len(set(module.stride)) == 1 else None)
-    plain = module.padding in (0, (0, 0)) and module.dilation in (1, (1, 1)) and not module.ceil_mode
-    if k is None or stride != k or not plain or module.return_indices:
-        return 0
-    return k
-
-
-def _epilogue(chain: list[tuple[str, int]], calls: dict[str, int], out_hw: tuple[int, int]
-              ) -> tuple[bool, int, list[str]]:
-    """``(relu, pool, fused module names)`` for a chain of :func:`_fusable`; a follower called more than once
-    (shared elsewhere) or a pool larger than the map ends it."""
-    relu, pool, names = False, 1, []
-    for name, k in chain:
-        if calls.get(name) != 1 or k > min(out_hw):
-            break
-        if k == 0:
-            relu = True
-        else:
-            pool = k
-        names.append(name)
-    return relu, pool, names
-
-
-def _same_outputs(a: nn.Module, b: nn.Module, x: Tensor) -> bool:
-    with torch.no_grad():
-        ya, yb = a(x), b(x)
-    flat_a = [t for t in torch.utils._pytree.tree_leaves(ya) if isinstance(t, Tensor)]
-    flat_b = [t for t in torch.utils._pytree.tree_leaves(yb) if isinstance(t, Tensor)]
-    if len(flat_a) != len(flat_b):
-        return False
-    for ta, tb in zip(flat_a, flat_b):
-        if ta.shape != tb.shape:
-            return False
-        scale = ta.abs().max().clamp_min(1e-12)
-        if not bool(((ta - tb).abs().max() / scale) < 1e-3):
-            return False
-    return True
 
 
 def plan_summary(model: nn.Module) -> list[dict]:

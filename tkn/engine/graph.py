@@ -1,4 +1,5 @@
-"""Epilogue fusion and input sparsity found on the model's :mod:`torch.fx` graph, for any traceable CNN.
+"""The one analysis of a model: its :mod:`torch.fx` graph, read by :func:`tkn.engine.freeze` and by the fused
+training view (:mod:`tkn.training.fusion`).
 
 :func:`analyse` traces the model (target layers as leaf modules) and finds,
 for every :class:`~tkn.layers.TargetConv2d` called once:
@@ -22,14 +23,20 @@ for every :class:`~tkn.layers.TargetConv2d` called once:
   in a channel reports the whole map for it (its
   :meth:`~tkn.engine.modules.FrozenTargetConv2d.output_support`). The
   consumer's blocks then read only the input channels whose box meets their
-  window.
+  window;
+* its **residual addition**: an addition that alone reads the layer's output
+  (after its batch norm), with an addend of the same shape, and the ReLU after
+  it (:class:`Residual`; :func:`rewrite_residual` moves the layer's call to the
+  addition, which the native kernel then fuses);
+* its **route** (:mod:`tkn.engine.routes`): the consumer that can absorb a
+  permutation of its output channels, and the batch norms on the way.
 
 Residual additions and concatenations are otherwise left as they are: a
 frozen layer feeding them returns its exact values (with a folded batch norm,
 the constant ``shift`` outside its ROIs). :func:`analyse` returns ``None``
 for models :mod:`torch.fx` cannot trace (Python control flow on input
-values); :func:`tkn.engine.freeze` then falls back to its ``nn.Sequential``
-analysis.
+values): :func:`tkn.engine.freeze` then replaces each target layer where it
+is, and the training view fuses nothing.
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from tkn.engine.routes import Route, find_routes
 from tkn.layers import TargetConv2d
 
 __all__ = ["Epilogue", "Residual", "GraphAnalysis", "analyse", "fold_batch_norm", "fold_conv_batch_norm", "rewrite",
@@ -96,6 +104,7 @@ class GraphAnalysis:
         graph: the traced :class:`torch.fx.Graph` (rewritten in place by :func:`rewrite`).
         epilogues: ``{target layer: Epilogue}`` (only layers with something to fuse).
         calls: ``{module name: call count}`` in the graph (aliases counted together).
+        routes: ``{target layer: Route}``, found on the graph as traced (see :mod:`tkn.engine.routes`).
     """
 
     def __init__(self, model: nn.Module, graph: fx.Graph, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -111,6 +120,7 @@ class GraphAnalysis:
         for name, count in counts.items():
             by_id[id(self.modules[name])] = by_id.get(id(self.modules[name]), 0) + count
         self.calls = {name: by_id[id(self.modules[name])] for name in counts}
+        self.routes: dict[str, Route] = find_routes(graph, self.modules, counts)
         self.nodes = {n.target: n for n in graph.nodes if n.op == "call_module"
                       and isinstance(self.modules[n.target], TargetConv2d) and self.calls[n.target] == 1}
         self.epilogues: dict[str, Epilogue] = {}
@@ -118,12 +128,13 @@ class GraphAnalysis:
         self.residuals: dict[str, Residual] = {}
 
     # -- epilogues -----------------------------------------------------------------
-    def find_epilogues(self) -> None:
-        """Fill :attr:`epilogues` (the chain rules of the module docstring)."""
+    def find_epilogues(self, batch_norm: bool = True) -> None:
+        """Fill :attr:`epilogues` (the chain rules of the module docstring); ``batch_norm=False`` fuses no batch
+        norm (in training a batch norm normalises with the batch's statistics: nothing to fold)."""
         for name, node in self.nodes.items():
             epi, cur = Epilogue(), node
             nxt = self._only_user(cur)
-            if nxt is not None and self._is_batch_norm(nxt):
+            if batch_norm and nxt is not None and self._is_batch_norm(nxt):
                 epi.batch_norm, cur = nxt.target, nxt
                 epi.nodes.append(nxt)
                 nxt = self._only_user(cur)
@@ -133,9 +144,9 @@ class GraphAnalysis:
                 epi.relu, cur = True, nxt
                 epi.nodes.append(nxt)
                 nxt = self._only_user(cur)
-            out_hw = self.shapes.get(node.name, (0, 0))[-2:]
+            out_hw = self.shapes.get(node.name)  # unknown without an example: the pool checks its size itself
             k = self._pool_size(nxt) if nxt is not None else 0
-            if k > 1 and len(out_hw) == 2 and k <= min(out_hw):
+            if k > 1 and (out_hw is None or (len(out_hw) >= 2 and k <= min(out_hw[-2:]))):
                 epi.pool, cur = k, nxt
                 epi.nodes.append(nxt)
                 nxt = self._only_user(cur)
@@ -321,29 +332,33 @@ def _union(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-def analyse(model: nn.Module, example: Tensor, *, fuse: bool = True) -> GraphAnalysis | None:
-    """Trace ``model`` and find the epilogues (when ``fuse``) of its single-call target layers.
+def analyse(model: nn.Module, example: Tensor | None = None, *, fuse: bool = True,
+            batch_norm: bool = True) -> GraphAnalysis | None:
+    """Trace ``model`` and find the epilogues (when ``fuse``) and routes of its single-call target layers.
 
     Args:
-        model: the model (in eval mode: batch norms are folded with their running statistics).
+        model: the model (in eval mode when batch norms are to be folded with their running statistics).
         example: one input batch; a single sample of it is run once to learn the activations' shapes.
-        fuse: look for epilogues (``False``: only the input sources are wanted).
+            ``None``: no shapes (a pool is then fused whatever its size, residual additions are not found and
+            there is no input support).
+        fuse: look for epilogues (``False``: only the routes and input sources are wanted).
+        batch_norm: let an epilogue start with a batch norm (see :meth:`GraphAnalysis.find_epilogues`).
 
     Returns:
         The analysis, or ``None`` when :mod:`torch.fx` cannot trace the model or run its graph.
     """
     try:
         graph = _Tracer().trace(model)
-        module = fx.GraphModule(model, graph)
-        with torch.no_grad():
-            ShapeProp(module).propagate(example[:1])
-    except Exception:  # untraceable (data-dependent Python control flow, unsupported calls): fall back
+        if example is not None:
+            with torch.no_grad():
+                ShapeProp(fx.GraphModule(model, graph)).propagate(example[:1])
+    except Exception:  # untraceable (data-dependent Python control flow, unsupported calls)
         return None
     shapes = {n.name: tuple(n.meta["tensor_meta"].shape) for n in graph.nodes
               if isinstance(n.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)}
     analysis = GraphAnalysis(model, graph, shapes)
     if fuse:
-        analysis.find_epilogues()
+        analysis.find_epilogues(batch_norm)
     return analysis
 
 

@@ -28,9 +28,13 @@ the pool (:func:`~tkn.ops.plan.align_plan`): every pool window lies wholly
 inside or wholly outside a block, and outside it the activation is the
 channel's *fill value*, ``relu(shift)`` (0 without an affine map).
 
+The module's state (``state_dict``) is the same for every plan: ``weight``, ``bias``, ``window_map``, ``roi``,
+``scale`` and ``shift`` in the layer's original channel orders; everything a plan derives from them is a
+non-persistent buffer, derived again when a state is loaded (a state with other ROIs is refused).
+
 The output channels come out in the plan's order when ``permute_output`` is
 true (the model's next layer has been permuted to expect them so, see
-:mod:`tkn.engine.permute`); otherwise one final ``index_select`` restores the
+:mod:`tkn.engine.routes`); otherwise one final ``index_select`` restores the
 original order. ``in_perm`` says in which order the input channels arrive; it
 is folded into the weight.
 """
@@ -79,6 +83,18 @@ def _channel_vector(name: str, value: Tensor | None, channels: int) -> Tensor | 
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"{name} must be a 1-D tensor of {channels} values (one per output channel), got {shape}")
     return value.detach()
+
+
+def _in_order(plan: LayerPlan) -> bool:
+    """Whether ``plan`` computes the channels in their original order."""
+    return plan.perm == list(range(len(plan.perm)))
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    """``channels_last`` for a 4-D tensor stored so (and not also plainly contiguous); else contiguous."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class FrozenTargetConv2d(nn.Module):
@@ -194,78 +210,93 @@ class FrozenTargetConv2d(nn.Module):
         #: input channels ``[lo, hi)`` read per block (``None``: all of them); empty for dense and native plans
         self.input_ranges: list[tuple[int, int] | None] = []
 
-        perm = torch.tensor(self.plan.perm, dtype=torch.long, device=layer.weight.device)
+        if self.plan.mode is PlanMode.DENSE and not _in_order(self.plan):
+            raise ValueError("dense plans keep the original channel order (identity perm)")
         with torch.no_grad():
             roi = layer.rois(ho, wo)
             wm = (layer.attention(ho, wo) * TF.roi_mask(roi, ho, wo)).to(layer.weight.dtype)
             weight = layer.weight.detach()
-            if in_perm is not None:
-                weight = weight[:, torch.tensor(in_perm, dtype=torch.long, device=weight.device)]
             bias = None if layer.bias is None else layer.bias.detach()
-        self.register_buffer("roi", roi[perm].clone())
-        self.register_buffer("inverse_perm", torch.argsort(perm))
-        #: the boxes outside which the input channels are known to be zero (``None``: not known)
-        self.input_support = None if input_support is None else input_support.detach().to(torch.int64).cpu()
-        self.identity_order = self.plan.perm == list(range(self.out_channels))
         if self.affine:
             scale = torch.ones_like(wm[:, 0, 0]) if scale is None else scale.to(wm)
             shift = torch.zeros_like(wm[:, 0, 0]) if shift is None else shift.to(wm)
-            scale, shift = scale[perm].contiguous(), shift[perm].contiguous()
-        fill = None if shift is None else (shift.relu() if self.relu and not self.residual else shift)
-        # the value of each output channel (plan order) where nothing is computed; None: zero
-        self.register_buffer("fill", fill)
-        if self.plan.mode is PlanMode.NATIVE:
-            if input_support is not None and tuple(input_support.shape) != (self.in_channels, 4):
-                raise ValueError(f"input_support must be ({self.in_channels}, 4) boxes, got {tuple(input_support.shape)}")
-            hw = self.input_hw
-            pad = self.pad
-            if self.padding_mode != "zeros":  # padded explicitly: the kernel sees no padding, and the pad
-                left, right, top, bottom = pad    # copies values from inside, so the supports do not hold
-                hw, pad = (hw[0] + top + bottom, hw[1] + left + right), (0, 0, 0, 0)
-                input_support = None
-            # the operator's arguments (torch.ops.tkn.roi_conv2d) are the module's buffers; the kernel's packed
-            # form of them is derived once here and found again by the operator
-            # copies: a frozen layer is a snapshot, whatever happens to the layer it was built from
-            self.register_buffer("weight", weight.clone(memory_format=torch.contiguous_format))
-            self.register_buffer("bias", None if bias is None else bias.clone())
-            self.register_buffer("window_map", wm.clone(memory_format=torch.contiguous_format))
-            self.register_buffer("scale", None if scale is None else scale.clone())
-            self.register_buffer("shift", None if shift is None else shift.clone())
-            self.register_buffer("native_support", None if input_support is None else
-                                 input_support.detach().to(torch.int32).cpu().contiguous())
-            self._op_geometry = (tuple(self.stride), tuple(pad), tuple(self.dilation), self.relu, pool,
-                                 self.plan.strategy or "groups", self.residual)
-            if self.plan.strategy == TRITON:
-                if self.residual:
-                    raise ValueError("a residual addition is fused by the native 'groups' strategy only")
-                return
-            self._native = native_kernel.NativeConv(
-                weight, bias, wm, roi, conv_hw=self.conv_hw, input_hw=hw, stride=self.stride, dilation=self.dilation,
-                pad=pad, scale=scale, shift=shift, relu=self.relu, pool=pool, support=input_support,
-                residual=self.residual, strategy=self.plan.strategy or "groups")
-            roi_op.remember(self._native, self._op_arguments(), self._op_geometry)
-            return
-        if self.plan.mode is PlanMode.DENSE:
-            self.register_buffer("weight", weight[perm].contiguous())
-            self.register_buffer("bias", None if bias is None else bias[perm].clone())
-            self.register_buffer("window_map", wm[perm].contiguous())
-            self.register_buffer("scale", None if scale is None else scale[:, None, None].contiguous())
-            self.register_buffer("shift", None if shift is None else shift[:, None, None].contiguous())
-            return
-        # per block: weight_i, bias_i, window_i, scale_i, shift_i (+ index_i)
-        for name in ("weight", "bias", "window_map", "scale", "shift"):
-            self.register_buffer(name, None)
-        #: small reductions (C_in x kH x kW) run as unfold + matmul: oneDNN's direct convolution is slow there
-        self._gemm = self.in_channels * self.kernel_size[0] * self.kernel_size[1] <= GEMM_MAX_K
+        # the state (state_dict): the same keys and layouts for every plan, in the original channel orders;
+        # copies: a frozen layer is a snapshot, whatever happens to the layer it was built from
+        self.register_buffer("weight", weight.clone(memory_format=torch.contiguous_format))
+        self.register_buffer("bias", None if bias is None else bias.clone())
+        self.register_buffer("window_map", wm.clone(memory_format=torch.contiguous_format))
+        self.register_buffer("roi", roi.clone())
+        self.register_buffer("scale", None if scale is None else scale.clone())
+        self.register_buffer("shift", None if shift is None else shift.clone())
+        #: the boxes outside which the input channels are known to be zero (``None``: not known)
+        self.input_support = None if input_support is None else input_support.detach().to(torch.int64).cpu()
+        self.identity_order = _in_order(self.plan)
         if input_support is not None and (input_support.dim() != 2 or tuple(input_support.shape) != (
                 self.in_channels, 4)):
             raise ValueError(f"input_support must be ({self.in_channels}, 4) boxes, got {tuple(input_support.shape)}")
+        #: small reductions (C_in x kH x kW) run as unfold + matmul: oneDNN's direct convolution is slow there
+        self._gemm = self.in_channels * self.kernel_size[0] * self.kernel_size[1] <= GEMM_MAX_K
+        if self.plan.mode is PlanMode.NATIVE:
+            pad = self.pad
+            if self.padding_mode != "zeros":  # padded explicitly: the kernel sees no padding
+                pad = (0, 0, 0, 0)
+            self._op_geometry = (tuple(self.stride), tuple(pad), tuple(self.dilation), self.relu, pool,
+                                 self.plan.strategy or "groups", self.residual)
+            if self.plan.strategy == TRITON and self.residual:
+                raise ValueError("a residual addition is fused by the native 'groups' strategy only")
+        self._pack()
+
+    def _pack(self) -> None:
+        """Derive the plan's working tensors from the state (non-persistent buffers): the fill values, the
+        kernel's or the blocks' packed weights, windows and epilogue factors. Run again after a
+        ``load_state_dict``."""
+        perm = torch.tensor(self.plan.perm, dtype=torch.long, device=self.weight.device)
+        self.register_buffer("inverse_perm", torch.argsort(perm), persistent=False)
+        weight = self.weight
+        if self.in_perm is not None:  # the input channels arrive in the producer's order
+            weight = weight[:, torch.tensor(self.in_perm, dtype=torch.long, device=weight.device)]
+        shift = None if self.shift is None else self.shift[perm]
+        fill = None if shift is None else (shift.relu() if self.relu and not self.residual else shift)
+        # the value of each output channel (plan order) where nothing is computed; None: zero
+        self.register_buffer("fill", fill, persistent=False)
+        self.input_ranges = []
+        packed = None if self.in_perm is None else weight.contiguous(memory_format=_memory_format(self.weight))
+        if self.plan.mode in (PlanMode.NATIVE, PlanMode.DENSE):
+            #: the weight with the input channels in arrival order (``None``: :attr:`weight` itself)
+            self.register_buffer("packed_weight", packed, persistent=False)
+        if self.plan.mode is PlanMode.NATIVE:
+            self._pack_native()
+        elif self.plan.mode is not PlanMode.DENSE:
+            self._pack_blocks(weight)
+
+    def _pack_native(self) -> None:
+        """The operator's arguments (``torch.ops.tkn.roi_conv2d``) are the module's buffers; the kernel's packed
+        form of them is derived here and found again by the operator."""
+        support = self.input_support
+        hw = self.input_hw
+        if self.padding_mode != "zeros":  # the pad copies values from inside, so the supports do not hold
+            left, right, top, bottom = self.pad
+            hw, support = (hw[0] + top + bottom, hw[1] + left + right), None
+        self.register_buffer("native_support", None if support is None else
+                             support.to(torch.int32).contiguous(), persistent=False)
+        if self.plan.strategy == TRITON:
+            return
+        weight, window, roi, bias, scale, shift, _ = self._op_arguments()
+        self._native = native_kernel.NativeConv(
+            weight, bias, window, roi, conv_hw=self.conv_hw, input_hw=hw, stride=self.stride,
+            dilation=self.dilation, pad=self._op_geometry[1], scale=scale, shift=shift, relu=self.relu,
+            pool=self.pool, support=support, residual=self.residual, strategy=self.plan.strategy or "groups")
+        roi_op.remember(self._native, self._op_arguments(), self._op_geometry)
+
+    def _pack_blocks(self, weight: Tensor) -> None:
+        """Per block: ``weight_i``, ``bias_i``, ``window_i``, ``scale_i``, ``shift_i`` (and ``index_i`` for tiles)."""
+        bias, wm, scale, shift = self.bias, self.window_map, self.scale, self.shift
         for i, b in enumerate(self.blocks):
             idx = torch.tensor(self.plan.channels(b), dtype=torch.long, device=weight.device)
             padded = padded_channels(b.count)
             w = weight.new_zeros((padded, *weight.shape[1:]))
             w[:b.count] = weight[idx]
-            used = None if input_support is None or self._gemm else self._used_inputs(b, input_support)
+            used = None if self.input_support is None or self._gemm else self._used_inputs(b, self.input_support)
             if used is not None:
                 w = w[:, used[0]:used[1]]
             self.input_ranges.append(used)
@@ -273,21 +304,48 @@ class FrozenTargetConv2d(nn.Module):
                 w = w.reshape(padded, -1).t().contiguous()  # (C_in kH kW, padded rows): unfold's order
             else:
                 w = w.contiguous(memory_format=torch.channels_last)
-            self.register_buffer(f"weight_{i}", w)
+            self.register_buffer(f"weight_{i}", w, persistent=False)
             if bias is not None:
                 bb = bias.new_zeros(padded)
                 bb[:b.count] = bias[idx]
-                self.register_buffer(f"bias_{i}", bb)
+                self.register_buffer(f"bias_{i}", bb, persistent=False)
             # (h, w, padded channels): multiplies the block's output seen as N, h, w, C (zero on the pad rows)
             win = wm.new_zeros((b.y1 - b.y0, b.x1 - b.x0, padded))
             win[..., :b.count] = wm[idx, b.y0:b.y1, b.x0:b.x1].permute(1, 2, 0)
-            self.register_buffer(f"window_{i}", win)
+            self.register_buffer(f"window_{i}", win, persistent=False)
             if self.affine:
-                pos = self.inverse_perm[idx]  # the block's channels in plan order
-                self.register_buffer(f"scale_{i}", torch.cat([scale[pos], scale.new_ones(padded - b.count)]))
-                self.register_buffer(f"shift_{i}", torch.cat([shift[pos], shift.new_zeros(padded - b.count)]))
+                self.register_buffer(f"scale_{i}", torch.cat([scale[idx], scale.new_ones(padded - b.count)]),
+                                     persistent=False)
+                self.register_buffer(f"shift_{i}", torch.cat([shift[idx], shift.new_zeros(padded - b.count)]),
+                                     persistent=False)
             if self._tiles:  # where the block's channels go in the output
-                self.register_buffer(f"index_{i}", self.inverse_perm[idx])
+                self.register_buffer(f"index_{i}", self.inverse_perm[idx], persistent=False)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        """Load the state (any plan's: the keys are the same) and derive the plan's tensors from it again.
+
+        The ROIs, and which channels are non-zero outside them, must be those the layer was planned for: the
+        plan's blocks and the input supports of the layers it feeds were derived from them."""
+        roi = state_dict.get(prefix + "roi")
+        if isinstance(roi, Tensor) and (roi.shape != self.roi.shape or not torch.equal(roi.to(self.roi), self.roi)):
+            error_msgs.append(f"{prefix}roi: the state holds other ROIs than this frozen layer was planned for; "
+                              "freeze the model with those parameters instead")
+            return
+        shift = state_dict.get(prefix + "shift")
+        if isinstance(shift, Tensor) and self.shift is not None and shift.shape == self.shift.shape and not torch.equal(
+                self._fill_zeros(shift.to(self.shift)), self._fill_zeros(self.shift)):
+            error_msgs.append(f"{prefix}shift: outside the ROIs the state's channels are non-zero where this frozen "
+                              "layer's are zero (or the reverse); freeze the model with those parameters instead")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        with torch.no_grad():
+            self._pack()
+
+    def _fill_zeros(self, shift: Tensor) -> Tensor:
+        """Per channel, whether the output is zero outside the ROI for this ``shift``."""
+        return (shift.relu() if self.relu and not self.residual else shift) == 0
 
     def _used_inputs(self, b: Block, support: Tensor) -> tuple[int, int] | None:
         """The range ``[lo, hi)`` of input channels spanning those whose ``support`` box meets the block's
@@ -338,7 +396,7 @@ class FrozenTargetConv2d(nn.Module):
     # -- execution -------------------------------------------------------------------
     def _epilogue(self, y: Tensor) -> Tensor:
         if self.affine:
-            y = y.mul_(self.scale).add_(self.shift)
+            y = y.mul_(self.scale[:, None, None]).add_(self.shift[:, None, None])
         if self.relu:
             y = y.relu_()
         return F.max_pool2d(y, self.pool) if self.pool > 1 else y
@@ -349,13 +407,14 @@ class FrozenTargetConv2d(nn.Module):
         x = x.contiguous()
         if x.shape[1] == 1:  # plain NCHW strides for a one-channel map (see tkn.engine.native.nhwc_as_nchw)
             x = x.reshape(-1).view(x.shape)
+        weight = self.weight if self.packed_weight is None else self.packed_weight
         left, right, top, bottom = self.pad
         if self.padding_mode == "zeros" and left == right and top == bottom:
-            y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=(top, left), dilation=self.dilation,
+            y = F.conv2d(x, weight, self.bias, stride=self.stride, padding=(top, left), dilation=self.dilation,
                          groups=self.groups)
         else:
             xp = TF.pad_input(x, self.pad, self.padding_mode)
-            y = F.conv2d(xp, self.weight, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
+            y = F.conv2d(xp, weight, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
         return self._epilogue(y.mul_(self.window_map))
 
     def _block_output(self, i: int, b: Block, x: Tensor, top: int, left: int, hw: tuple[int, int]) -> Tensor:
@@ -459,13 +518,14 @@ class FrozenTargetConv2d(nn.Module):
 
     def _op_arguments(self) -> tuple[Tensor | None, ...]:
         """The tensors ``torch.ops.tkn.roi_conv2d`` takes from this (native) layer, in the operator's order."""
-        return (self.weight, self.window_map, self.roi, self.bias, self.scale, self.shift, self.native_support)
+        weight = self.weight if self.packed_weight is None else self.packed_weight
+        return (weight, self.window_map, self.roi, self.bias, self.scale, self.shift, self.native_support)
 
     def output_support(self) -> Tensor:
         """``(C_out, 4)`` boxes (output coordinates, in the order the channels are returned) outside which
         each output channel is zero: its ROI, through the fused pool (the whole map for a channel whose
         fill value ``relu(shift)`` is not zero)."""
-        roi = self.roi if (self.permute_output or self.identity_order) else self.roi[self.inverse_perm]
+        roi = self.roi[torch.tensor(self.plan.perm, device=self.roi.device)] if self.permute_output else self.roi
         roi = roi.to(torch.int64).cpu()
         empty = (roi[:, 1] <= roi[:, 0]) | (roi[:, 3] <= roi[:, 2])
         p = self.pool

@@ -5,6 +5,8 @@ Every model built by :func:`tkn.models.create_model` is a :class:`PaperModel`:
 * ``forward_features(x)`` returns the last spatial feature map ``(N, C, h, w)``
   (before any flattening or pooling), ``forward_head(features)`` turns it into
   outputs ``(N, num_classes)``, and ``forward(x)`` is their composition;
+* input checks that raise clear errors on real inputs and let :mod:`torch.fx` trace the model
+  (:func:`traced`): every registered model traces with :func:`torch.fx.symbolic_trace`;
 * attributes ``num_classes``, ``in_channels`` and ``input_size`` (``(H, W)``,
   the size the model was built for and the default of :func:`tkn.flops.count`);
 * ``spec``: ``{"name": ..., "kwargs": {...}}``, the fully resolved arguments that
@@ -16,11 +18,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from tkn.layers import TargetConv2d
 
-__all__ = ["PaperModel", "conv", "block_l2", "he_init_"]
+__all__ = ["PaperModel", "conv", "block_l2", "he_init_", "traced"]
+
+
+def traced(x: Any) -> bool:
+    """Whether ``x`` is a :mod:`torch.fx` proxy: the model is being traced and there are no values to check.
+
+    The models' checks on their inputs and features are skipped then, so that every model traces
+    (:func:`torch.fx.symbolic_trace`); the graph has no check, the model itself keeps them.
+    """
+    return isinstance(x, fx.Proxy)
 
 
 def block_l2(l2: float, beta: float, block: int) -> float:
@@ -83,7 +94,10 @@ class PaperModel(nn.Module):
         self.input_size = tuple(input_size)
 
     def check_input(self, x: Any) -> None:
-        """Raise a clear error unless ``x`` is a float tensor ``(N, in_channels, H, W)``."""
+        """Raise a clear error unless ``x`` is a float tensor ``(N, in_channels, H, W)``; nothing when
+        :func:`traced`."""
+        if traced(x):
+            return
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor (N, C, H, W), got {type(x).__name__}")
         if x.dim() != 4:

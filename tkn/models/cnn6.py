@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tkn.models.base import PaperModel, block_l2, conv, he_init_
+from tkn.models.base import PaperModel, block_l2, conv, he_init_, traced
 from tkn.models.width import scale_channels
 from tkn.validate import positive_number
 
@@ -118,7 +118,7 @@ class CNN6(PaperModel):
         return self.features(x)
 
     def forward_head(self, features: Tensor) -> Tensor:
-        if tuple(features.shape[1:]) != self.feature_shape:
+        if not traced(features) and tuple(features.shape[1:]) != self.feature_shape:
             raise ValueError(
                 f"CNN6 built for input_size={self.input_size} expects features {self.feature_shape}, got "
                 f"{tuple(features.shape[1:])}: its FC layers fix the input size; build it with the new input_size"

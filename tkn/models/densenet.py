@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tkn.models.base import PaperModel, block_l2, conv, he_init_
+from tkn.models.base import PaperModel, block_l2, conv, he_init_, traced
 from tkn.models.width import scale_channels
 from tkn.validate import positive_number
 
@@ -172,7 +172,7 @@ class DenseNet(PaperModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if x.shape[-2] < 4 or x.shape[-1] < 4:
+        if not traced(x) and (x.shape[-2] < 4 or x.shape[-1] < 4):
             raise ValueError(f"input must be at least 4x4 (two 2x2 poolings), got {tuple(x.shape[-2:])}")
         x = self.stem(x)
         for i, block in enumerate(self.blocks):
@@ -182,7 +182,7 @@ class DenseNet(PaperModel):
         return F.relu(self.norm(x))
 
     def forward_head(self, features: Tensor) -> Tensor:
-        if features.dim() != 4 or features.shape[1] != self.num_features:
+        if not traced(features) and (features.dim() != 4 or features.shape[1] != self.num_features):
             raise ValueError(f"features must be (N, {self.num_features}, h, w), got {tuple(features.shape)}")
         return self.classifier(features.mean(dim=(2, 3)))
 

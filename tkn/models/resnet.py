@@ -28,10 +28,10 @@ and 1x1 convolutions dense. Stage ``b`` (0..3) gets the scale penalty
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from tkn.layers import TargetConv2d
-from tkn.models.base import PaperModel, block_l2, he_init_
+from tkn.models.base import PaperModel, block_l2, he_init_, traced
 
 __all__ = ["ResNet", "BasicBlock", "resnet18"]
 
@@ -141,8 +141,7 @@ class ResNet(PaperModel):
         he_init_(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        if not isinstance(x, fx.Proxy):  # under torch.fx symbolic tracing there are no values to check
-            self.check_input(x)
+        self.check_input(x)
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer1(x)
         x = self.layer2(x)
@@ -150,7 +149,7 @@ class ResNet(PaperModel):
         return self.layer4(x)
 
     def forward_head(self, features: Tensor) -> Tensor:
-        if not isinstance(features, fx.Proxy) and (features.dim() != 4 or features.shape[1] != self.num_features):
+        if not traced(features) and (features.dim() != 4 or features.shape[1] != self.num_features):
             raise ValueError(f"features must be (N, {self.num_features}, h, w), got {tuple(features.shape)}")
         x = self.avgpool(features).flatten(1)
         return self.fc(self.dropout(x))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tkn.models.base import PaperModel, block_l2, conv, he_init_
+from tkn.models.base import PaperModel, block_l2, conv, he_init_, traced
 
 __all__ = ["STN", "LocalizationNet"]
 
@@ -174,12 +174,12 @@ class STN(PaperModel):
     def transform(self, x: Tensor) -> Tensor:
         """The input warped by the predicted affine transform (bilinear, zero padding, ``align_corners=False``)."""
         theta = self.theta(x)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = F.affine_grid(theta, x.size(), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if tuple(x.shape[-2:]) != self.input_size:
+        if not traced(x) and tuple(x.shape[-2:]) != self.input_size:
             raise ValueError(
                 f"STN built for input_size={self.input_size} got input of size {tuple(x.shape[-2:])}: "
                 "its FC layers fix the input size; build it with the new input_size"
@@ -187,6 +187,6 @@ class STN(PaperModel):
         return self.features(self.transform(x))
 
     def forward_head(self, features: Tensor) -> Tensor:
-        if tuple(features.shape[1:]) != self.feature_shape:
+        if not traced(features) and tuple(features.shape[1:]) != self.feature_shape:
             raise ValueError(f"STN head expects features (N, {self.feature_shape}), got {tuple(features.shape)}")
         return self.head(features)

@@ -1,13 +1,21 @@
 """A training view of a TKN whose target layers compute their ReLU and max-pool per ROI block.
 
 With ``execution="fast"`` a target layer convolves only its ROI blocks, but the
-``nn.ReLU`` and ``nn.MaxPool2d`` after it still run, forward and backward, over
-the full-size map that is mostly zeros; on TKN6 (batch 64, 56×56) that was
-about a third of a training step. :func:`fused_training_view` returns a
-*view* of the model in which each ``TargetConv2d → ReLU [→ MaxPool2d]`` run of
-an ``nn.Sequential`` is one :class:`FusedTargetBlock` that applies the ReLU and
-the pool to each block's output (:func:`tkn.ops.fast_conv.fast_target_conv2d`
-with ``relu``/``pool``) and assembles only the pooled map.
+ReLU and max-pool after it still run, forward and backward, over the
+full-size map that is mostly zeros; on TKN6 (batch 64, 56×56) that was about a
+third of a training step. :func:`fused_training_view` returns a *view* of the
+model in which each target layer followed by a ReLU (and a max-pool that tiles
+the map) is one :class:`FusedTargetBlock` that applies the ReLU and the pool
+to each block's output (:func:`tkn.ops.fast_conv.fast_target_conv2d` with
+``relu``/``pool``) and assembles only the pooled map.
+
+The runs are found by the analysis :func:`tkn.engine.freeze` uses
+(:func:`tkn.engine.graph.analyse` on the model's :mod:`torch.fx` graph, without
+batch norms: in training they normalise with the batch's statistics). A run is
+fused where the ReLU and the pool are modules (``nn.ReLU``, ``nn.MaxPool2d``)
+called once, each the only reader of the tensor before it: the view replaces
+the target layer by the block and them by ``nn.Identity``. A model that
+:mod:`torch.fx` cannot trace gets no fused run.
 
 The view shares everything with the model: the same parameters, buffers and
 leaf modules; only the containers on the path to a fused run are shallow
@@ -24,6 +32,7 @@ import copy
 
 from torch import Tensor, nn
 
+from tkn.engine.graph import analyse
 from tkn.layers import TargetConv2d
 
 __all__ = ["FusedTargetBlock", "fused_training_view", "fusable_pool"]
@@ -66,42 +75,38 @@ class FusedTargetBlock(nn.Module):
         return f"relu, pool={self.pool}"
 
 
-def _fuse_runs(children: dict[str, nn.Module | None]) -> dict[str, nn.Module | None]:
-    """The children of an ``nn.Sequential`` with every ``TargetConv2d → ReLU [→ MaxPool2d]`` run fused."""
-    items = list(children.items())
-    out: dict[str, nn.Module | None] = {}
-    i = 0
-    while i < len(items):
-        name, module = items[i]
-        follower = items[i + 1][1] if i + 1 < len(items) else None
-        if isinstance(module, TargetConv2d) and isinstance(follower, nn.ReLU):
-            pool = fusable_pool(items[i + 2][1]) if i + 2 < len(items) else None
-            out[name] = FusedTargetBlock(module, pool or 1)
-            for j in range(i + 1, i + (3 if pool else 2)):
-                out[items[j][0]] = nn.Identity()
-            i += 3 if pool else 2
-        else:
-            out[name] = module
-            i += 1
-    return out
+def _fusions(model: nn.Module) -> dict[str, nn.Module]:
+    """``{module name: replacement}``: a :class:`FusedTargetBlock` for each target layer whose epilogue in the
+    graph analysis is a ReLU module (and a pool module) called once, ``nn.Identity`` for those modules."""
+    analysis = analyse(model, fuse=True, batch_norm=False)
+    if analysis is None:
+        return {}
+    found: dict[str, nn.Module] = {}
+    for name, epi in analysis.epilogues.items():
+        if (not epi.relu or epi.batch_norm is not None or len(epi.modules) != len(epi.nodes)
+                or any(analysis.calls.get(m) != 1 for m in epi.modules)):
+            continue
+        found[name] = FusedTargetBlock(model.get_submodule(name), epi.pool)
+        found.update((m, nn.Identity()) for m in epi.modules)
+    return found
 
 
-def _view(module: nn.Module) -> nn.Module:
-    """``module`` itself when nothing below it fuses; otherwise a shallow copy with its own child dict."""
-    if isinstance(module, TargetConv2d):
-        return module
-    children = {name: None if child is None else _view(child) for name, child in module._modules.items()}
-    if isinstance(module, nn.Sequential):
-        children = _fuse_runs(children)
-    if all(children[name] is child for name, child in module._modules.items()):
+def _view(module: nn.Module, replacements: dict[str, nn.Module], prefix: str = "") -> nn.Module:
+    """``module`` itself when nothing below it is replaced; otherwise a shallow copy with its own child dict."""
+    if prefix.rstrip(".") in replacements:
+        return replacements[prefix.rstrip(".")]
+    if not any(r.startswith(prefix) for r in replacements):
         return module
     view = copy.copy(module)
-    view._modules = children
+    view._modules = {name: None if child is None else _view(child, replacements, f"{prefix}{name}.")
+                     for name, child in module._modules.items()}
     return view
 
 
 def fused_training_view(model: nn.Module) -> tuple[nn.Module, int]:
     """A view of ``model`` (sharing its parameters) with target layer + ReLU (+ pool) runs fused; and how many.
+
+    The runs are those the graph analysis finds (see the module documentation).
 
     Returns ``(model, 0)`` itself when there is nothing to fuse.
 
@@ -116,5 +121,8 @@ def fused_training_view(model: nn.Module) -> tuple[nn.Module, int]:
         >>> bool(torch.equal(view(x), net(x)))
         True
     """
-    view = _view(model)
+    replacements = _fusions(model)
+    if not replacements:
+        return model, 0
+    view = _view(model, replacements)
     return view, sum(isinstance(m, FusedTargetBlock) for m in view.modules())

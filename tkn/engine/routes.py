@@ -1,29 +1,23 @@
-"""Channel-permutation propagation: let a layer emit its channels in plan order.
+"""Channel-permutation routes on the traced graph: where a layer may emit its channels in plan order.
 
 A block plan computes the output channels in its own order (channels with
 similar ROIs adjacent). Restoring the original order costs a full gather of
 the output; instead, when the layer's only consumer can be seen, the consumer
 is permuted to expect the new order and the network's function is unchanged.
 
-The model is traced with :mod:`torch.fx` (target layers as leaves). From each
-target layer the single-user chain is followed through channel-wise operations
-(activations, pooling, dropout, batch norm — whose parameters are permuted)
-to the consumer, which must be one of:
+:func:`find_routes` reads the :mod:`torch.fx` graph of
+:class:`~tkn.engine.graph.GraphAnalysis` (target layers as leaves, before any
+rewrite). From each target layer called once the single-user chain is followed
+through channel-wise operations (activations, pooling, dropout, batch norm —
+whose parameters are permuted) to the consumer, which must be one of:
 
 * a :class:`~tkn.layers.TargetConv2d` or ``nn.Conv2d`` with ``groups == 1``
   (its weight's input channels are permuted),
-* ``flatten(start_dim=1)`` (module, function or method) followed by an
-  ``nn.Linear`` (its columns are permuted block-wise).
+* ``flatten(start_dim=1)`` (module, function or method, or ``x.view(x.size(0), -1)``)
+  followed by an ``nn.Linear`` (its columns are permuted block-wise).
 
 Anything else (branches, residual additions, concatenations, modules called
 more than once) leaves that layer un-permuted.
-
-Models that :mod:`torch.fx` cannot trace (Python checks on the input, as in
-:mod:`tkn.models`) are followed with forward hooks instead
-(:func:`find_routes_by_hooks`): the chain is accepted when each module receives
-exactly the tensor object the previous one returned. Hooks cannot see plain
-tensor operations in ``forward``, so :func:`tkn.engine.freeze` checks the frozen
-model against the original on the example and drops these routes on mismatch.
 """
 from __future__ import annotations
 
@@ -35,7 +29,7 @@ from torch import fx, nn
 
 from tkn.layers import TargetConv2d
 
-__all__ = ["Route", "find_routes", "find_routes_by_hooks", "apply_route"]
+__all__ = ["Route", "find_routes", "apply_route"]
 
 _CHANNELWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
@@ -74,27 +68,23 @@ class Route:
     keeps_zeros: bool = True
 
 
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, TargetConv2d) or super().is_leaf_module(m, qualname)
-
-
 def _only_node_arg_is(node: fx.Node, src: fx.Node) -> bool:
     return node.all_input_nodes == [src]
+
+
+def _flatten_dims(node: fx.Node) -> tuple:
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    return start, end
 
 
 def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         m = modules.get(node.target)
         return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
-    if node.op == "call_function" and node.target is torch.flatten:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1 and _only_node_arg_is(node, node.args[0])
-    if node.op == "call_method" and node.target == "flatten":
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1 and _only_node_arg_is(node, node.args[0])
+    if (node.op == "call_function" and node.target is torch.flatten) or (
+            node.op == "call_method" and node.target == "flatten"):
+        return _flatten_dims(node) == (1, -1) and _only_node_arg_is(node, node.args[0])
     if node.op == "call_method" and node.target in ("view", "reshape") and len(node.args) == 3:
         src, first, second = node.args
         first_ok = (
@@ -152,28 +142,22 @@ def _route_from(node: fx.Node, modules: dict[str, nn.Module], calls: dict[str, i
         cur = u
 
 
-def find_routes(model: nn.Module, layer_names: list[str]) -> dict[str, Route] | None:
-    """For each target-layer name, the :class:`Route` its permuted output can follow (absent: none).
+def find_routes(graph: fx.Graph, modules: dict[str, nn.Module], calls: dict[str, int]) -> dict[str, Route]:
+    """For each target layer called once, the :class:`Route` its permuted output can follow (absent: none).
 
-    Returns ``None`` when the model cannot be traced symbolically.
+    Args:
+        graph: the traced graph, target layers as leaf modules, not rewritten.
+        modules: the model's ``named_modules()``.
+        calls: ``{module name: call count}`` per name in ``graph`` (a module reachable under several names
+            counts once per name; such aliases are refused).
     """
-    try:
-        graph = _Tracer().trace(model)
-    except Exception:  # untraceable models are followed by hooks instead
-        return None
-    modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    for n in graph.nodes:
-        if n.op == "call_module":
-            calls[n.target] = calls.get(n.target, 0) + 1
-    # modules reachable under several names count once per name: reject aliases
     by_id: dict[int, int] = {}
     for name, count in calls.items():
         by_id[id(modules[name])] = by_id.get(id(modules[name]), 0) + count
     routes: dict[str, Route] = {}
     claimed: set[str] = set()
     for n in graph.nodes:
-        if n.op != "call_module" or n.target not in layer_names or calls[n.target] != 1:
+        if n.op != "call_module" or not isinstance(modules[n.target], TargetConv2d) or calls[n.target] != 1:
             continue
         if by_id[id(modules[n.target])] != 1:
             continue
@@ -208,67 +192,7 @@ def apply_route(model: nn.Module, route: Route, perm: list[int], channels: int) 
         return
     per_channel, rest = divmod(consumer.in_features, channels)
     if rest:
-        raise ValueError(f"{route.consumer}: in_features {consumer.in_features} is not a multiple of {channels} channels")
+        raise ValueError(f"{route.consumer}: in_features {consumer.in_features} is not a multiple of {channels} "
+                         "channels")
     cols = (idx[:, None] * per_channel + torch.arange(per_channel)[None, :]).flatten()
     consumer.weight.copy_(consumer.weight[:, cols.to(consumer.weight.device)])
-
-
-def _is_leaf(m: nn.Module) -> bool:
-    return isinstance(m, TargetConv2d) or next(iter(m.children()), None) is None
-
-
-def find_routes_by_hooks(model: nn.Module, example, layer_names: list[str]) -> dict[str, Route]:
-    """Routes found by running ``example`` and following module calls (see module docstring).
-
-    Only chains where every module's first argument *is* the previous module's
-    output (and each module is called once) are accepted.
-    """
-    names = {id(m): n for n, m in model.named_modules(remove_duplicate=False) if _is_leaf(m)}
-    calls: list[tuple[str, object, object]] = []
-    count: dict[str, int] = {}
-
-    def hook(module: nn.Module, args: tuple, output) -> None:
-        name = names[id(module)]
-        count[name] = count.get(name, 0) + 1
-        calls.append((name, args[0] if args else None, output))
-
-    leaves = {id(m): m for n, m in model.named_modules() if _is_leaf(m)}
-    handles = [m.register_forward_hook(hook) for m in leaves.values()]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    modules = dict(model.named_modules())
-    routes: dict[str, Route] = {}
-    claimed: set[str] = set()
-    for i, (name, _, out) in enumerate(calls):
-        if name not in layer_names or count[name] != 1:
-            continue
-        route, cur, flattened = Route(), out, False
-        for nxt, inp, nout in calls[i + 1:]:
-            m = modules[nxt]
-            if inp is not cur or count[nxt] != 1:
-                break
-            if flattened:
-                if isinstance(m, nn.Linear):
-                    route.consumer, route.kind = nxt, "linear"
-                break
-            if (isinstance(m, TargetConv2d) or type(m) is nn.Conv2d) and m.groups == 1:
-                route.consumer, route.kind = nxt, "conv"
-                break
-            if isinstance(m, nn.BatchNorm2d):
-                route.batch_norms.append(nxt)
-                route.keeps_zeros = False
-            elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-                flattened = True
-            elif not isinstance(m, _CHANNELWISE_MODULES):
-                break
-            elif not isinstance(m, _ZERO_KEEPING_MODULES):
-                route.keeps_zeros = False
-            cur = nout
-        if route.consumer and route.consumer not in claimed:
-            claimed.add(route.consumer)
-            routes[name] = route
-    return routes
