@@ -20,9 +20,15 @@ the CPU implementation is the native kernel of :mod:`tkn.engine.native` with
 the lane ``strategy`` named (its packed tensors are cached per set of argument
 tensors, keyed by their storage and version, so a module's buffers are packed
 once); without the native kernel, or on another device, a PyTorch reference
-computes the same values (a dense convolution, then the epilogue). No autograd
-formula is registered: the operator is for inference (the training path is
-:mod:`tkn.ops.fast_conv`).
+computes the same values (a dense convolution, then the epilogue).
+
+Autograd: a registered formula gives the gradients with respect to ``x``,
+``weight``, ``window``, ``bias``, ``scale``, ``shift`` and ``residual`` by
+recomputing the forward with :func:`reference_roi_conv2d` and taking its
+vector–Jacobian product (the values are the same; the backward costs a dense
+convolution). Frozen models run without gradients; the training path is
+:mod:`tkn.ops.fast_conv`, this formula is there so that the operator can sit in
+a graph that is differentiated (``torch.func``, ``torch.compile`` training).
 
 Example:
     >>> import torch
@@ -173,3 +179,32 @@ def roi_conv2d(x: Tensor, weight: Tensor, window: Tensor, roi: Tensor, bias: Opt
 def _(x, weight, window, roi, bias, scale, shift, support, residual, stride, padding, dilation, relu, pool, strategy):
     return _output_layout(x.shape[0], weight.shape[0], window.shape[-2] // pool, window.shape[-1] // pool, strategy,
                           x)
+
+
+#: The operator's arguments that carry gradients (the others are boxes, geometry and the strategy).
+_DIFFERENTIABLE = {0: "x", 1: "weight", 2: "window", 4: "bias", 5: "scale", 6: "shift", 8: "residual"}
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, window, roi, bias, scale, shift, support, residual, stride, padding, dilation, relu, pool, _ = inputs
+    ctx.save_for_backward(x, weight, window, roi, bias, scale, shift, residual)
+    ctx.geometry = (list(stride), list(padding), list(dilation), bool(relu), int(pool))
+
+
+def _backward(ctx, grad: Tensor):
+    x, weight, window, roi, bias, scale, shift, residual = ctx.saved_tensors
+    stride, padding, dilation, relu, pool = ctx.geometry
+    args = {0: x, 1: weight, 2: window, 4: bias, 5: scale, 6: shift, 8: residual}
+    wanted = [i for i in _DIFFERENTIABLE if args[i] is not None and ctx.needs_input_grad[i]]
+    leaves = {i: args[i].detach().requires_grad_(i in wanted) if args[i] is not None else None for i in args}
+    with torch.enable_grad():
+        y = reference_roi_conv2d(leaves[0], leaves[1], leaves[2], roi, leaves[4], leaves[5], leaves[6], leaves[8],
+                                 stride, padding, dilation, relu, pool)
+        grads = torch.autograd.grad(y, [leaves[i] for i in wanted], grad, allow_unused=True) if wanted else []
+    out = [None] * 15
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return tuple(out)
+
+
+roi_conv2d.register_autograd(_backward, setup_context=_setup_context)
