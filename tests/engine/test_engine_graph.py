@@ -327,6 +327,15 @@ def test_bench_runs_tresnet18_with_its_synthetic_scale_range(capsys):
     assert all(p["residual"] == (p["relu"] and p["layer"].endswith("conv2")) for p in plans)
 
 
+def _small_central_rois_(model: nn.Module) -> None:
+    """Small ROIs near the centre in every target layer (seeded by layer index): the native plans win without
+    timing."""
+    for i, m in enumerate(m for m in model.modules() if isinstance(m, TargetConv2d)):
+        random_rois_(m, i, s_range=(0.03, 0.08))
+        with torch.no_grad():
+            m.m.mul_(0.2).add_(0.4)
+
+
 class SharedReluBlock(nn.Module):
     """A BasicBlock written as torchvision writes it: one ``nn.ReLU`` module called twice, ``out += identity``."""
 
@@ -354,10 +363,7 @@ def test_torchvision_style_blocks_with_a_shared_relu_are_fused():
     torch.manual_seed(5)
     stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
     model = nn.Sequential(stem, SharedReluBlock(16, 16), SharedReluBlock(16, 32, stride=2))
-    for i, m in enumerate(m for m in model.modules() if isinstance(m, TargetConv2d)):
-        random_rois_(m, i, s_range=(0.03, 0.08))  # small central ROIs: the native plans win without timing
-        with torch.no_grad():
-            m.m.mul_(0.2).add_(0.4)
+    _small_central_rois_(model)
     model = _batch_norms(model, 7).eval()
     x = torch.rand(3, 3, 24, 24)
     frozen = freeze(model, x, **OPTIONS)
@@ -393,10 +399,7 @@ def test_residual_addition_of_two_target_layers_goes_to_one(block):
     torch.manual_seed(5)
     model = tkn.targetize(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), block(16, 32, stride=2)),
                           include=lambda name, conv: name != "0")
-    for i, m in enumerate(m for m in model.modules() if isinstance(m, TargetConv2d)):
-        random_rois_(m, i, s_range=(0.03, 0.08))
-        with torch.no_grad():
-            m.m.mul_(0.2).add_(0.4)
+    _small_central_rois_(model)
     model = _batch_norms(model, 7).eval()
     x = torch.rand(3, 3, 23, 23)
     frozen = freeze(model, x, **OPTIONS)

@@ -542,6 +542,8 @@ class NativeConv:
         self._lock = threading.Lock()
         self._buffer: Tensor | None = None
         self._buffer_refs = 0
+        self._pointers: tuple[ctypes.c_void_p | None, ...] | None = None  # see _packed_pointers
+        self._dims_cache: dict[int, tuple[Tensor, ctypes.c_void_p]] = {}  # see _dims_for
         if strategy == "batch":
             self._pack_batch(weight, bias, window_map, roi, scale, shift)
         elif strategy == "reduce":
@@ -689,14 +691,14 @@ class NativeConv:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         del state["_lock"]
-        state.pop("_pointers", None)
-        state.pop("_dims_cache", None)
+        del state["_pointers"], state["_dims_cache"]  # addresses: rebuilt in the new process
         state["_buffer"], state["_buffer_refs"] = None, 0
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._pointers, self._dims_cache = None, {}
         self._check_packed()
 
     def _output(self, shape: tuple[int, ...]) -> Tensor:
@@ -792,7 +794,7 @@ class NativeConv:
 
     def _dims_for(self, n: int) -> ctypes.c_void_p:
         """A pointer to ``dims`` with the batch ``n`` (one int32 tensor kept per batch size, the last 8)."""
-        cache = self.__dict__.setdefault("_dims_cache", {})
+        cache = self._dims_cache
         hit = cache.get(n)
         if hit is None:
             dims = self.dims.clone()
@@ -805,7 +807,7 @@ class NativeConv:
     def _packed_pointers(self) -> tuple[ctypes.c_void_p | None, ...]:
         """The addresses of the packed tensors the strategy's entry point takes, in its order (computed once:
         the tensors are not replaced after packing; unpickling drops the cache)."""
-        cached = self.__dict__.get("_pointers")
+        cached = self._pointers
         if cached is None:
             names = (("weight", "roi", "window", "bias", "scale", "shift", "fill") if self.strategy == "reduce" else
                      ("weight", "ranges", "window", "bias", "scale", "shift", "index", "fill", "support"))
