@@ -116,6 +116,69 @@ def test_kernel_matches_float64_loops(case, strategy):
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_channel_sets_group_identical_boxes_largest_work_first():
+    roi = torch.tensor([[0, 2, 0, 2], [1, 2, 3, 4], [0, 2, 0, 2], [3, 3, 0, 5], [1, 2, 3, 4], [0, 2, 0, 2],
+                        [0, 5, 0, 5], [1, 2, 3, 4]])
+    sets, boxes = native.channel_sets(roi, max_channels=2)
+    # work (box area x channels): [0, 6] 25, [0, 2] 8, [1, 4] 2, [5] 4, [7] 1; channel 3's empty ROI is dropped
+    assert sets == [[6], [0, 2], [5], [1, 4], [7]]
+    assert boxes.dtype == torch.int32
+    assert boxes.tolist() == [[0, 5, 0, 5], [0, 2, 0, 2], [0, 2, 0, 2], [1, 2, 3, 4], [1, 2, 3, 4]]
+    empty_sets, empty_boxes = native.channel_sets(torch.tensor([[2, 2, 0, 3]]))
+    assert empty_sets == [] and empty_boxes.shape == (0, 4)
+
+
+def _shared_box_layer(c_out, hw, pad, pool, g):
+    """A "reduce" layer whose channels share boxes of 1 to 20 positions (up to 30 channels per box: sets split at
+    24, tiles of every R x NP shape), with boxes at the borders and across pool windows."""
+    c_in = 2 * native.vector_width()
+    boxes = [(0, 1, 0, 1), (2, 3, 4, 6), (1, 3, 1, 3), (0, 2, 5, 8), (3, 7, 2, 7), (5, 7, 6, 8), (0, 8, 0, 8),
+             (4, 5, 0, 8)]
+    counts = [30, 13, 7, 5, 3, 2, 1, 4]
+    roi = [box for box, k in zip(boxes, counts) for _ in range(k)][:c_out]
+    roi = torch.tensor(roi + [(0, 0, 0, 0)] * (c_out - len(roi)))
+    roi = roi[torch.randperm(c_out, generator=g)]
+    mask = torch.zeros(c_out, *hw)
+    for ch, (y0, y1, x0, x1) in enumerate(roi.tolist()):
+        mask[ch, y0:y1, x0:x1] = 1.0
+    w = torch.randn(c_out, c_in, 3, 3, generator=g)
+    bias, scale, shift = torch.randn(c_out, generator=g), torch.rand(c_out, generator=g), torch.randn(c_out, generator=g)
+    window = (torch.rand(c_out, *hw, generator=g) + 0.5) * mask
+    conv = native.NativeConv(w, bias, window, roi, conv_hw=hw, input_hw=hw, stride=(1, 1), dilation=(1, 1), pad=pad,
+                             scale=scale, shift=shift, relu=True, pool=pool, strategy="reduce")
+    return conv, (w, bias, window, roi, scale, shift)
+
+
+@needs_native
+@pytest.mark.parametrize("pool,batch", [(1, 3), (2, 1)])
+def test_reduce_sets_of_shared_boxes_match_float64_loops(pool, batch):
+    g = torch.Generator().manual_seed(10 * pool + batch)
+    hw = (8, 8)
+    conv, (w, bias, window, roi, scale, shift) = _shared_box_layer(66, hw, (1, 1, 1, 1), pool, g)
+    assert conv.set_channels.numel() == 65  # every channel with a ROI, once
+    assert max(int(b) - int(a) for a, b in zip(conv.set_offsets[:-1], conv.set_offsets[1:])) == 24
+    x = torch.randn(batch, conv.c_in, *hw, generator=g)
+    ref = _reference(x, w, bias, window, roi, (1, 1), (1, 1, 1, 1), (1, 1), scale, shift, True, pool)
+    torch.testing.assert_close(conv(x).double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+def test_reduce_kernel_reads_a_zero_padding_it_was_not_given():
+    """The layer pads its input itself; called with the padding in ``dims`` instead (the C entry point's general
+    form), the kernel's bounds-checked loop gives the same values."""
+    g = torch.Generator().manual_seed(5)
+    hw = (8, 8)
+    conv, (w, bias, window, roi, scale, shift) = _shared_box_layer(40, hw, (1, 1, 1, 1), 1, g)
+    x = torch.randn(2, conv.c_in, *hw, generator=g)
+    ref = _reference(x, w, bias, window, roi, (1, 1), (1, 1, 1, 1), (1, 1), scale, shift, True, 1)
+    assert conv._pad_copy is not None
+    conv._pad_copy = None
+    conv.dims[1:3] = torch.tensor(hw)
+    conv.dims[10:12] = 1
+    conv._dims_cache.clear()
+    torch.testing.assert_close(conv(x).double(), ref, rtol=1e-4, atol=1e-4)
+
+
 @needs_native
 @pytest.mark.parametrize("batch", [1, 17, 40])
 def test_batch_strategy_chains_layers_and_skips_known_zeros(batch):
@@ -471,6 +534,40 @@ def test_native_plan_strategy_reaches_the_kernel(pool):
         FrozenTargetConv2d(_layer(3, 20), (10, 10), native_plan(20, "reduce"))
     with pytest.raises(ValueError, match="residual addition is fused by the 'groups' strategy only"):
         FrozenTargetConv2d(layer, (10, 10), native_plan(20, "batch"), residual=True)
+
+
+@needs_native
+def test_frozen_layer_calls_its_kernel_directly_only_where_the_operator_would_agree():
+    """Inference calls the packed kernel without the operator's dispatch; a gradient to record, buffers changed
+    in place or replaced by other values go through ``torch.ops.tkn.roi_conv2d`` (which repacks)."""
+    import copy
+    import pickle
+
+    layer = _layer(native.vector_width(), 20, seed=3)
+    fl = FrozenTargetConv2d(layer, (10, 10), native_plan(20, "reduce"), relu=True, pool=2)
+    x = torch.rand(3, native.vector_width(), 10, 10)
+    dense = FrozenTargetConv2d(layer, (10, 10), dense_plan(20), relu=True, pool=2)
+    with torch.no_grad():
+        assert fl._direct_native(x, None) is fl._native
+        op = torch.ops.tkn.roi_conv2d(x, *fl._op_arguments(), None, *map(list, fl._op_geometry[:3]),
+                                      *fl._op_geometry[3:6])
+        assert torch.equal(fl(x), op)
+        torch.testing.assert_close(fl(x), dense(x), rtol=1e-4, atol=1e-5)
+    # copies, pickles and memory-format conversions keep the direct call; a conversion to other values does not
+    for other in (copy.deepcopy(fl), pickle.loads(pickle.dumps(fl)), copy.deepcopy(fl).to(
+            memory_format=torch.channels_last)):
+        assert other._direct_native(x, None) is other._native
+    assert copy.deepcopy(fl).double()._direct_native(x, None) is None
+    # a gradient to record: the operator and its autograd formula
+    xg = x.clone().requires_grad_()
+    assert fl._direct_native(xg, None) is None
+    assert fl(xg).grad_fn is not None
+    # buffers changed in place: the operator repacks them
+    with torch.no_grad():
+        fl.weight.mul_(2)
+        dense.weight.mul_(2)
+        assert fl._direct_native(x, None) is None
+        torch.testing.assert_close(fl(x), dense(x), rtol=1e-4, atol=1e-5)
 
 
 @needs_native

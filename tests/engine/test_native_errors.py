@@ -53,8 +53,10 @@ def _arguments(entry: str, conv: native.NativeConv, batch: int = 2) -> dict:
     x = torch.randn(batch, h, w, c_in)
     out = torch.full((batch, hp, wp, c), float("nan"))
     if entry == "tkn_roi_conv_reduce":
-        return dict(x=x, weight=conv.weight, roi=conv.roi, window=conv.window, bias=conv.bias, scale=conv.scale,
-                    shift=conv.shift, fill=conv.fill, out=out, dims=dims, relu=1, nthreads=1)
+        return dict(x=x, weight=conv.weight, set_offsets=conv.set_offsets, set_channels=conv.set_channels,
+                    set_boxes=conv.set_boxes, window=conv.window, bias=conv.bias, scale=conv.scale, shift=conv.shift,
+                    fill=conv.fill, out=out, dims=dims, S=conv.set_boxes.shape[0], set_len=conv.set_channels.numel(),
+                    relu=1, nthreads=1)
     residual = torch.randn(batch, hp, wp, c) if conv.residual else None
     return dict(x=x, weight=conv.weight, ranges=conv.ranges, window=conv.window, bias=conv.bias, scale=conv.scale,
                 shift=conv.shift, index=conv.index, fill=conv.fill, support=conv.support, residual=residual, out=out,
@@ -99,6 +101,7 @@ CASES = [
     (list(ENTRIES), _dims(HO=0, HP=0), -1),
     (list(ENTRIES), _dims(N=-1), -1),
     (["tkn_roi_conv"], _set("G", -1), -1),
+    (["tkn_roi_conv_reduce"], _set("S", -1), -1),
     (["tkn_roi_conv"], _dims(KH=65), -1),
     (list(ENTRIES), _dims(H=2 ** 30), -2),  # H * W * C_in overflows int32 offsets
     (list(ENTRIES), _dims(SY=2 ** 30), -2),  # rows a window reaches overflow int
@@ -115,7 +118,8 @@ CASES = [
     (["tkn_roi_conv", "tkn_roi_conv_reduce"], _set("x", None), -8),
     (["tkn_roi_conv"], _set("index", None), -8),
     (["tkn_roi_conv_batch"], _set("zlist", None), -8),
-    (["tkn_roi_conv_reduce"], _set("roi", None), -8),
+    (["tkn_roi_conv_reduce"], _set("set_boxes", None), -8),
+    (["tkn_roi_conv_reduce"], _set("set_channels", None), -8),
     (list(ENTRIES), _dims(POOL=9, HP=0, WP=0), -9),
     (list(ENTRIES), _dims(POOL=0), -9),
     (list(ENTRIES), _dims(SX=0), -10),
@@ -123,16 +127,21 @@ CASES = [
     (list(ENTRIES), _dims(PT=-1), -10),
     (["tkn_roi_conv"], _poke("ranges", (0, 1, 1), 8), -11),  # a column range past the conv map (7 wide)
     (["tkn_roi_conv"], _poke("ranges", (0, 1, 0), -1), -11),
-    (["tkn_roi_conv_reduce"], _poke("roi", (1, 1), 7), -11),  # a ROI below the conv map (6 rows)
-    (["tkn_roi_conv_reduce"], _poke("roi", (2, 2), -1), -11),
+    (["tkn_roi_conv_reduce"], _poke("set_boxes", (1, 1), 7), -11),  # a box below the conv map (6 rows)
+    (["tkn_roi_conv_reduce"], _poke("set_boxes", (2, 2), -1), -11),
     (["tkn_roi_conv"], _poke("index", (0, 0), 5), -12),
     (["tkn_roi_conv"], _poke("index", (0, 1), -2), -12),
     (["tkn_roi_conv_batch"], _poke("slist", (0,), 5), -12),
     (["tkn_roi_conv_batch"], _poke("zlist", (3,), -1), -12),
+    (["tkn_roi_conv_reduce"], _poke("set_channels", (0,), 5), -12),
+    (["tkn_roi_conv_reduce"], _poke("set_channels", (1,), 0), -12),  # channel 0 in two sets
     (["tkn_roi_conv_batch"], _poke("soff", (-1,), 0), -13),  # does not end at the list's length
     (["tkn_roi_conv_batch"], _poke("zoff", (0,), 1), -13),
     (["tkn_roi_conv_batch"], _poke("soff", (3,), 10 ** 6), -13),  # decreasing after it
     (["tkn_roi_conv_batch"], lambda a: a.update(zlen=a["zlen"] + 1), -13),
+    (["tkn_roi_conv_reduce"], _poke("set_offsets", (-1,), 2), -13),  # does not end at the list's length
+    (["tkn_roi_conv_reduce"], _poke("set_offsets", (0,), 1), -13),
+    (["tkn_roi_conv_reduce"], _poke("set_offsets", (2,), 0), -13),  # decreasing
 ]
 
 
@@ -274,7 +283,10 @@ def test_packed_tensors_are_checked_before_any_call(strategy):
                      ("zoff", (1,), -3, "zoff must be non-decreasing offsets from 0 into zlist"),
                      ("soff", (-1,), 1, r"slist must be a contiguous torch.int32 CPU tensor of shape \(1,\)")]
     else:
-        tampered += [("roi", (0, 3), 8, r"roi boxes .* within the 6x7 map")]
+        tampered += [("set_boxes", (0, 3), 8, r"set_boxes boxes .* within the 6x7 map"),
+                     ("set_channels", (0,), 5, r"set_channels must hold channels in \[0, 5\)"),
+                     ("set_channels", (1,), 0, "set_channels must hold each output channel at most once"),
+                     ("set_offsets", (2,), 0, "set_offsets must be non-decreasing offsets from 0 into set_channels")]
     for name, index, value, message in tampered:
         bad = pickle.loads(pickle.dumps(conv))
         getattr(bad, name)[index] = value

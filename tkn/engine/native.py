@@ -54,7 +54,7 @@ try:
 except ImportError:  # not POSIX: builds are not serialised between processes
     fcntl = None
 
-__all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "MAX_POOL",
+__all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "channel_sets", "MAX_POOL",
            "STRATEGIES", "strategy_unsupported", "batch_layout", "to_batch_layout", "ERROR_CODES", "ABI_VERSION",
            "build_flags", "nhwc_as_nchw"]
 
@@ -92,8 +92,8 @@ _SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefi
 
 #: The kernel's negative return codes (``TKN_E_*`` in ``csrc/roi_conv.cpp``) and what each means.
 ERROR_CODES: dict[int, str] = {
-    -1: "a size below 1 (input, channels, kernel, conv output), a negative batch or group count, or more than "
-        "64 kernel rows",
+    -1: "a size below 1 (input, channels, kernel, conv output), a negative batch, group or set count, or more "
+        "than 64 kernel rows",
     -2: "sizes whose offsets overflow the kernel's index types",
     -3: "a residual addition with a fused pool",
     -4: "batch lanes that are not a positive multiple of the vector width",
@@ -103,8 +103,8 @@ ERROR_CODES: dict[int, str] = {
     -8: "a required pointer is null",
     -9: f"a pool outside 1..{MAX_POOL}",
     -10: "a stride or dilation below 1, or a negative padding",
-    -11: "a column range or ROI outside the conv map",
-    -12: "a channel index out of range",
+    -11: "a column range, ROI or channel set's box outside the conv map",
+    -12: "a channel index out of range, or a channel in two sets",
     -13: "CSR offsets that are not 0-based, non-decreasing and ending at their list's length",
 }
 
@@ -178,7 +178,7 @@ def _key(cxx: str) -> str:
 
 
 #: Version of the entry points' argument lists that this module calls (``tkn_abi_version()`` of the library).
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 def _digest(path: Path) -> str:
@@ -252,7 +252,7 @@ def _open_locked(cxx: str, directory: Path) -> ctypes.CDLL:
     f.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int] * 4
     f = handle.tkn_roi_conv_reduce
     f.restype = ctypes.c_int
-    f.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int] * 2
+    f.argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_int] * 4
     handle.tkn_vector_width.restype = ctypes.c_int
     return handle
 
@@ -350,6 +350,31 @@ def group_channels(roi: Tensor, width: int) -> list[list[int]]:
     if len(active):
         split(active)
     return groups
+
+
+#: The most output channels in one set of the ``"reduce"`` strategy (one work item of the kernel).
+SET_CHANNELS = 24
+
+
+def channel_sets(roi: Tensor, max_channels: int = SET_CHANNELS) -> tuple[list[list[int]], Tensor]:
+    """Channels with non-empty ROIs cut into sets of at most ``max_channels`` whose ROIs are the same box,
+    largest work (box area times channels) first: the ``"reduce"`` kernel computes a set's channels together
+    over its box, so one input load feeds every channel of the set.
+
+    Shape:
+        - roi: ``(C, 4)`` boxes ``y0, y1, x0, x1``.
+        - Returns: the sets (lists of channels) and their ``(S, 4)`` int32 boxes.
+    """
+    r = roi.to(torch.int64).cpu()
+    by_box: dict[tuple[int, ...], list[int]] = {}
+    for c, box in enumerate(r.tolist()):
+        if box[1] > box[0] and box[3] > box[2]:
+            by_box.setdefault(tuple(box), []).append(c)
+    sets = [(box, chans[i:i + max_channels]) for box, chans in by_box.items()
+            for i in range(0, len(chans), max_channels)]
+    sets.sort(key=lambda bs: -(bs[0][1] - bs[0][0]) * (bs[0][3] - bs[0][2]) * len(bs[1]))
+    boxes = torch.tensor([box for box, _ in sets], dtype=torch.int32).reshape(-1, 4)
+    return [chans for _, chans in sets], boxes
 
 
 def _describe(t: object) -> str:
@@ -615,8 +640,12 @@ class NativeConv:
         else:
             if self.strategy == "reduce":
                 _expect("weight", self.weight, (c, kh, kw, c_in), f32)
-                _expect("roi", self.roi, (c, 4), i32)
-                _check_boxes("roi", self.roi, ho, wo)
+                sets = self.set_boxes.shape[0] if self.set_boxes.dim() == 2 else -1
+                _expect("set_boxes", self.set_boxes, (sets, 4), i32)
+                _check_boxes("set_boxes", self.set_boxes, ho, wo)
+                _check_csr("set_offsets", self.set_offsets, "set_channels", self.set_channels, sets, c)
+                if len(set(self.set_channels.tolist())) != self.set_channels.numel():
+                    raise ValueError("set_channels must hold each output channel at most once")
             else:
                 _expect("weight", self.weight, (c, kh * kw * c_in), f32)
                 _check_csr("zoff", self.zoff, "zlist", self.zlist, h * w, c_in)
@@ -631,21 +660,28 @@ class NativeConv:
 
     def _pack_reduce(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor,
                      scale: Tensor | None, shift: Tensor | None) -> None:
-        """The tensors of the ``"reduce"`` strategy: weights ``(C, kh, kw, C_in)``, the ROIs, the epilogue."""
+        """The tensors of the ``"reduce"`` strategy: weights ``(C, kh, kw, C_in)``, the channel sets
+        (:func:`channel_sets`: CSR offsets, channels, one box each), the epilogue."""
         f32 = dict(dtype=torch.float32)
         c_out, c_in, kh, kw = weight.shape
+        ho, wo = self.conv_hw
         self.groups = []
         self.weight = weight.detach().to(**f32).cpu().permute(0, 2, 3, 1).contiguous()
         self.window = window_map.detach().to(**f32).cpu().contiguous()
         self.bias = None if bias is None else bias.detach().to(**f32).cpu().contiguous()
         self.scale = None if scale is None else scale.detach().to(**f32).cpu().contiguous()
         self.shift = None if shift is None else shift.detach().to(**f32).cpu().contiguous()
-        self.roi = roi.to(torch.int32).cpu().contiguous()
-        ho, wo = self.conv_hw
-        r = roi.to(torch.int64).cpu()
-        rows = (r[:, 1].clamp(max=(ho // self.pool) * self.pool) - r[:, 0]).clamp(min=0)
-        cols = (r[:, 3].clamp(max=(wo // self.pool) * self.pool) - r[:, 2]).clamp(min=0)
-        self.executed_macs = int((rows * cols).sum()) * c_in * kh * kw
+        # the kernel computes only the pooled extent: ROIs clipped to it, those left empty dropped
+        r = roi.to(torch.int64).cpu().clone()
+        r[:, 1] = r[:, 1].clamp(max=(ho // self.pool) * self.pool)
+        r[:, 3] = r[:, 3].clamp(max=(wo // self.pool) * self.pool)
+        sets, self.set_boxes = channel_sets(r)
+        sizes = torch.tensor([0] + [len(c) for c in sets], dtype=torch.int64)
+        self.set_offsets = sizes.cumsum(0).to(torch.int32)
+        self.set_channels = torch.tensor([c for chans in sets for c in chans], dtype=torch.int32)
+        b = self.set_boxes.to(torch.int64)
+        area = (b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])
+        self.executed_macs = int((area * sizes[1:]).sum()) * c_in * kh * kw
 
     def _pack_batch(self, weight: Tensor, bias: Tensor | None, window_map: Tensor, roi: Tensor,
                     scale: Tensor | None, shift: Tensor | None) -> None:
@@ -780,8 +816,9 @@ class NativeConv:
         dims = self._dims_for(n)
         packed = self._packed_pointers()
         if self.strategy == "reduce":
-            weight, roi, window, bias, scale, shift, fill = packed
-            code = lib.tkn_roi_conv_reduce(_ptr(xl), weight, roi, window, bias, scale, shift, fill, _ptr(out), dims,
+            weight, offsets, channels, boxes, window, bias, scale, shift, fill = packed
+            code = lib.tkn_roi_conv_reduce(_ptr(xl), weight, offsets, channels, boxes, window, bias, scale, shift,
+                                           fill, _ptr(out), dims, self.set_boxes.shape[0], self.set_channels.numel(),
                                            int(self.relu), torch.get_num_threads())
             _check_code(code, "tkn_roi_conv_reduce")
         else:
@@ -809,7 +846,8 @@ class NativeConv:
         the tensors are not replaced after packing; unpickling drops the cache)."""
         cached = self._pointers
         if cached is None:
-            names = (("weight", "roi", "window", "bias", "scale", "shift", "fill") if self.strategy == "reduce" else
+            names = (("weight", "set_offsets", "set_channels", "set_boxes", "window", "bias", "scale", "shift", "fill")
+                     if self.strategy == "reduce" else
                      ("weight", "ranges", "window", "bias", "scale", "shift", "index", "fill", "support"))
             cached = self._pointers = tuple(_ptr(getattr(self, k)) for k in names)
         return cached

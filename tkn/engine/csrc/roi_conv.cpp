@@ -61,7 +61,7 @@ static const int TKN_MAX_KH = 64;
 // What the entry points return for arguments they refuse (0: done). tkn/engine/native.py maps each code to a
 // message (ERROR_CODES there); a new code goes into both.
 enum {
-    TKN_E_SIZE = -1,        // a size below 1 (H, W, Cin, kh, kw, Ho, Wo, C), a negative N or G, kh > TKN_MAX_KH
+    TKN_E_SIZE = -1,        // a size below 1 (H, W, Cin, kh, kw, Ho, Wo, C), a negative N, G or S, kh > TKN_MAX_KH
     TKN_E_TOO_LARGE = -2,   // sizes whose offsets overflow the kernel's index types
     TKN_E_RESIDUAL = -3,    // a residual with pool != 1
     TKN_E_LANES = -4,       // batch lanes not a positive multiple of the vector width
@@ -71,8 +71,8 @@ enum {
     TKN_E_NULL = -8,        // a required pointer is null
     TKN_E_POOL = -9,        // pool outside 1..TKN_MAX_POOL
     TKN_E_STEP = -10,       // a stride or dilation below 1, or a negative padding
-    TKN_E_RANGE = -11,      // a column range or ROI outside the conv map
-    TKN_E_CHANNEL = -12,    // a channel index out of range (lane index, CSR lists)
+    TKN_E_RANGE = -11,      // a column range, ROI or set box outside the conv map
+    TKN_E_CHANNEL = -12,    // a channel index out of range (lane index, CSR lists), a channel in two sets
     TKN_E_CSR = -13,        // CSR offsets not 0-based, non-decreasing and ending at the list's length
 };
 
@@ -321,36 +321,81 @@ struct BatchTiles {
 };
 static const BatchTiles batch_tiles;
 
-// ---- Reduction lanes: one channel's exact ROI, vectorised over input channels ------------------------------
+// ---- Reduction lanes: exact channel sets, vectorised over input channels -----------------------------------
 //
 // At batch 1 neither the batch nor the union of a group's ROIs fills a vector well when ROIs are small and
-// scattered. Here a work item is one (output channel, sample): the kernel visits exactly the positions of
-// that channel's ROI, NPR at a time, and the lanes run over VW input channels of the reduction, so one
-// weight vector feeds NPR positions and the weights of a channel are read once per sample. Needs C_in a
-// multiple of VW; the input is channels_last (N, H, W, Cin); weights (C, kh, kw, Cin).
+// scattered. Here the lanes run over VW input channels of the reduction, and a work item is one (channel set,
+// sample): a set is a few output channels and one box of the conv map that holds each of their ROIs (the caller
+// groups channels whose ROIs are the same box, or nearly; a position of the box outside a channel's ROI has
+// window·mask 0 there and comes out as the channel's fill value). The micro-kernel keeps R channels x NP
+// positions of the box in vector accumulators: per step it loads R weight vectors and NP input vectors for
+// R * NP products. One channel alone, a ROI of one pixel, needs two loads per product; four channels sharing
+// a box of four pixels, half a load. Each channel's weights are read once per sample and chunk of positions.
+// Needs C_in a multiple of VW; the input is channels_last (N, H, W, Cin); weights (C, kh, kw, Cin).
 
-static const int NPR = 8;
+// The accumulator budget of the tile: R * NP <= RD_ACC vectors, R <= RD_MAX_R, NP <= RD_MAX_NP.
+static const int RD_ACC = 24;
+static const int RD_MAX_R = 12;
+static const int RD_MAX_NP = 12;
 
-// acc[p] += the products of kernel row ky for NP positions whose whole window row lies inside the input;
-// xp[p]: the input at column 0 of position p's window on that row; consecutive kx are pstep floats apart.
-template <int NP>
-static inline void reduce_row(vf* acc, const float* const* xp, const float* wk, int kw, int Cin, int64_t pstep) {
-    vf a[NP];
-    for (int p = 0; p < NP; ++p) a[p] = acc[p];
+// acc[r * NP + p] += the products of one kernel row for R channels and NP positions whose whole window row lies
+// inside the input; xp[p]: the input at column 0 of position p's window on that row; consecutive kx are pstep
+// floats apart; wr[r]: channel r's weights of that row (kw * Cin floats).
+template <int R, int NP>
+static void reduce_tile(vf* acc, const float* const* xp, const float* const* wr, int kw, int Cin, int64_t pstep) {
+    vf a[R][NP];
+    for (int r = 0; r < R; ++r)
+        for (int p = 0; p < NP; ++p) a[r][p] = acc[r * NP + p];
     for (int kx = 0; kx < kw; ++kx) {
-        const float* w = wk + (int64_t)kx * Cin;
+        const int64_t wo = (int64_t)kx * Cin, xo = kx * pstep;
         for (int j = 0; j < Cin; j += VW) {
-            const vf wv = loadu(w + j);
-            for (int p = 0; p < NP; ++p) a[p] += wv * loadu(xp[p] + kx * pstep + j);
+            vf w[R];
+            for (int r = 0; r < R; ++r) w[r] = loadu(wr[r] + wo + j);
+            for (int p = 0; p < NP; ++p) {
+                const vf xv = loadu(xp[p] + xo + j);
+                for (int r = 0; r < R; ++r) a[r][p] += w[r] * xv;
+            }
         }
     }
-    for (int p = 0; p < NP; ++p) acc[p] = a[p];
+    for (int r = 0; r < R; ++r)
+        for (int p = 0; p < NP; ++p) acc[r * NP + p] = a[r][p];
 }
 
-typedef void (*reduce_row_fn)(vf*, const float* const*, const float*, int, int, int64_t);
-static const reduce_row_fn reduce_rows[NPR + 1] = {
-    nullptr, reduce_row<1>, reduce_row<2>, reduce_row<3>, reduce_row<4>,
-    reduce_row<5>, reduce_row<6>, reduce_row<7>, reduce_row<8>};
+typedef void (*reduce_tile_fn)(vf*, const float* const*, const float* const*, int, int, int64_t);
+
+template <int R, int NP>
+static void fill_reduce(reduce_tile_fn (*table)[RD_MAX_NP + 1]) {
+    table[R][NP] = reduce_tile<R, NP>;
+    if constexpr (NP > 1) fill_reduce<R, NP - 1>(table);
+}
+
+// fn[R][NP] for R * NP <= RD_ACC (null elsewhere); rmax[NP]: the most channels a tile of NP positions takes
+struct ReduceTiles {
+    reduce_tile_fn fn[RD_MAX_R + 1][RD_MAX_NP + 1] = {};
+    int rmax[RD_MAX_NP + 1] = {};
+    ReduceTiles() {
+        fill_reduce<1, 12>(fn); fill_reduce<2, 12>(fn); fill_reduce<3, 8>(fn); fill_reduce<4, 6>(fn);
+        fill_reduce<5, 4>(fn); fill_reduce<6, 4>(fn); fill_reduce<7, 3>(fn); fill_reduce<8, 3>(fn);
+        fill_reduce<9, 2>(fn); fill_reduce<10, 2>(fn); fill_reduce<11, 2>(fn); fill_reduce<12, 2>(fn);
+        for (int np = 1; np <= RD_MAX_NP; ++np)
+            for (int r = 1; r <= RD_MAX_R; ++r)
+                if (fn[r][np]) rmax[np] = r;
+    }
+};
+static const ReduceTiles reduce_tiles;
+
+// The positions per chunk for a set of m channels over a box of `total` positions: the most products per load
+// (R * NP / (R + NP)), R = min(m, rmax[NP]); ties go to more positions (fewer passes over the weights).
+static int reduce_chunk(int m, int total) {
+    int best = 1;
+    double score = 0.0;
+    for (int np = 1; np <= std::min(total, RD_MAX_NP); ++np) {
+        const int r = std::min(m, reduce_tiles.rmax[np]);
+        const double s = (double)r * np / (r + np);
+        if (s >= score) score = s, best = np;
+    }
+    return best;
+}
 
 static inline float hsum(vf v) {
     float t = 0.0f;
@@ -363,7 +408,7 @@ extern "C" {
 int tkn_vector_width() { return VW; }
 
 // The argument lists of the entry points; tkn/engine/native.py refuses a library with another version.
-int tkn_abi_version() { return 4; }
+int tkn_abi_version() { return 5; }
 
 // x: (N, H, W, Cin) float32 contiguous. weight: (G, kh, Cin, kw, VW). ranges: (G, Hp * pool, 2) int32:
 // the conv columns [xa, xb) to compute on each conv row (xb <= xa: none), xb <= Wp * pool. Positions of a
@@ -693,19 +738,33 @@ int tkn_roi_conv_batch(const float* xt, const float* wc, const int32_t* zoff, co
 }
 
 // The reduction-lane strategy (see above). x: (N, H, W, Cin) channels_last, Cin a multiple of VW.
-// weight: (C, kh, kw, Cin). roi: (C, 4) int32 boxes y0, y1, x0, x1 of the conv output. window: (C, Ho, Wo).
-// bias, scale, shift: (C,) or null. fill: (C,). out: (N, Hp, Wp, C). dims: as for tkn_roi_conv.
-// Returns 0, or a negative code (TKN_E_*) for an argument it cannot handle.
-int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi, const float* window,
-                        const float* bias, const float* scale, const float* shift, const float* fill, float* out,
-                        const int32_t* dims, int relu, int nthreads) {
+// weight: (C, kh, kw, Cin). set_offsets: (S + 1,) CSR offsets into set_channels (set_len entries), each output
+// channel in at most one set; set_boxes: (S, 4) int32 boxes y0, y1, x0, x1 of the conv output, one per set.
+// Channels in no set are their fill value everywhere. window: (C, Ho, Wo). bias, scale, shift: (C,) or null.
+// fill: (C,). out: (N, Hp, Wp, C). dims: as for tkn_roi_conv. Work items are (set, sample) in the given set order
+// (dynamically scheduled: the caller puts the largest sets first). Returns 0, or a negative code (TKN_E_*).
+int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* set_offsets, const int32_t* set_channels,
+                        const int32_t* set_boxes, const float* window, const float* bias, const float* scale,
+                        const float* shift, const float* fill, float* out, const int32_t* dims, int S, int set_len,
+                        int relu, int nthreads) {
     Geometry g;
     if (const int code = read_geometry(dims, g)) return code;
-    if (!x || !weight || !roi || !window || !fill || !out) return TKN_E_NULL;
+    if (!x || !weight || !set_offsets || !window || !fill || !out || (set_len > 0 && (!set_channels || !set_boxes)))
+        return TKN_E_NULL;
+    if (S < 0 || set_len < 0) return TKN_E_SIZE;
     const int pool = g.pool;
     if (g.Cin % VW != 0) return TKN_E_REDUCE_CIN;
-    for (int c = 0; c < g.C; ++c) {
-        const int32_t* b = roi + (size_t)c * 4;
+    if (set_offsets[0] != 0 || set_offsets[S] != set_len) return TKN_E_CSR;
+    for (int s = 0; s < S; ++s)
+        if (set_offsets[s + 1] < set_offsets[s]) return TKN_E_CSR;
+    std::vector<char> seen(g.C, 0);
+    for (int j = 0; j < set_len; ++j) {
+        const int c = set_channels[j];
+        if (c < 0 || c >= g.C || seen[c]) return TKN_E_CHANNEL;
+        seen[c] = 1;
+    }
+    for (int s = 0; s < S; ++s) {
+        const int32_t* b = set_boxes + (size_t)s * 4;
         if (b[0] < 0 || b[0] > g.Ho || b[1] < 0 || b[1] > g.Ho || b[2] < 0 || b[2] > g.Wo || b[3] < 0 || b[3] > g.Wo)
             return TKN_E_RANGE;
     }
@@ -713,19 +772,7 @@ int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi,
     const int64_t positions = (int64_t)g.N * g.Hp * g.Wp;
     if (positions == 0) return 0;
     const int rows_used = g.Hp * pool, cols_used = g.Wp * pool;
-    std::vector<int> active;
-    for (int c = 0; c < g.C; ++c) {
-        const int32_t* b = roi + (size_t)c * 4;
-        if (std::min(b[1], rows_used) > b[0] && std::min(b[3], cols_used) > b[2]) active.push_back(c);
-    }
-    // largest ROIs first: the threads take items dynamically, so the last items, small ones, even out the
-    // finishing times (learned ROIs range from one pixel to the whole map)
-    auto area = [&](int c) {
-        const int32_t* b = roi + (size_t)c * 4;
-        return (int64_t)(std::min(b[1], rows_used) - b[0]) * (std::min(b[3], cols_used) - b[2]);
-    };
-    std::stable_sort(active.begin(), active.end(), [&](int a, int b) { return area(a) > area(b); });
-    const int64_t n_items = (int64_t)active.size() * g.N;
+    const int64_t n_items = (int64_t)S * g.N;
 
 #pragma omp parallel num_threads(nthreads)
     {
@@ -735,80 +782,99 @@ int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* roi,
 
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < n_items; ++it) {
-            const int c = active[it / g.N];
+            const int s = (int)(it / g.N);
             const int n = (int)(it % g.N);
-            const int32_t* b = roi + (size_t)c * 4;
+            const int32_t* b = set_boxes + (size_t)s * 4;
             const int y0 = b[0], y1 = std::min(b[1], rows_used), x0 = b[2], x1 = std::min(b[3], cols_used);
             const int rh = y1 - y0, rw = x1 - x0;
-            vals.resize((size_t)rh * rw);
-            const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
-            const float* wc = weight + (int64_t)c * g.kh * g.kw * g.Cin;
-            const int64_t pstep = (int64_t)g.dx * g.Cin;
-            // the ROI's positions in chunks of up to NPR, row-major across its rows: one weight vector serves every
-            // position of a chunk, so a ROI of a few pixels reads its channel's weights once
+            const int32_t* chans = set_channels + set_offsets[s];
+            const int m = set_offsets[s + 1] - set_offsets[s];
+            if (rh <= 0 || rw <= 0 || m == 0) continue;
             const int total = rh * rw;
-            for (int first = 0; first < total; first += NPR) {
-                const int np = std::min(NPR, total - first);
-                vf acc[NPR];
-                int py[NPR], pxc[NPR];
+            vals.resize((size_t)m * total);  // vals[i * total + q]: channel chans[i] at the box's position q
+            const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
+            const int64_t pstep = (int64_t)g.dx * g.Cin;
+            const int64_t wstride = (int64_t)g.kh * g.kw * g.Cin, wrow = (int64_t)g.kw * g.Cin;
+            const int chunk = reduce_chunk(m, total);
+            // the box's positions in chunks, row-major across its rows; per chunk the channels in tiles of R: the
+            // chunk's input rows stay in cache while the tiles run over them
+            for (int first = 0; first < total; first += chunk) {
+                const int np = std::min(chunk, total - first);
+                int py[RD_MAX_NP], pxc[RD_MAX_NP];
                 for (int p = 0; p < np; ++p) {
-                    acc[p] = vf{};
                     py[p] = y0 + (first + p) / rw;
                     pxc[p] = x0 + (first + p) % rw;
                 }
-                for (int ky = 0; ky < g.kh; ++ky) {
-                    const float* wk = wc + (int64_t)ky * g.kw * g.Cin;
-                    // positions whose whole window row lies inside the input run together; the others one kx at
-                    // a time, the taps outside skipped
-                    const float* px[NPR];
-                    bool inside = true;
-                    for (int p = 0; p < np; ++p) {
-                        const int iy = py[p] * g.sy - g.pt + ky * g.dy;
-                        const int ix = pxc[p] * g.sx - g.pl;
-                        inside = inside && iy >= 0 && iy < g.H && ix >= 0 && ix + (g.kw - 1) * g.dx < g.W;
-                        px[p] = xn + ((int64_t)iy * g.W + ix) * g.Cin;
-                    }
-                    if (inside) {
-                        reduce_rows[np](acc, px, wk, g.kw, g.Cin, pstep);
-                        continue;
-                    }
-                    for (int p = 0; p < np; ++p) {
-                        const int iy = py[p] * g.sy - g.pt + ky * g.dy;
-                        if (iy < 0 || iy >= g.H) continue;
-                        const int ix0 = pxc[p] * g.sx - g.pl;
-                        for (int kx = 0; kx < g.kw; ++kx) {
-                            const int ix = ix0 + kx * g.dx;
-                            if (ix < 0 || ix >= g.W) continue;
-                            const float* one = xn + ((int64_t)iy * g.W + ix) * g.Cin;
-                            reduce_rows[1](acc + p, &one, wk + (int64_t)kx * g.Cin, 1, g.Cin, 0);
+                for (int i0 = 0; i0 < m;) {
+                    const int r = std::min(m - i0, reduce_tiles.rmax[np]);
+                    vf a[RD_ACC];
+                    for (int k = 0; k < r * np; ++k) a[k] = vf{};
+                    const float* wr[RD_MAX_R];
+                    for (int k = 0; k < r; ++k) wr[k] = weight + (int64_t)chans[i0 + k] * wstride;
+                    for (int ky = 0; ky < g.kh; ++ky) {
+                        // positions whose whole window row lies inside the input run together; the others one
+                        // position, channel and kx at a time, the taps outside skipped
+                        const float* px[RD_MAX_NP];
+                        const float* wk[RD_MAX_R];
+                        for (int k = 0; k < r; ++k) wk[k] = wr[k] + ky * wrow;
+                        bool inside = true;
+                        for (int p = 0; p < np; ++p) {
+                            const int iy = py[p] * g.sy - g.pt + ky * g.dy;
+                            const int ix = pxc[p] * g.sx - g.pl;
+                            inside = inside && iy >= 0 && iy < g.H && ix >= 0 && ix + (g.kw - 1) * g.dx < g.W;
+                            px[p] = xn + ((int64_t)iy * g.W + ix) * g.Cin;
+                        }
+                        if (inside) {
+                            reduce_tiles.fn[r][np](a, px, wk, g.kw, g.Cin, pstep);
+                            continue;
+                        }
+                        for (int p = 0; p < np; ++p) {
+                            const int iy = py[p] * g.sy - g.pt + ky * g.dy;
+                            if (iy < 0 || iy >= g.H) continue;
+                            const int ix0 = pxc[p] * g.sx - g.pl;
+                            for (int kx = 0; kx < g.kw; ++kx) {
+                                const int ix = ix0 + kx * g.dx;
+                                if (ix < 0 || ix >= g.W) continue;
+                                const float* one = xn + ((int64_t)iy * g.W + ix) * g.Cin;
+                                for (int k = 0; k < r; ++k) {
+                                    const float* wt = wk[k] + (int64_t)kx * g.Cin;
+                                    reduce_tiles.fn[1][1](a + k * np + p, &one, &wt, 1, g.Cin, 0);
+                                }
+                            }
                         }
                     }
+                    for (int k = 0; k < r; ++k)
+                        for (int p = 0; p < np; ++p) vals[(size_t)(i0 + k) * total + first + p] = hsum(a[k * np + p]);
+                    i0 += r;
                 }
-                for (int p = 0; p < np; ++p) vals[first + p] = hsum(acc[p]);
             }
-            // epilogue on the ROI's values, then the pool over the pooled positions the ROI meets
-            const float bv = bias ? bias[c] : 0.0f;
-            const float sc = scale ? scale[c] : 1.0f, sh = shift ? shift[c] : 0.0f;
-            for (int y = y0; y < y1; ++y)
-                for (int xx = x0; xx < x1; ++xx) {
-                    float v = (vals[(size_t)(y - y0) * rw + (xx - x0)] + bv) * window[((int64_t)c * g.Ho + y) * g.Wo + xx];
-                    if (scale || shift) v = v * sc + sh;
-                    if (relu && v < 0.0f) v = 0.0f;
-                    vals[(size_t)(y - y0) * rw + (xx - x0)] = v;
-                }
-            for (int qy = y0 / pool; qy < (y1 + pool - 1) / pool; ++qy)
-                for (int qx = x0 / pool; qx < (x1 + pool - 1) / pool; ++qx) {
-                    float m = -__builtin_inff();
-                    int computed = 0;
-                    for (int y = qy * pool; y < qy * pool + pool; ++y)
-                        for (int xx = qx * pool; xx < qx * pool + pool; ++xx)
-                            if (y >= y0 && y < y1 && xx >= x0 && xx < x1) {
-                                m = std::max(m, vals[(size_t)(y - y0) * rw + (xx - x0)]);
-                                ++computed;
-                            }
-                    if (computed < pool * pool) m = std::max(m, fill[c]);
-                    out[(((int64_t)n * g.Hp + qy) * g.Wp + qx) * g.C + c] = m;
-                }
+            // per channel: the epilogue on the box's values, then the pool over the pooled positions the box meets
+            for (int i = 0; i < m; ++i) {
+                const int c = chans[i];
+                float* v = vals.data() + (size_t)i * total;
+                const float bv = bias ? bias[c] : 0.0f;
+                const float sc = scale ? scale[c] : 1.0f, sh = shift ? shift[c] : 0.0f;
+                for (int y = y0; y < y1; ++y)
+                    for (int xx = x0; xx < x1; ++xx) {
+                        float& e = v[(size_t)(y - y0) * rw + (xx - x0)];
+                        e = (e + bv) * window[((int64_t)c * g.Ho + y) * g.Wo + xx];
+                        if (scale || shift) e = e * sc + sh;
+                        if (relu && e < 0.0f) e = 0.0f;
+                    }
+                for (int qy = y0 / pool; qy < (y1 + pool - 1) / pool; ++qy)
+                    for (int qx = x0 / pool; qx < (x1 + pool - 1) / pool; ++qx) {
+                        float mx = -__builtin_inff();
+                        int computed = 0;
+                        for (int y = qy * pool; y < qy * pool + pool; ++y)
+                            for (int xx = qx * pool; xx < qx * pool + pool; ++xx)
+                                if (y >= y0 && y < y1 && xx >= x0 && xx < x1) {
+                                    mx = std::max(mx, v[(size_t)(y - y0) * rw + (xx - x0)]);
+                                    ++computed;
+                                }
+                        if (computed < pool * pool) mx = std::max(mx, fill[c]);
+                        out[(((int64_t)n * g.Hp + qy) * g.Wp + qx) * g.C + c] = mx;
+                    }
+            }
         }
     }
     return 0;
