@@ -142,7 +142,8 @@ def _shared_box_layer(c_out, hw, pad, pool, g):
     for ch, (y0, y1, x0, x1) in enumerate(roi.tolist()):
         mask[ch, y0:y1, x0:x1] = 1.0
     w = torch.randn(c_out, c_in, 3, 3, generator=g)
-    bias, scale, shift = torch.randn(c_out, generator=g), torch.rand(c_out, generator=g), torch.randn(c_out, generator=g)
+    bias, scale = torch.randn(c_out, generator=g), torch.rand(c_out, generator=g)
+    shift = torch.randn(c_out, generator=g)
     window = (torch.rand(c_out, *hw, generator=g) + 0.5) * mask
     conv = native.NativeConv(w, bias, window, roi, conv_hw=hw, input_hw=hw, stride=(1, 1), dilation=(1, 1), pad=pad,
                              scale=scale, shift=shift, relu=True, pool=pool, strategy="reduce")

@@ -54,9 +54,9 @@ try:
 except ImportError:  # not POSIX: builds are not serialised between processes
     fcntl = None
 
-__all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "channel_sets", "MAX_POOL",
-           "STRATEGIES", "strategy_unsupported", "batch_layout", "to_batch_layout", "ERROR_CODES", "ABI_VERSION",
-           "build_flags", "nhwc_as_nchw"]
+__all__ = ["available", "reason", "vector_width", "cache_dir", "NativeConv", "group_channels", "channel_sets",
+           "MAX_POOL", "STRATEGIES", "strategy_unsupported", "batch_layout", "to_batch_layout", "ERROR_CODES",
+           "ABI_VERSION", "build_flags", "nhwc_as_nchw"]
 
 #: The largest fused max-pool the kernel handles.
 MAX_POOL = 8
