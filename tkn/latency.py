@@ -66,13 +66,20 @@ from tkn.io import atomic_write_text
 from tkn.timing import BLOCK_S, interleaved
 from tkn.validate import positive_int
 
-__all__ = ["LatencyModel", "LayerTable", "calibrate", "producers", "LatencyBudget", "LEVELS"]
+__all__ = ["LatencyModel", "LayerTable", "calibrate", "producers", "LatencyBudget", "LEVELS", "ROUNDS", "ROUNDS_SMALL",
+           "SMALL_BATCH"]
 
 #: FLOP ratios at which :func:`calibrate` measures every target layer.
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 #: Version of the cached calibration format (and of the method: a change re-calibrates).
-_CACHE_VERSION = 5  # 3: producer tables; 4: steady state after the first call; 5: rest table
+_CACHE_VERSION = 6  # 3: producer tables; 4: steady state after the first call; 5: rest table; 6: batch-1 rounds
+
+#: Timed rounds per calibration measurement below :data:`SMALL_BATCH` samples, and from there on: a batch-1 pass
+#: lasts 1-3 ms and single measurements of it scatter by 15-20% on a shared machine, so small batches get three
+#: times the rounds (a TKN6 calibration at batch 1 then takes about 20 s, at batch 64 about 80 s).
+ROUNDS_SMALL, ROUNDS = 15, 5
+SMALL_BATCH = 16
 
 
 def _monotone(values: list[float]) -> list[float]:
@@ -179,7 +186,8 @@ class LatencyModel:
                    {str(k): float(v) for k, v in data.get("dense_macs", {}).items()}, rest)
 
 
-def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float]) -> str:
+def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float],
+               repeats: int) -> str:
     h = hashlib.sha256()
     cpu = ""
     try:
@@ -189,7 +197,7 @@ def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, lev
         cpu = platform.processor()
     source = (Path(native_kernel.__file__).with_name("csrc") / "roi_conv.cpp").read_bytes()
     parts = [str(_CACHE_VERSION), repr(model), str(tuple(input_size)), str(batch_size), str(tuple(levels)),
-             str(torch.get_num_threads()), torch.__version__, cpu, str(native_kernel.available())]
+             str(repeats), str(torch.get_num_threads()), torch.__version__, cpu, str(native_kernel.available())]
     for p in parts:
         h.update(p.encode())
     h.update(source)
@@ -245,7 +253,8 @@ def producers(model: nn.Module) -> dict[str, str]:
 
 
 def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64, *,
-              levels: Sequence[float] = LEVELS, repeats: int = 5, seed: int = 0, cache: bool = True) -> LatencyModel:
+              levels: Sequence[float] = LEVELS, repeats: int | None = None, seed: int = 0,
+              cache: bool = True) -> LatencyModel:
     """Measure the latency model of ``model`` (its structure, not its windows) at ``batch_size`` on this machine.
 
     Args:
@@ -253,14 +262,17 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
         input_size: ``(C, H, W)`` of one input.
         batch_size: the batch the budget is for.
         levels: FLOP ratios to measure (see :data:`LEVELS`).
-        repeats: timed rounds per measurement (minimum kept).
+        repeats: timed rounds per measurement (minimum kept); default :data:`ROUNDS_SMALL` below
+            :data:`SMALL_BATCH` samples, else :data:`ROUNDS`.
         cache: read and write ``$TKN_CACHE/latency/<key>.json``.
     """
     positive_int("batch_size", batch_size)
+    if repeats is None:
+        repeats = ROUNDS_SMALL if batch_size < SMALL_BATCH else ROUNDS
     positive_int("repeats", repeats)
     if not target_layers(model):
         raise ValueError("the model has no target layer (TargetConv2d): there is no latency to model")
-    key = _cache_key(model, input_size, batch_size, levels)
+    key = _cache_key(model, input_size, batch_size, levels, repeats)
     path = _cache_dir() / f"{key}.json"
     if cache and path.is_file():
         try:
