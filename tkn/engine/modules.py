@@ -289,7 +289,7 @@ class FrozenTargetConv2d(nn.Module):
             dilation=self.dilation, pad=self._op_geometry[1], scale=scale, shift=shift, relu=self.relu,
             pool=self.pool, support=support, residual=self.residual, strategy=self.plan.strategy or "groups")
         roi_op.remember(self._native, self._op_arguments(), self._op_geometry)
-        self._native_key = roi_op._key(self._op_arguments(), self._op_geometry)
+        self._native_key = roi_op.cache_key(self._op_arguments(), self._op_geometry)
 
     def _direct_native(self, x: Tensor, residual: Tensor | None) -> native_kernel.NativeConv | None:
         """The packed kernel, to be called without ``torch.ops.tkn.roi_conv2d``'s dispatch (60-90 us a call on
@@ -308,32 +308,32 @@ class FrozenTargetConv2d(nn.Module):
         if torch.is_grad_enabled() and (x.requires_grad or (residual is not None and residual.requires_grad)
                                         or any(t is not None and t.requires_grad for t in args)):
             return None
-        return native if roi_op._key(args, self._op_geometry) == self._native_key else None
+        return native if roi_op.cache_key(args, self._op_geometry) == self._native_key else None
 
     def _apply(self, fn, recurse: bool = True):
         """Module conversions (``.to``, ``.float``, a memory format) replace the buffers: the packed kernel still
         stands for them where their values and dtypes are unchanged on the CPU (freeze's ``channels_last``)."""
         before = self._op_arguments() if self._native is not None else None
-        in_sync = before is not None and roi_op._key(before, self._op_geometry) == self._native_key
+        in_sync = before is not None and roi_op.cache_key(before, self._op_geometry) == self._native_key
         out = super()._apply(fn, recurse)
         if in_sync:
             after = self._op_arguments()
             same = all((a is None) == (b is None) and (a is None or (
                 b.device.type == "cpu" and a.dtype == b.dtype and torch.equal(a, b))) for a, b in zip(before, after))
-            self._native_key = roi_op._key(after, self._op_geometry) if same else None
+            self._native_key = roi_op.cache_key(after, self._op_geometry) if same else None
         return out
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         # the pickled kernel stands for the pickled buffers only if it was packed from them as they are now
-        state["_native_key"] = self._native is not None and roi_op._key(
+        state["_native_key"] = self._native is not None and roi_op.cache_key(
             self._op_arguments(), self._op_geometry) == self._native_key
         return state
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         in_sync = self.__dict__.pop("_native_key", False)
-        self._native_key = roi_op._key(self._op_arguments(), self._op_geometry) if in_sync is True else None
+        self._native_key = roi_op.cache_key(self._op_arguments(), self._op_geometry) if in_sync is True else None
 
     def _pack_blocks(self, weight: Tensor) -> None:
         """Per block: ``weight_i``, ``bias_i``, ``window_i``, ``scale_i``, ``shift_i`` (and ``index_i`` for tiles)."""

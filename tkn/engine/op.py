@@ -56,7 +56,7 @@ from torch import Tensor
 from tkn.engine import native as native_kernel
 from tkn.engine import triton_roi
 
-__all__ = ["roi_conv2d", "reference_roi_conv2d", "CACHE_SIZE"]
+__all__ = ["roi_conv2d", "reference_roi_conv2d", "cache_key", "CACHE_SIZE"]
 
 #: How many packed layers the operator keeps (the oldest are dropped and repacked on demand).
 CACHE_SIZE = 256
@@ -64,7 +64,9 @@ CACHE_SIZE = 256
 _packed: "OrderedDict[tuple, native_kernel.NativeConv]" = OrderedDict()
 
 
-def _key(tensors: tuple[Optional[Tensor], ...], geometry: tuple) -> tuple:
+def cache_key(tensors: tuple[Optional[Tensor], ...], geometry: tuple) -> tuple:
+    """The key under which the operator keeps a packed layer: each tensor's storage, offset, shape, strides,
+    version and dtype, and the geometry. Equal keys mean the same tensors, unchanged since."""
     parts = []
     for t in tensors:
         parts.append(None if t is None else (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
@@ -74,7 +76,7 @@ def _key(tensors: tuple[Optional[Tensor], ...], geometry: tuple) -> tuple:
 
 def remember(conv: native_kernel.NativeConv, tensors: tuple[Optional[Tensor], ...], geometry: tuple) -> None:
     """Register an already packed layer for these argument tensors (what a frozen layer does once)."""
-    _packed[_key(tensors, geometry)] = conv
+    _packed[cache_key(tensors, geometry)] = conv
     while len(_packed) > CACHE_SIZE:
         _packed.popitem(last=False)
 
@@ -156,7 +158,7 @@ def roi_conv2d(x: Tensor, weight: Tensor, window: Tensor, roi: Tensor, bias: Opt
         tensors = (weight, window, roi, bias, scale, shift, support)
         geometry = (tuple(stride), tuple(padding), tuple(dilation), bool(relu), int(pool), strategy,
                     residual is not None)
-        key = _key(tensors, geometry)
+        key = cache_key(tensors, geometry)
         conv = _packed.get(key)  # a packed layer was checked when it was packed
         if conv is None and native_kernel.available() and not native_kernel.strategy_unsupported(
                 strategy, weight.shape[1], residual is not None):
