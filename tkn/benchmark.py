@@ -70,7 +70,6 @@ from tkn.engine.freeze import freeze, plan_summary
 from tkn.engine.modules import FrozenTargetConv2d
 from tkn.layers import TargetConv2d
 from tkn.timing import BLOCK_S, interleaved
-from tkn.training.fusion import fused_training_view
 
 __all__ = [
     "synthetic_rois_",
@@ -287,6 +286,8 @@ def bench_train_step(model: nn.Module, input_size: Sequence[int], batch: int, re
         classes = dense(x[:1]).shape[-1]
     y = torch.randint(0, classes, (batch,), generator=g)
     opts = {"dense": torch.optim.SGD(dense.parameters(), lr=1e-6), "fast": torch.optim.SGD(target.parameters(), lr=1e-6)}
+    from tkn.training.fusion import fused_training_view  # here: tkn.training needs pyyaml, inference timing does not
+
     view, fused = fused_training_view(target)  # what `tkn train` steps (see tkn.training.fusion)
 
     def step(net: nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -326,6 +327,8 @@ def memory_child(spec: dict[str, Any]) -> None:
         model = freeze(model, x, measure=False, **spec.get("freeze_options", {}))
     model.train(train)
     if variant == "train_fast":
+        from tkn.training.fusion import fused_training_view
+
         model, _ = fused_training_view(model)
 
     def run() -> None:
