@@ -134,7 +134,7 @@ def test_matches_float64_reference(case, channels_per_program):
                             tile=4, **opt)
     ref = _reference(x, weight, bias, window, roi, stride, pad, dilation, scale, shift, relu, pool)
     assert got.shape == ref.shape == (batch, c_out, ho // pool, wo // pool)
-    assert got.dtype == torch.float32 and got.device == dev
+    assert got.dtype == torch.float32 and got.device.type == dev.type
     torch.testing.assert_close(got.cpu().double(), ref, rtol=1e-4, atol=1e-5)
 
 
