@@ -397,6 +397,53 @@ static int reduce_chunk(int m, int total) {
     return best;
 }
 
+// One channel over NP consecutive positions of a box row (unit stride and dilation along x), one kernel row: the
+// NP + KW - 1 input columns the row's windows span are each loaded once per input-channel block and feed up to KW
+// products, against one load per product in reduce_tile<1, NP>. For the large ROIs that one or two channels
+// hold alone. x: the input at the first position's window column 0 on that row; w: the channel's weights of the
+// row (KW * Cin floats); consecutive columns are Cin floats apart.
+template <int NP, int KW>
+static void reduce_slide(vf* acc, const float* x, const float* w, int Cin) {
+    vf a[NP];
+    for (int p = 0; p < NP; ++p) a[p] = acc[p];
+    for (int j = 0; j < Cin; j += VW) {
+        vf wv[KW];
+#pragma GCC unroll 8
+        for (int kx = 0; kx < KW; ++kx) wv[kx] = loadu(w + (int64_t)kx * Cin + j);
+#pragma GCC unroll 32
+        for (int q = 0; q < NP + KW - 1; ++q) {
+            const vf xv = loadu(x + (int64_t)q * Cin + j);
+#pragma GCC unroll 8
+            for (int kx = 0; kx < KW; ++kx) {
+                const int p = q - kx;
+                if (p >= 0 && p < NP) a[p] += wv[kx] * xv;
+            }
+        }
+    }
+    for (int p = 0; p < NP; ++p) acc[p] = a[p];
+}
+
+typedef void (*reduce_slide_fn)(vf*, const float*, const float*, int);
+
+// The most positions of a sliding chunk (NP + KW - 1 input vectors, NP accumulators and KW weights in registers).
+static const int RD_SLIDE_NP = 8;
+
+template <int KW, int NP>
+static void fill_slide(reduce_slide_fn* table) {
+    table[NP] = reduce_slide<NP, KW>;
+    if constexpr (NP > 1) fill_slide<KW, NP - 1>(table);
+}
+
+// fn3[NP], fn5[NP]: kernel widths 3 and 5, NP = 1..RD_SLIDE_NP
+struct SlideTiles {
+    reduce_slide_fn fn3[RD_SLIDE_NP + 1] = {}, fn5[RD_SLIDE_NP + 1] = {};
+    SlideTiles() {
+        fill_slide<3, RD_SLIDE_NP>(fn3);
+        fill_slide<5, RD_SLIDE_NP>(fn5);
+    }
+};
+static const SlideTiles slide_tiles;
+
 static inline float hsum(vf v) {
     float t = 0.0f;
     for (int l = 0; l < VW; ++l) t += v[l];
@@ -795,10 +842,36 @@ int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* set_
             const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
             const int64_t pstep = (int64_t)g.dx * g.Cin;
             const int64_t wstride = (int64_t)g.kh * g.kw * g.Cin, wrow = (int64_t)g.kw * g.Cin;
+            // one or two channels alone on a box at least RD_SLIDE_NP wide: each channel row by row in sliding chunks
+            // (input columns shared across kx), where every window of the box lies inside the input
+            const reduce_slide_fn* slide = (g.sx == 1 && g.dx == 1 && m <= 2 && rw >= RD_SLIDE_NP)
+                ? (g.kw == 5 ? slide_tiles.fn5 : g.kw == 3 ? slide_tiles.fn3 : nullptr) : nullptr;
+            if (slide) {
+                const int iy_lo = y0 * g.sy - g.pt, iy_hi = (y1 - 1) * g.sy - g.pt + (g.kh - 1) * g.dy;
+                const int ix_lo = x0 - g.pl, ix_hi = x1 - 1 - g.pl + g.kw - 1;
+                if (iy_lo < 0 || iy_hi >= g.H || ix_lo < 0 || ix_hi >= g.W) slide = nullptr;
+            }
+            if (slide) {
+                for (int i = 0; i < m; ++i) {
+                    const float* wc = weight + (int64_t)chans[i] * wstride;
+                    for (int y = y0; y < y1; ++y)
+                        for (int xa = x0; xa < x1; xa += RD_SLIDE_NP) {
+                            const int np = std::min(RD_SLIDE_NP, x1 - xa);
+                            vf a[RD_SLIDE_NP];
+                            for (int p = 0; p < np; ++p) a[p] = vf{};
+                            for (int ky = 0; ky < g.kh; ++ky) {
+                                const int iy = y * g.sy - g.pt + ky * g.dy;
+                                slide[np](a, xn + ((int64_t)iy * g.W + (xa - g.pl)) * g.Cin, wc + ky * wrow, g.Cin);
+                            }
+                            for (int p = 0; p < np; ++p)
+                                vals[(size_t)i * total + (size_t)(y - y0) * rw + (xa - x0) + p] = hsum(a[p]);
+                        }
+                }
+            }
             const int chunk = reduce_chunk(m, total);
             // the box's positions in chunks, row-major across its rows; per chunk the channels in tiles of R: the
             // chunk's input rows stay in cache while the tiles run over them
-            for (int first = 0; first < total; first += chunk) {
+            for (int first = 0; first < (slide ? 0 : total); first += chunk) {
                 const int np = std::min(chunk, total - first);
                 int py[RD_MAX_NP], pxc[RD_MAX_NP];
                 for (int p = 0; p < np; ++p) {
