@@ -450,6 +450,107 @@ static inline float hsum(vf v) {
     return t;
 }
 
+// One work item's box: a set of m channels (chans) over conv rows [y0, y1) and columns [x0, x1) of one sample's
+// input xn. The two routines below write vals[i * total + (y - y0) * width + (x - x0)] for channel chans[i].
+struct ReduceBox {
+    const float* xn;
+    const int32_t* chans;
+    int m, y0, y1, x0, x1;
+    int width() const { return x1 - x0; }
+    int total() const { return (y1 - y0) * (x1 - x0); }
+};
+
+// The sliding tiles for one or two channels alone on a box at least RD_SLIDE_NP wide, with unit stride and
+// dilation along x, a 3- or 5-wide kernel and every window of the box inside the input; null otherwise.
+static const reduce_slide_fn* slide_for(const ReduceBox& bx, const Geometry& g) {
+    if (g.sx != 1 || g.dx != 1 || bx.m > 2 || bx.width() < RD_SLIDE_NP) return nullptr;
+    const reduce_slide_fn* slide = g.kw == 5 ? slide_tiles.fn5 : g.kw == 3 ? slide_tiles.fn3 : nullptr;
+    const int iy_lo = bx.y0 * g.sy - g.pt, iy_hi = (bx.y1 - 1) * g.sy - g.pt + (g.kh - 1) * g.dy;
+    const int ix_lo = bx.x0 - g.pl, ix_hi = bx.x1 - 1 - g.pl + g.kw - 1;
+    return (iy_lo < 0 || iy_hi >= g.H || ix_lo < 0 || ix_hi >= g.W) ? nullptr : slide;
+}
+
+// Each channel row by row in sliding chunks of up to RD_SLIDE_NP positions (input columns shared across kx).
+static void reduce_box_slide(const ReduceBox& bx, const Geometry& g, const float* weight,
+                             const reduce_slide_fn* slide, float* vals) {
+    const int64_t wstride = (int64_t)g.kh * g.kw * g.Cin, wrow = (int64_t)g.kw * g.Cin;
+    const int total = bx.total(), rw = bx.width();
+    for (int i = 0; i < bx.m; ++i) {
+        const float* wc = weight + (int64_t)bx.chans[i] * wstride;
+        for (int y = bx.y0; y < bx.y1; ++y)
+            for (int xa = bx.x0; xa < bx.x1; xa += RD_SLIDE_NP) {
+                const int np = std::min(RD_SLIDE_NP, bx.x1 - xa);
+                vf a[RD_SLIDE_NP];
+                for (int p = 0; p < np; ++p) a[p] = vf{};
+                for (int ky = 0; ky < g.kh; ++ky) {
+                    const int iy = y * g.sy - g.pt + ky * g.dy;
+                    slide[np](a, bx.xn + ((int64_t)iy * g.W + (xa - g.pl)) * g.Cin, wc + ky * wrow, g.Cin);
+                }
+                for (int p = 0; p < np; ++p)
+                    vals[(size_t)i * total + (size_t)(y - bx.y0) * rw + (xa - bx.x0) + p] = hsum(a[p]);
+            }
+    }
+}
+
+// The box's positions in chunks, row-major across its rows; per chunk the channels in tiles of R: the chunk's
+// input rows stay in cache while the tiles run over them.
+static void reduce_box_tiles(const ReduceBox& bx, const Geometry& g, const float* weight, float* vals) {
+    const int64_t pstep = (int64_t)g.dx * g.Cin;
+    const int64_t wstride = (int64_t)g.kh * g.kw * g.Cin, wrow = (int64_t)g.kw * g.Cin;
+    const int total = bx.total(), rw = bx.width(), m = bx.m;
+    const int chunk = reduce_chunk(m, total);
+    for (int first = 0; first < total; first += chunk) {
+        const int np = std::min(chunk, total - first);
+        int py[RD_MAX_NP], pxc[RD_MAX_NP];
+        for (int p = 0; p < np; ++p) {
+            py[p] = bx.y0 + (first + p) / rw;
+            pxc[p] = bx.x0 + (first + p) % rw;
+        }
+        for (int i0 = 0; i0 < m;) {
+            const int r = std::min(m - i0, reduce_tiles.rmax[np]);
+            vf a[RD_ACC];
+            for (int k = 0; k < r * np; ++k) a[k] = vf{};
+            const float* wr[RD_MAX_R];
+            for (int k = 0; k < r; ++k) wr[k] = weight + (int64_t)bx.chans[i0 + k] * wstride;
+            for (int ky = 0; ky < g.kh; ++ky) {
+                // positions whose whole window row lies inside the input run together; the others one position,
+                // channel and kx at a time, the taps outside skipped
+                const float* px[RD_MAX_NP];
+                const float* wk[RD_MAX_R];
+                for (int k = 0; k < r; ++k) wk[k] = wr[k] + ky * wrow;
+                bool inside = true;
+                for (int p = 0; p < np; ++p) {
+                    const int iy = py[p] * g.sy - g.pt + ky * g.dy;
+                    const int ix = pxc[p] * g.sx - g.pl;
+                    inside = inside && iy >= 0 && iy < g.H && ix >= 0 && ix + (g.kw - 1) * g.dx < g.W;
+                    px[p] = bx.xn + ((int64_t)iy * g.W + ix) * g.Cin;
+                }
+                if (inside) {
+                    reduce_tiles.fn[r][np](a, px, wk, g.kw, g.Cin, pstep);
+                    continue;
+                }
+                for (int p = 0; p < np; ++p) {
+                    const int iy = py[p] * g.sy - g.pt + ky * g.dy;
+                    if (iy < 0 || iy >= g.H) continue;
+                    const int ix0 = pxc[p] * g.sx - g.pl;
+                    for (int kx = 0; kx < g.kw; ++kx) {
+                        const int ix = ix0 + kx * g.dx;
+                        if (ix < 0 || ix >= g.W) continue;
+                        const float* one = bx.xn + ((int64_t)iy * g.W + ix) * g.Cin;
+                        for (int k = 0; k < r; ++k) {
+                            const float* wt = wk[k] + (int64_t)kx * g.Cin;
+                            reduce_tiles.fn[1][1](a + k * np + p, &one, &wt, 1, g.Cin, 0);
+                        }
+                    }
+                }
+            }
+            for (int k = 0; k < r; ++k)
+                for (int p = 0; p < np; ++p) vals[(size_t)(i0 + k) * total + first + p] = hsum(a[k * np + p]);
+            i0 += r;
+        }
+    }
+}
+
 extern "C" {
 
 int tkn_vector_width() { return VW; }
@@ -840,87 +941,11 @@ int tkn_roi_conv_reduce(const float* x, const float* weight, const int32_t* set_
             const int total = rh * rw;
             vals.resize((size_t)m * total);  // vals[i * total + q]: channel chans[i] at the box's position q
             const float* xn = x + (int64_t)n * g.H * g.W * g.Cin;
-            const int64_t pstep = (int64_t)g.dx * g.Cin;
-            const int64_t wstride = (int64_t)g.kh * g.kw * g.Cin, wrow = (int64_t)g.kw * g.Cin;
-            // one or two channels alone on a box at least RD_SLIDE_NP wide: each channel row by row in sliding chunks
-            // (input columns shared across kx), where every window of the box lies inside the input
-            const reduce_slide_fn* slide = (g.sx == 1 && g.dx == 1 && m <= 2 && rw >= RD_SLIDE_NP)
-                ? (g.kw == 5 ? slide_tiles.fn5 : g.kw == 3 ? slide_tiles.fn3 : nullptr) : nullptr;
-            if (slide) {
-                const int iy_lo = y0 * g.sy - g.pt, iy_hi = (y1 - 1) * g.sy - g.pt + (g.kh - 1) * g.dy;
-                const int ix_lo = x0 - g.pl, ix_hi = x1 - 1 - g.pl + g.kw - 1;
-                if (iy_lo < 0 || iy_hi >= g.H || ix_lo < 0 || ix_hi >= g.W) slide = nullptr;
-            }
-            if (slide) {
-                for (int i = 0; i < m; ++i) {
-                    const float* wc = weight + (int64_t)chans[i] * wstride;
-                    for (int y = y0; y < y1; ++y)
-                        for (int xa = x0; xa < x1; xa += RD_SLIDE_NP) {
-                            const int np = std::min(RD_SLIDE_NP, x1 - xa);
-                            vf a[RD_SLIDE_NP];
-                            for (int p = 0; p < np; ++p) a[p] = vf{};
-                            for (int ky = 0; ky < g.kh; ++ky) {
-                                const int iy = y * g.sy - g.pt + ky * g.dy;
-                                slide[np](a, xn + ((int64_t)iy * g.W + (xa - g.pl)) * g.Cin, wc + ky * wrow, g.Cin);
-                            }
-                            for (int p = 0; p < np; ++p)
-                                vals[(size_t)i * total + (size_t)(y - y0) * rw + (xa - x0) + p] = hsum(a[p]);
-                        }
-                }
-            }
-            const int chunk = reduce_chunk(m, total);
-            // the box's positions in chunks, row-major across its rows; per chunk the channels in tiles of R: the
-            // chunk's input rows stay in cache while the tiles run over them
-            for (int first = 0; first < (slide ? 0 : total); first += chunk) {
-                const int np = std::min(chunk, total - first);
-                int py[RD_MAX_NP], pxc[RD_MAX_NP];
-                for (int p = 0; p < np; ++p) {
-                    py[p] = y0 + (first + p) / rw;
-                    pxc[p] = x0 + (first + p) % rw;
-                }
-                for (int i0 = 0; i0 < m;) {
-                    const int r = std::min(m - i0, reduce_tiles.rmax[np]);
-                    vf a[RD_ACC];
-                    for (int k = 0; k < r * np; ++k) a[k] = vf{};
-                    const float* wr[RD_MAX_R];
-                    for (int k = 0; k < r; ++k) wr[k] = weight + (int64_t)chans[i0 + k] * wstride;
-                    for (int ky = 0; ky < g.kh; ++ky) {
-                        // positions whose whole window row lies inside the input run together; the others one
-                        // position, channel and kx at a time, the taps outside skipped
-                        const float* px[RD_MAX_NP];
-                        const float* wk[RD_MAX_R];
-                        for (int k = 0; k < r; ++k) wk[k] = wr[k] + ky * wrow;
-                        bool inside = true;
-                        for (int p = 0; p < np; ++p) {
-                            const int iy = py[p] * g.sy - g.pt + ky * g.dy;
-                            const int ix = pxc[p] * g.sx - g.pl;
-                            inside = inside && iy >= 0 && iy < g.H && ix >= 0 && ix + (g.kw - 1) * g.dx < g.W;
-                            px[p] = xn + ((int64_t)iy * g.W + ix) * g.Cin;
-                        }
-                        if (inside) {
-                            reduce_tiles.fn[r][np](a, px, wk, g.kw, g.Cin, pstep);
-                            continue;
-                        }
-                        for (int p = 0; p < np; ++p) {
-                            const int iy = py[p] * g.sy - g.pt + ky * g.dy;
-                            if (iy < 0 || iy >= g.H) continue;
-                            const int ix0 = pxc[p] * g.sx - g.pl;
-                            for (int kx = 0; kx < g.kw; ++kx) {
-                                const int ix = ix0 + kx * g.dx;
-                                if (ix < 0 || ix >= g.W) continue;
-                                const float* one = xn + ((int64_t)iy * g.W + ix) * g.Cin;
-                                for (int k = 0; k < r; ++k) {
-                                    const float* wt = wk[k] + (int64_t)kx * g.Cin;
-                                    reduce_tiles.fn[1][1](a + k * np + p, &one, &wt, 1, g.Cin, 0);
-                                }
-                            }
-                        }
-                    }
-                    for (int k = 0; k < r; ++k)
-                        for (int p = 0; p < np; ++p) vals[(size_t)(i0 + k) * total + first + p] = hsum(a[k * np + p]);
-                    i0 += r;
-                }
-            }
+            const ReduceBox bx{xn, chans, m, y0, y1, x0, x1};
+            if (const reduce_slide_fn* slide = slide_for(bx, g))
+                reduce_box_slide(bx, g, weight, slide, vals.data());
+            else
+                reduce_box_tiles(bx, g, weight, vals.data());
             // per channel: the epilogue on the box's values, then the pool over the pooled positions the box meets
             for (int i = 0; i < m; ++i) {
                 const int c = chans[i];
