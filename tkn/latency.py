@@ -240,6 +240,22 @@ def _layer_inputs(frozen: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return inputs
 
 
+def _timed_layers(work: nn.Module, x: Tensor, names: Sequence[str], repeats: int,
+                  extra: Any = None) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """Freeze ``work`` on ``x`` and time, in one interleaved run, each of the target layers ``names`` alone on the
+    input it receives there, together with the callables ``extra(frozen)`` returns (by name). Returns ``{layer:
+    (its MACs, seconds)}`` and ``{extra name: seconds}`` (minimum over the rounds)."""
+    frozen = freeze(work, x, repeats=1)
+    inputs = _layer_inputs(frozen, x)
+    layers = {n: frozen.get_submodule(n) for n in names if n in inputs}
+    fns = dict(extra(frozen)) if extra is not None else {}
+    fns.update({n: (lambda fl=fl, xi=inputs[n]: fl(xi)) for n, fl in layers.items()})
+    with torch.no_grad():
+        t = interleaved(fns, repeats, min_block_s=BLOCK_S)
+    return ({n: (float(fl.macs()), t[n]["min"]) for n, fl in layers.items()},
+            {k: t[k]["min"] for k in fns if k not in layers})
+
+
 def producers(model: nn.Module) -> dict[str, str]:
     """Each target layer's producer: the target layer before it (module order) when that one's output channels
     are its input channels (a chain such as TKN6's ``features``). Layers fed otherwise (a model's first layer, a
@@ -298,41 +314,29 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
     passes = [fed[0::2], fed[1::2]] if fed else []
     for ratio in levels:
         _set_level(work, ratio, seed)
-        frozen = freeze(work, x, repeats=1)
-        inputs = _layer_inputs(frozen, x)
-        fns = {"frozen": lambda: frozen(x)}
-        if not dense_times:  # the dense model once, in the first level's rounds
-            fns["dense"] = lambda: dense(x)
-        for name in names:
-            if name in inputs:
-                fl, xi = frozen.get_submodule(name), inputs[name]
-                fns[name] = lambda fl=fl, xi=xi: fl(xi)
-        with torch.no_grad():
-            t = interleaved(fns, repeats, min_block_s=BLOCK_S)
+
+        def whole_models(frozen: nn.Module) -> dict:
+            fns = {"frozen": lambda: frozen(x)}
+            if not dense_times:  # the dense model once, in the first level's rounds
+                fns["dense"] = lambda: dense(x)
+            return fns
+
+        layers, t = _timed_layers(work, x, names, repeats, whole_models)
         if "dense" in t:
-            dense_times.append(t["dense"]["min"])
-        layer_sum = 0.0
-        for name in names:
-            if name not in inputs:
-                continue
-            fl = frozen.get_submodule(name)
-            points[name][0].append(float(fl.macs()))
-            points[name][1].append(t[name]["min"])
-            layer_sum += t[name]["min"]
-        totals.append(t["frozen"]["min"])
-        sums.append(layer_sum)
+            dense_times.append(t["dense"])
+        for name, (macs, seconds) in layers.items():
+            points[name][0].append(macs)
+            points[name][1].append(seconds)
+        totals.append(t["frozen"])
+        sums.append(sum(seconds for _, seconds in layers.values()))
         for measured in passes:
             if not measured:
                 continue
             _set_level(work, ratio, seed, whole=[n for n in names if n not in measured])
-            frozen = freeze(work, x, repeats=1)
-            inputs = _layer_inputs(frozen, x)
-            fns = {n: (lambda fl=frozen.get_submodule(n), xi=inputs[n]: fl(xi)) for n in measured if n in inputs}
-            with torch.no_grad():
-                t = interleaved(fns, repeats, min_block_s=BLOCK_S)
-            for n in fns:
-                dense_points[n][0].append(float(frozen.get_submodule(n).macs()))
-                dense_points[n][1].append(t[n]["min"])
+            layers, _ = _timed_layers(work, x, measured, repeats)
+            for name, (macs, seconds) in layers.items():
+                dense_points[name][0].append(macs)
+                dense_points[name][1].append(seconds)
     fixed = max(0.0, statistics.median(tot - s for tot, s in zip(totals, sums)))
     rest = LayerTable(list(sums), [max(0.0, tot - s) for tot, s in zip(totals, sums)])
     tables = {n: LayerTable(*points[n]) for n in names if points[n][0]}
