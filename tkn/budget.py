@@ -63,6 +63,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,7 @@ from tkn import functional as TF
 from tkn.layers import TargetConv2d
 from tkn.validate import at_least, in_range, positive_int, positive_number
 
-__all__ = ["MacBudget", "max_speedup", "roi_mac_measure"]
+__all__ = ["MacBudget", "max_speedup", "roi_mac_measure", "log_bracket"]
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -158,6 +159,26 @@ def roi_mac_measure(layer: TargetConv2d, height: int, width: int) -> Tensor:
     wx = _continuous_width(m[:, 1], s[:, 1]) * width
     pixel = (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
     return (wy * wx).sum() * pixel
+
+
+def log_bracket(fits: Callable[[float], bool]) -> tuple[float, float] | None:
+    """For a scale factor whose fit is monotone (``fits(a)`` true for small ``a``, false from some point on):
+    ``(lo, hi)`` in log-space, 2**-40 apart after bisection, with ``fits(exp(lo))`` true (or ``lo`` at -60) and
+    ``fits(exp(hi))`` false; ``None`` when every factor up to ``exp(60)`` fits."""
+    if fits(1.0):
+        lo, hi = 0.0, 1.0
+        while fits(math.exp(hi)):
+            if hi >= 60:
+                return None
+            lo, hi = hi, hi + 1.0
+    else:
+        lo, hi = -1.0, 0.0
+        while lo > -60 and not fits(math.exp(lo)):
+            lo, hi = lo - 1.0, lo
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if fits(math.exp(mid)) else (lo, mid)
+    return lo, hi
 
 
 class MacBudget:
@@ -296,21 +317,10 @@ class MacBudget:
         if self._exact(self._scaled(math.exp(-60.0), weight)) > budget:
             weight = dict.fromkeys(weight, 1.0)  # the weighted factor cannot get there: shrink every layer alike
         scaled = lambda a: self._scaled(a, weight)  # noqa: E731
-        fits = lambda a: self._exact(scaled(a)) <= budget  # noqa: E731
-        # a bracket in log-space: the factor exp(lo) fits the budget, exp(hi) does not
-        if fits(1.0):
-            lo, hi = 0.0, 1.0
-            while fits(math.exp(hi)):
-                if hi >= 60:
-                    return  # every window can cover its whole map within the budget
-                lo, hi = hi, hi + 1.0
-        else:
-            lo, hi = -1.0, 0.0
-            while lo > -60 and not fits(math.exp(lo)):
-                lo, hi = lo - 1.0, lo
-        for _ in range(40):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if fits(math.exp(mid)) else (lo, mid)
+        bracket = log_bracket(lambda a: self._exact(scaled(a)) <= budget)
+        if bracket is None:
+            return  # every window can cover its whole map within the budget
+        lo, hi = bracket
         small, large = scaled(math.exp(lo)), scaled(math.exp(hi))
         # between the two factors some channels change width: take the larger scales where the budget allows,
         # giving the smaller ones first to the channels whose switch saves the most

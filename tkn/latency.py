@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from tkn.benchmark import dense_baseline
-from tkn.budget import MacBudget, roi_mac_measure
+from tkn.budget import MacBudget, log_bracket, roi_mac_measure
 from tkn.convert import target_layers
 from tkn.engine import native as native_kernel
 from tkn.engine.freeze import freeze
@@ -447,21 +447,10 @@ class LatencyBudget(MacBudget):
         weight = self._weight
         if self.predicted_seconds(self._scaled(math.exp(-60.0), weight)) > budget:
             weight = dict.fromkeys(weight, 1.0)
-        fits = lambda a: self.predicted_seconds(self._scaled(a, weight)) <= budget  # noqa: E731
-        if fits(1.0):
-            lo, hi = 0.0, 1.0
-            while fits(math.exp(hi)):
-                if hi >= 60:
-                    return
-                lo, hi = hi, hi + 1.0
-        else:
-            lo, hi = -1.0, 0.0
-            while lo > -60 and not fits(math.exp(lo)):
-                lo, hi = lo - 1.0, lo
-        for _ in range(40):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if fits(math.exp(mid)) else (lo, mid)
-        chosen = self._scaled(math.exp(lo), weight)
+        bracket = log_bracket(lambda a: self.predicted_seconds(self._scaled(a, weight)) <= budget)
+        if bracket is None:
+            return  # every window can cover its whole map within the budget
+        chosen = self._scaled(math.exp(bracket[0]), weight)
         for c in self.calls:
             c.layer.s.copy_(chosen[id(c.layer)])
 
