@@ -159,6 +159,32 @@ def test_summarize_by_hand():
     assert (dense["seeds"], dense["test_error_std"], dense["width"]) == (1, 0.0, 0.5)
 
 
+def test_narrower_tkns_are_points_of_their_own():
+    points = plan_points("tkn6", [0.5], [3, 10], tkn_widths=[1, 0.5])
+    assert [p.folder for p in points] == ["dense-w0.5", "tkn-speedup-3", "tkn-speedup-10", "tkn-w0.5-speedup-3",
+                                          "tkn-w0.5-speedup-10"]
+    assert points[3].overrides == {"model": "tkn6", "width": 0.5, "l2": 0.0, "target_speedup": 3.0}
+    with pytest.raises(ValueError, match="each --tkn-widths value must be a finite number > 0, got 0"):
+        plan_points("tkn6", [], [4], tkn_widths=[0])
+    with pytest.raises(ValueError, match="--tkn-widths needs at least one width"):
+        plan_points("tkn6", [], [4], tkn_widths=[])
+
+
+def test_plan_lists_points_with_each_widths_reach_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "plan"
+    args = ["frontier", "--model", "tkn6", "--data", "tlmnist28-5k", "--widths", "0.5", "--target-speedup", "4", "20",
+            "--tkn-widths", "1", "0.5", "--out", str(out), "--plan"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # MAC budgets with min_roi=3 on 28x28: full width reaches 15.16x, width 0.5 its own maximum, both below 20
+    assert "tkn6 at width 1 with min_roi=3: largest speed-up 15.16x (MACs)" in lines
+    assert any(line.startswith("tkn6 at width 0.5 with min_roi=3: largest speed-up ") for line in lines)
+    skipped = [line for line in lines if line.startswith("target speed-up 20 skipped: ")]
+    assert len(skipped) == 2 and "tkn6 at width 0.5 on 1x28x28 inputs with min_roi=3" in skipped[1]
+    assert lines[-3:] == ["dense-w0.5", "tkn-speedup-4", "tkn-w0.5-speedup-4"]
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_points_per_seed():
     points = plan_points("tkn6", [], [4], seeds=[0, 2])
     assert [p.folder for p in points] == ["tkn-speedup-4", "tkn-speedup-4-seed2"]

@@ -166,3 +166,28 @@ def test_calibration_measures_every_layer_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setattr("tkn.latency.interleaved", lambda *a, **k: calls.append(1))
     again = calibrate(net, (1, 12, 12), batch_size=3, levels=(1.0, 4.0), repeats=1)
     assert not calls and again.to_dict() == lm.to_dict()
+
+
+def test_calibration_runs_on_the_threads_asked_for_and_caches_them_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("TKN_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = tkn.targetize(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1)), min_roi=1)
+    seen = []
+    timed = tkn.latency.interleaved
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return timed(*args, **kwargs)
+
+    monkeypatch.setattr("tkn.latency.interleaved", spy)
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    one = calibrate(net, (1, 8, 8), batch_size=2, levels=(1.0,), repeats=1, threads=other)
+    assert seen and set(seen) == {other} and torch.get_num_threads() == before
+    seen.clear()
+    calibrate(net, (1, 8, 8), batch_size=2, levels=(1.0,), repeats=1, threads=other)
+    assert not seen  # cached for these threads
+    mine = calibrate(net, (1, 8, 8), batch_size=2, levels=(1.0,), repeats=1)
+    assert seen and set(seen) == {before} and mine.key != one.key  # another entry for the process's threads
+    with pytest.raises(ValueError, match="threads must be a positive int, got 0"):
+        calibrate(net, (1, 8, 8), batch_size=2, threads=0)

@@ -47,3 +47,27 @@ def test_headline_and_frontier_tables(tables, tmp_path):
     frontier = tables.frontier_table({"rows": [r for r in rows if r["seed"] == 0], "batches": [1, 64]}).splitlines()
     assert frontier[3].split("|")[1:-1] == [" TKN6 budget 8x (min ROI 3 px) ", " 45.4M ", " 8.10 ", " 4.00 ", " 2.00 ",
                                            " 2.00 ", " 0.250 ", " 8.00 "]
+
+
+def test_latency_table_checks_each_budget_against_the_dense_twin_of_its_width(tables):
+    def row(kind, width, target, seed, error, b1, b64, batch=64):
+        r = _row(kind, width, target, seed, error, 1.0, b1, b64, "run")
+        r["config"] = {"budget": "latency", "latency_batch": batch} if kind == "tkn" else {}
+        return r
+
+    rows = [row("dense", 1.0, None, 0, 2.0, 0.004, 0.128), row("dense", 1.0, None, 1, 4.0, 0.006, 0.128),
+            row("dense", 0.5, None, 0, 3.0, 0.002, 0.032),
+            # width 1, 4x at batch 64: twin 2 ms/image, these 0.5 and 0.4 ms/image -> 1.00 and 1.25 of the target
+            row("tkn", 1.0, 4.0, 0, 5.0, 0.003, 0.032), row("tkn", 1.0, 4.0, 1, 7.0, 0.003, 0.0256),
+            # width 0.5, 2x at batch 64 over CNN6 width 0.5 (0.5 ms/image): 0.2 ms/image -> 1.25
+            row("tkn", 0.5, 2.0, 0, 6.0, 0.001, 0.0128),
+            # width 1, 2.5x at batch 1 over CNN6 width 1 (5 ms mean): 2.5 ms -> 0.80
+            row("tkn", 1.0, 2.5, 0, 4.0, 0.0025, 0.064, batch=1)]
+    lines = tables.latency_table({"rows": rows, "batches": [1, 64]}).splitlines()
+    cells = [line.split("|")[1:-1] for line in lines[2:]]
+    assert [c[0].strip() for c in cells] == ["CNN6 width 1", "CNN6 width 0.5", "TKN6, 2.5x measured at b1",
+                                             "TKN6, 4x measured at b64", "TKN6 width 0.5, 2x measured at b64"]
+    assert cells[0][1:] == [" 2 ", " 3.00 ± 1.41 ", " 368.0M ", " 5.00 ", " 1.00 ", " 2.000 ", " 1.00 ", "  "]
+    assert cells[2][4:] == [" 2.50 ", " 2.00 ", " 1.000 ", " 2.00 ", " 0.80 "]
+    assert cells[3][2] == " 6.00 ± 1.41 " and cells[3][4:] == [" 3.00 ", " 1.67 ", " 0.450 ", " 4.44 ", " 1.00–1.25 "]
+    assert cells[4][-1] == " 1.25 "

@@ -187,7 +187,7 @@ class LatencyModel:
 
 
 def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float],
-               repeats: int) -> str:
+               repeats: int, threads: int) -> str:
     h = hashlib.sha256()
     cpu = ""
     try:
@@ -197,7 +197,7 @@ def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, lev
         cpu = platform.processor()
     source = (Path(native_kernel.__file__).with_name("csrc") / "roi_conv.cpp").read_bytes()
     parts = [str(_CACHE_VERSION), repr(model), str(tuple(input_size)), str(batch_size), str(tuple(levels)),
-             str(repeats), str(torch.get_num_threads()), torch.__version__, cpu, str(native_kernel.available())]
+             str(repeats), str(threads), torch.__version__, cpu, str(native_kernel.available())]
     for p in parts:
         h.update(p.encode())
     h.update(source)
@@ -270,7 +270,7 @@ def producers(model: nn.Module) -> dict[str, str]:
 
 def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64, *,
               levels: Sequence[float] = LEVELS, repeats: int | None = None, seed: int = 0,
-              cache: bool = True) -> LatencyModel:
+              cache: bool = True, threads: int | None = None) -> LatencyModel:
     """Measure the latency model of ``model`` (its structure, not its windows) at ``batch_size`` on this machine.
 
     Args:
@@ -281,20 +281,39 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
         repeats: timed rounds per measurement (minimum kept); default :data:`ROUNDS_SMALL` below
             :data:`SMALL_BATCH` samples, else :data:`ROUNDS`.
         cache: read and write ``$TKN_CACHE/latency/<key>.json``.
+        threads: intra-op threads the frozen and dense models are timed with (``torch.set_num_threads``
+            during the measurement, restored after); default: the process's current number. A model
+            deployed on 2 threads can so be budgeted by a training process that runs on 1.
     """
     positive_int("batch_size", batch_size)
     if repeats is None:
         repeats = ROUNDS_SMALL if batch_size < SMALL_BATCH else ROUNDS
     positive_int("repeats", repeats)
+    threads = torch.get_num_threads() if threads is None else positive_int("threads", threads)
     if not target_layers(model):
         raise ValueError("the model has no target layer (TargetConv2d): there is no latency to model")
-    key = _cache_key(model, input_size, batch_size, levels, repeats)
+    key = _cache_key(model, input_size, batch_size, levels, repeats, threads)
     path = _cache_dir() / f"{key}.json"
     if cache and path.is_file():
         try:
             return LatencyModel.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a stale or broken entry: measure again
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = _measure(model, input_size, batch_size, levels, repeats, seed, key)
+    finally:
+        torch.set_num_threads(previous)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(result.to_dict()))
+    return result
+
+
+def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float], repeats: int,
+             seed: int, key: str) -> LatencyModel:
+    """:func:`calibrate`'s measurement, on the threads the caller set."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch_size, *input_size, generator=g)
     work = copy.deepcopy(model).eval()
@@ -348,9 +367,6 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
         macs = {n: table.macs[0] for n, table in tables.items()}  # placeholder for layers missing a point
         macs.update({n: points[n][0][i] for n in tables if len(points[n][0]) > i})
         result.checks.append({"flop_ratio": ratio, "measured_s": total, "predicted_s": float(result.predict(macs))})
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(result.to_dict()))
     return result
 
 
@@ -367,6 +383,7 @@ class LatencyBudget(MacBudget):
             ``target_speedup`` a factor of measured time.
         batch_size: the batch the speed-up is measured at.
         latency_model: a :class:`LatencyModel` to use (default: :func:`calibrate` on this machine, cached).
+        threads: threads the speed-up is measured on (:func:`calibrate`'s ``threads``; default: the process's).
 
     Raises:
         ValueError: ``target_speedup`` above the largest speed-up the latency model predicts for this model
@@ -375,14 +392,15 @@ class LatencyBudget(MacBudget):
 
     def __init__(self, model: nn.Module, input_size: Any, target_speedup: float, total_steps: int,
                  batch_size: int = 64, *, ramp: float = 0.25, dual_lr: float = 5.0, band: float = 1.1,
-                 latency_model: LatencyModel | None = None) -> None:
+                 latency_model: LatencyModel | None = None, threads: int | None = None) -> None:
         super().__init__(model, input_size, 1.0, total_steps, ramp=ramp, dual_lr=dual_lr, band=band)
         positive_int("batch_size", batch_size)
         if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or not (
                 math.isfinite(target_speedup) and target_speedup >= 1):
             raise ValueError(f"target_speedup must be a number >= 1 (dense time / frozen time), got {target_speedup!r}")
         self.batch_size = int(batch_size)
-        self.latency = latency_model if latency_model is not None else calibrate(model, input_size, batch_size)
+        self.latency = (latency_model if latency_model is not None
+                        else calibrate(model, input_size, batch_size, threads=threads))
         missing = {c.name for c in self.calls} - set(self.latency.layers)
         if missing:
             raise ValueError(f"the latency model has no table for target layers {sorted(missing)}")

@@ -403,10 +403,11 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
 
 def frontier_figure(rows: Sequence[dict], timings: Sequence[tuple[str, int]], *, title: str | None = None,
                     ylabel: str = "test error (%)"):
-    """Test error against measured time per image: dense widths one curve, TKN budgets another (``tkn frontier``).
+    """Test error against measured time per image: dense widths one curve, TKN budgets another (``tkn frontier``),
+    and one more curve per narrower TKN width (composites).
 
     One panel per entry of ``timings``. Each point is annotated with its width
-    (``w=0.5``) or budget (``R=8``) and its MACs.
+    (``w=0.5``), budget (``R=8``) or both, and its MACs.
 
     Args:
         rows: dicts with ``kind`` (``"dense"`` or ``"tkn"``), ``width``, ``target_speedup``,
@@ -428,11 +429,15 @@ def frontier_figure(rows: Sequence[dict], timings: Sequence[tuple[str, int]], *,
             raise ValueError(f"frontier rows {missing} lack the {key!r} column")
     rows = [r for r in rows if r["test_error"] is not None]
     fig, axes = plt.subplots(1, len(timings), figsize=(6.0 * len(timings), 4.6), layout="constrained", squeeze=False)
-    styles = (("dense", "o-", "dense, narrower (width w)", lambda r: f"w={r['width']:g}"),
-              ("tkn", "s-", "TKN, speed-up budget R", lambda r: f"R={r['target_speedup']:g}"))
+    styles = [("dense", None, "o-", "dense, narrower (width w)", lambda r: f"w={r['width']:g}"),
+              ("tkn", 1, "s-", "TKN, speed-up budget R", lambda r: f"R={r['target_speedup']:g}")]
+    for w in sorted({float(r.get("width", 1)) for r in rows if r["kind"] == "tkn"} - {1.0}, reverse=True):
+        styles.append(("tkn", w, "^-", f"TKN at width {w:g}, budget R over its width",
+                       lambda r: f"w={r['width']:g} R={r['target_speedup']:g}"))
     for ax, (column, batch) in zip(axes[0], timings):
-        for kind, marker, label, name in styles:
-            pts = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r[column])
+        for kind, width, marker, label, name in styles:
+            pts = sorted((r for r in rows if r["kind"] == kind
+                          and (width is None or float(r.get("width", 1)) == width)), key=lambda r: r[column])
             if not pts:
                 continue
             xs = [1e3 * r[column] / batch for r in pts]

@@ -67,6 +67,7 @@ def test_parse_set_rejects_malformed(item):
     ("nesterov", "yes", "nesterov must be true or false"),
     ("max_train_samples", 0, "max_train_samples must be an int >= 1, got 0"),
     ("loss", "hinge", "loss must be one of"),
+    ("latency_threads", 0, "latency_threads must be an int >= 1, got 0"),
 ])
 def test_validation_names_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):

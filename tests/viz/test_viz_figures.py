@@ -131,3 +131,21 @@ def test_load_sample_reads_png_and_resizes(tmp_path):
     assert three.shape == (3, 10, 12) and torch.equal(three[0], three[2])
     # bilinear halving averages 2x2 blocks of the ramp
     np.testing.assert_allclose(three[0].numpy(), values.reshape(10, 2, 12, 2).mean((1, 3)), atol=3 / 255)
+
+
+def test_frontier_figure_draws_narrower_tkns_as_their_own_curve():
+    def row(kind, width, target, error, b1, b64):
+        return {"kind": kind, "width": width, "target_speedup": target, "test_error": error, "macs": 1e6,
+                "latency_b1_s": b1, "time_b64_s": b64}
+
+    rows = [row("dense", 1.0, None, 2.0, 4e-3, 0.128), row("dense", 0.5, None, 2.5, 2e-3, 0.032),
+            row("tkn", 1.0, 4.0, 2.2, 3e-3, 0.032), row("tkn", 1.0, 10.0, 3.0, 2e-3, 0.0128),
+            row("tkn", 0.5, 3.0, 2.9, 1e-3, 0.0128)]
+    fig = viz.frontier_figure(rows, [("latency_b1_s", 1), ("time_b64_s", 64)])
+    b1, b64 = fig.axes
+    assert [line.get_label() for line in b64.lines] == ["dense, narrower (width w)", "TKN, speed-up budget R",
+                                                         "TKN at width 0.5, budget R over its width"]
+    composite = b64.lines[2]
+    assert list(composite.get_xdata()) == [0.2] and list(composite.get_ydata()) == [2.9]  # ms per image
+    assert list(b64.lines[1].get_xdata()) == [0.2, 0.5]  # sorted by time
+    assert any(t.get_text().startswith("w=0.5 R=3\n") for t in b1.texts)

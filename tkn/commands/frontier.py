@@ -6,11 +6,15 @@ schedule (:func:`tkn.training.train`, the code of ``tkn train``):
 
 * the dense twin at every ``--widths`` multiplier (``width`` of
   :func:`tkn.models.create_model`), run folders ``dense-w<width>/``;
-* the full-width TKN at every ``--target-speedup`` budget, trained to it with
-  :class:`tkn.MacBudget` and the paper's L2 set to 0 as ``tkn sweep
-  --target-speedup`` does, run folders ``tkn-speedup-<R>/``. A budget above the
+* the TKN at every ``--target-speedup`` budget, trained to it with
+  :class:`tkn.MacBudget` (``--budget latency``: :class:`tkn.LatencyBudget`)
+  and the paper's L2 set to 0 as ``tkn sweep --target-speedup`` does, run
+  folders ``tkn-speedup-<R>/``; at full width, and at every other
+  ``--tkn-widths`` width (composites, ``tkn-w<width>-speedup-<R>/``, their
+  budget counted against the dense twin of their width). A budget above the
   model's reachable maximum (:func:`tkn.budget.max_speedup`, which depends on
-  ``min_roi``) is skipped, with its maximum logged and recorded.
+  ``min_roi``; the latency model's for latency budgets) is skipped, with its
+  maximum logged and recorded. ``--plan`` stops there.
 
 Each point is then read back from its checkpoint (the best epoch of a dense
 run, as the paper reports; the last epoch of a budget run, where the budget
@@ -132,12 +136,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--widths", type=float, nargs="*", default=list(WIDTHS), metavar="W",
                    help="widths of the dense twin (default 1 0.5 0.25 0.125; none: TKNs only)")
     p.add_argument("--target-speedup", type=float, nargs="*", default=list(SPEEDUPS), metavar="R",
-                   help="speed-up budgets of the full-width TKN (default 2 4 8 16 32; none: dense widths only)")
+                   help="speed-up budgets of the TKN (default 2 4 8 16 32; none: dense widths only)")
+    p.add_argument("--tkn-widths", type=float, nargs="+", default=[1.0], metavar="W",
+                   help="widths of the TKN trained at every budget (default 1; e.g. 1 0.5 adds the composite "
+                        "of a narrower TKN, whose budget counts against the dense twin of its width)")
     p.add_argument("--budget", choices=("macs", "latency"),
                    help="what --target-speedup counts: 'macs' (default, tkn.MacBudget) or 'latency' (the frozen "
                         "model's measured speed-up on this machine, tkn.LatencyBudget)")
     p.add_argument("--latency-batch", type=int, metavar="N",
                    help="batch size at which a latency budget's speed-up is measured (default 64)")
+    p.add_argument("--latency-threads", type=int, metavar="N",
+                   help="threads on which a latency budget's speed-up is measured (default: the process's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[None], metavar="S",
                    help="train every point once per seed (default: the config's seed); <name>-summary.csv "
                         "gives mean and spread")
@@ -149,6 +158,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="batch sizes to time at (default 1 64)")
     p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed repetitions per batch size (default 10)")
     p.add_argument("--no-train", action="store_true", help="only read back, time and plot the runs already in --out")
+    p.add_argument("--plan", action="store_true",
+                   help="list the points and the skipped budgets, then stop (latency budgets: calibrates and caches "
+                        "their latency models, e.g. on a quiet machine before studies train in parallel)")
     p.add_argument("--json", action="store_true", help="print frontier.json's content on stdout")
     add_study_arguments(p)
     p.set_defaults(func=run)
@@ -158,7 +170,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _base(args: argparse.Namespace) -> dict[str, Any]:
     """Config keys shared by every run: :data:`DEFAULTS` without ``--config``, then the flags given."""
     base: dict[str, Any] = dict(DEFAULTS) if args.config is None else {}
-    for key in ("model", "data", "epochs", "budget", "latency_batch"):
+    for key in ("model", "data", "epochs", "budget", "latency_batch", "latency_threads"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     if args.config is None:
@@ -171,9 +183,12 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``tkn frontier``; returns the exit code."""
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     report = run_frontier(_base(args), args.out, timer=time_points, widths=args.widths, speedups=args.target_speedup,
-                          seeds=args.seeds, batches=args.batch, repeats=args.repeats, recipe=args.config,
-                          sets=args.sets,
-                          train=not args.no_train, resume=args.resume, overwrite=args.overwrite, log=log)
+                          seeds=args.seeds, tkn_widths=args.tkn_widths, batches=args.batch, repeats=args.repeats,
+                          recipe=args.config, sets=args.sets, train=not args.no_train, plan_only=args.plan,
+                          resume=args.resume, overwrite=args.overwrite, log=log)
+    if args.plan:
+        print("\n".join(report["planned"]) if report["planned"] else "no point to train")
+        return 0
     report["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
     figure = _figure(report, Path(args.out), args.name, log)
     report["figure"] = None if figure is None else str(figure)

@@ -5,10 +5,12 @@ For a targeted model (``tkn6``, whose dense twin is ``cnn6``; ``tdn10`` -> ``dn1
 
 * the dense twin at every width multiplier (``width`` of :func:`tkn.models.create_model`), run folders
   ``dense-w<width>/``;
-* the full-width TKN at every speed-up budget, trained to it with :class:`tkn.MacBudget` (or
-  :class:`tkn.LatencyBudget`) and the paper's L2 set to 0, as :func:`tkn.study.sweep.run_sweep` does, run folders
-  ``tkn-speedup-<R>/``. A budget above the model's reachable maximum (:func:`tkn.budget.max_speedup`, which
-  depends on ``min_roi``) is skipped, with its maximum logged and recorded (:func:`split_reachable`).
+* the TKN at every speed-up budget, trained to it with :class:`tkn.MacBudget` (or :class:`tkn.LatencyBudget`)
+  and the paper's L2 set to 0, as :func:`tkn.study.sweep.run_sweep` does, run folders ``tkn-speedup-<R>/``; at
+  full width by default, and at every TKN width asked for (composites: a narrower TKN, run folders
+  ``tkn-w<width>-speedup-<R>/``, whose budget counts against the dense twin of the same width). A budget above
+  the model's reachable maximum (:func:`tkn.budget.max_speedup`, which depends on ``min_roi``) is skipped, with
+  its maximum logged and recorded (:func:`split_reachable`).
 
 Each point is then read back from its checkpoint (the best epoch of a dense run, as the paper reports; the last
 epoch of a budget run, where the budget holds), and all points are timed by the ``timer`` the caller passes
@@ -68,12 +70,12 @@ TAIL = ("checkpoint", "run", "config_file")
 
 @dataclass(frozen=True)
 class Point:
-    """One point of the frontier: a dense twin at a width, or the full-width TKN at a budget.
+    """One point of the frontier: a dense twin at a width, or a TKN (at a width) at a budget.
 
     Attributes:
         kind: ``"dense"`` or ``"tkn"``.
         model: registry name of the network trained.
-        width: channel multiplier (1 for TKNs).
+        width: channel multiplier.
         target_speedup: the budget of a TKN, ``None`` for dense points.
         seed: the run's seed (``None``: the config's).
     """
@@ -86,8 +88,12 @@ class Point:
 
     @property
     def folder(self) -> str:
-        """Run-folder name: ``dense-w0.5`` or ``tkn-speedup-8``, plus ``-seed<S>`` for a seed other than 0."""
-        name = f"dense-w{self.width:g}" if self.kind == "dense" else f"tkn-speedup-{self.target_speedup:g}"
+        """Run-folder name: ``dense-w0.5``, ``tkn-speedup-8`` (full width) or ``tkn-w0.5-speedup-8``, plus
+        ``-seed<S>`` for a seed other than 0."""
+        if self.kind == "dense":
+            name = f"dense-w{self.width:g}"
+        else:
+            name = "tkn-" + ("" if self.width == 1 else f"w{self.width:g}-") + f"speedup-{self.target_speedup:g}"
         return name + (f"-seed{self.seed}" if self.seed else "")
 
     @property
@@ -106,7 +112,7 @@ class Point:
         seed = {} if self.seed is None else {"seed": self.seed}
         if self.kind == "dense":
             return {"model": self.model, "width": self.width, **seed}
-        return {"model": self.model, "width": 1.0, "l2": 0.0, "target_speedup": self.target_speedup, **seed}
+        return {"model": self.model, "width": self.width, "l2": 0.0, "target_speedup": self.target_speedup, **seed}
 
 
 class PointTimer(Protocol):
@@ -129,15 +135,20 @@ class PointTimer(Protocol):
 
 
 def plan_points(targeted: str, widths: Sequence[float], speedups: Sequence[float],
-                seeds: Sequence[int | None] = (None,)) -> list[Point]:
-    """The points of a study: the dense twin of ``targeted`` at ``widths``, ``targeted`` at ``speedups``,
-    each once per seed.
+                seeds: Sequence[int | None] = (None,), tkn_widths: Sequence[float] = (1.0,)) -> list[Point]:
+    """The points of a study: the dense twin of ``targeted`` at ``widths``, ``targeted`` at every width of
+    ``tkn_widths`` and every budget of ``speedups``, each once per seed.
 
     Args:
         targeted: a targeted registry name with a dense twin (``tkn6``, ``tdn10``...).
         widths: channel multipliers of the dense twin (finite, > 0; duplicates dropped; may be empty).
-        speedups: budgets ``R >= 1`` of the full-width TKN (duplicates dropped; may be empty).
+        speedups: budgets ``R >= 1`` of the TKNs (duplicates dropped; may be empty).
         seeds: seeds of every point (``None``: the config's).
+        tkn_widths: channel multipliers of the TKNs (default: full width only).
+
+    Example:
+        >>> [p.folder for p in plan_points("tkn6", [0.5], [3], tkn_widths=[1, 0.5])]
+        ['dense-w0.5', 'tkn-speedup-3', 'tkn-w0.5-speedup-3']
 
     Raises:
         ValueError: ``targeted`` has no dense twin, a width, budget or seed is out of range, or there is no point.
@@ -151,8 +162,11 @@ def plan_points(targeted: str, widths: Sequence[float], speedups: Sequence[float
     each("--seeds", [s for s in seeds if s is not None], non_negative_int)
     widths = dict.fromkeys(each("--widths", widths, positive_number))
     speedups = dict.fromkeys(each("--target-speedup", speedups, lambda name, v: at_least(name, v, 1)))
+    tkn_widths = dict.fromkeys(each("--tkn-widths", tkn_widths, positive_number))
+    if speedups and not tkn_widths:
+        raise ValueError("--tkn-widths needs at least one width when budgets are given")
     kinds = [("dense", dense, w, None) for w in widths]
-    kinds += [("tkn", targeted, 1.0, r) for r in speedups]
+    kinds += [("tkn", targeted, float(w), r) for w in tkn_widths for r in speedups]
     if not kinds:
         raise ValueError("a study needs at least one point: give --widths or --target-speedup values")
     return [Point(kind, model, w, r, seed) for kind, model, w, r in kinds for seed in seeds]
@@ -184,40 +198,48 @@ def point_config(point: Point, base: dict[str, Any], out: Path, *, recipe: str |
 
 def split_reachable(points: Sequence[Point], cfg: TrainConfig, num_classes: int, input_shape: Sequence[int],
                     log: Callable[[str], None] = print) -> tuple[list[Point], list[dict[str, Any]]]:
-    """Drop the budgets above the largest speed-up the TKN of ``cfg`` can reach; log and return them.
+    """Drop the budgets above the largest speed-up the TKN of ``cfg`` can reach at its point's width; log and
+    return them.
 
     Args:
         points: the study's points.
-        cfg: the config of one TKN point (its model, ``min_roi`` and width decide the maximum).
+        cfg: the config of one TKN point (its model and ``min_roi``, with each point's width, decide the maximum).
         num_classes, input_shape: the data's (``input_shape`` is ``(C, H, W)``).
         log: receives one line per skipped budget, naming the maximum.
 
     Returns:
-        ``(kept points, skipped rows)``; a skipped row has ``kind, model, target_speedup,
+        ``(kept points, skipped rows)``; a skipped row has ``kind, model, width, target_speedup,
         max_speedup, min_roi, reason``.
     """
+    import dataclasses
+
     from tkn.budget import max_speedup
     from tkn.training.components import build_model
 
-    if not any(p.kind == "tkn" for p in points):
-        return list(points), []
-    model = build_model(cfg, num_classes, tuple(input_shape))
-    if cfg.budget == "latency":  # the measured maximum, from the latency model (calibrated once, cached)
-        from tkn.latency import LatencyBudget
+    def reach_at(width: float) -> float:
+        model = build_model(dataclasses.replace(cfg, width=width), num_classes, tuple(input_shape))
+        if cfg.budget == "latency":  # the measured maximum, from the latency model (calibrated once, cached)
+            from tkn.latency import LatencyBudget
 
-        reach = LatencyBudget(model, tuple(input_shape), 1.0, 1, batch_size=cfg.latency_batch).max_speedup
-    else:
-        reach = max_speedup(model, tuple(input_shape))
+            return LatencyBudget(model, tuple(input_shape), 1.0, 1, batch_size=cfg.latency_batch,
+                                 threads=cfg.latency_threads).max_speedup
+        return max_speedup(model, tuple(input_shape))
+
+    reach = {w: reach_at(w) for w in dict.fromkeys(p.width for p in points if p.kind == "tkn")}
+    for w, r in reach.items():
+        what = f"measured at batch {cfg.latency_batch}" if cfg.budget == "latency" else "MACs"
+        log(f"{cfg.model} at width {w:g} with min_roi={cfg.min_roi}: largest speed-up {r:.2f}x ({what})")
     kept, skipped = [], []
     for p in points:
-        if p.kind == "tkn" and p.target_speedup > reach:
+        if p.kind == "tkn" and p.target_speedup > reach[p.width]:
             shape = "x".join(map(str, input_shape))
             what = f"measured at batch {cfg.latency_batch}, " if cfg.budget == "latency" else ""
-            reason = (f"{p.model} on {shape} inputs with min_roi={cfg.min_roi} reaches at most {reach:.2f}x "
-                      f"({what}every ROI at its minimum width)")
+            at = "" if p.width == 1 else f" at width {p.width:g}"
+            reason = (f"{p.model}{at} on {shape} inputs with min_roi={cfg.min_roi} reaches at most "
+                      f"{reach[p.width]:.2f}x ({what}every ROI at its minimum width)")
             log(f"target speed-up {p.target_speedup:g} skipped: {reason}")
-            skipped.append({"kind": p.kind, "model": p.model, "target_speedup": p.target_speedup,
-                            "max_speedup": reach, "min_roi": cfg.min_roi, "reason": reason})
+            skipped.append({"kind": p.kind, "model": p.model, "width": p.width, "target_speedup": p.target_speedup,
+                            "max_speedup": reach[p.width], "min_roi": cfg.min_roi, "reason": reason})
         else:
             kept.append(p)
     return kept, skipped
@@ -396,11 +418,13 @@ def run_frontier(
     widths: Sequence[float] = WIDTHS,
     speedups: Sequence[float] = SPEEDUPS,
     seeds: Sequence[int | None] = (None,),
+    tkn_widths: Sequence[float] = (1.0,),
     batches: Sequence[int] = BATCHES,
     repeats: int = 10,
     recipe: str | None = None,
     sets: Sequence[str] = (),
     train: bool = True,
+    plan_only: bool = False,
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
@@ -414,11 +438,15 @@ def run_frontier(
         widths: dense-twin widths.
         speedups: TKN budgets; those above the reachable maximum are skipped and reported.
         seeds: every point is trained once per seed (``None``: the config's seed).
+        tkn_widths: widths of the TKNs (each trained at every budget of ``speedups``).
         batches: batch sizes to time at (one interleaved run each).
         repeats: timed repetitions per batch size.
         recipe: YAML config or packaged recipe (as ``tkn train --config``).
         sets: ``key=value`` overrides for every run (as ``tkn train --set``).
         train: ``False``: measure the runs already in ``out`` only (points without one are skipped).
+        plan_only: stop after planning: return ``{"planned": [point folders], "skipped": [...]}`` having
+            trained and timed nothing (the reachability check calibrates and caches the latency models of
+            latency budgets, so that parallel studies started next find them measured on a quiet machine).
         resume: continue runs whose folder holds a ``last.pt`` (a finished run is not retrained).
         overwrite: start runs afresh even if their folder holds a run.
         log: receives progress lines.
@@ -438,7 +466,7 @@ def run_frontier(
     if not batches:
         raise ValueError("--batch needs at least one batch size")
     probe = resolve_config(recipe, {**base, "out": str(out / "probe")}, sets)
-    points = plan_points(probe.model, widths, speedups, seeds)
+    points = plan_points(probe.model, widths, speedups, seeds, tkn_widths)
     data = build_data(probe)
     metric = "test_error" if data.task == "classification" else "test_mse"
     tkn_points = [p for p in points if p.kind == "tkn"]
@@ -446,6 +474,8 @@ def run_frontier(
     if tkn_points:
         tkn_cfg = point_config(tkn_points[0], base, out, recipe=recipe, sets=sets)
         points, skipped = split_reachable(points, tkn_cfg, data.num_classes, data.input_shape, log)
+    if plan_only:
+        return {"planned": [p.folder for p in points], "skipped": skipped}
     if train:
         _train_points(points, base, out, recipe, sets, resume, overwrite, log)
     else:

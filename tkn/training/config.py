@@ -98,6 +98,8 @@ class TrainConfig:
             over the dense model at ``latency_batch`` on the training machine,
             :class:`tkn.LatencyBudget`; calibrated at the start, cached).
         latency_batch: the batch size a ``"latency"`` budget's speed-up is measured at.
+        latency_threads: the threads it is measured on (``None``: the training process's), e.g. 2 for a
+            model deployed on two cores and trained by a process that runs on one.
         window_lr_scale: learning-rate factor of the window parameters ``m``, ``s``
             (1: the same rate as the weights). On short schedules a larger factor
             lets the windows travel to where the information is before they shrink.
@@ -146,6 +148,7 @@ class TrainConfig:
     budget_ramp: float = 0.25
     budget: str = "macs"
     latency_batch: int = 64
+    latency_threads: int | None = None
     window_lr_scale: float = 1.0
     execution: str = "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -213,6 +216,8 @@ class TrainConfig:
         _choice(self, "execution", EXECUTIONS)
         _choice(self, "budget", BUDGETS)
         _int(self, "latency_batch", minimum=1)
+        if self.latency_threads is not None:
+            _int(self, "latency_threads", minimum=1)
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
         repeated = sorted(set(self.model_kwargs) & set(MODEL_KEYS))

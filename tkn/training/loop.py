@@ -320,7 +320,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
 
             log(f"calibrating the engine's latency at batch {cfg.latency_batch} (cached per machine)")
             budget = LatencyBudget(model, data.input_shape, cfg.target_speedup, steps, cfg.latency_batch,
-                                   ramp=cfg.budget_ramp)
+                                   ramp=cfg.budget_ramp, threads=cfg.latency_threads)
         else:
             budget = MacBudget(model, data.input_shape, cfg.target_speedup, steps, ramp=cfg.budget_ramp)
 
