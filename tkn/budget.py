@@ -271,21 +271,34 @@ class MacBudget:
         """The exact whole-network speed-up now: ``dense MACs / MACs``, equal to ``tkn.flops.count``'s."""
         return self.dense_macs / self.macs()
 
+    # -- the quantity the budget holds (MACs here; LatencyBudget overrides these with predicted seconds) --------
+    def _cost(self) -> float:
+        """The target layers' cost now, in the budget's unit."""
+        return self._exact()
+
+    def _allowed(self) -> float:
+        """The cost the schedule allows after the steps done."""
+        return self.budget_macs()
+
+    def _speedup_at(self, cost: float) -> float:
+        """The whole network's speed-up when the target layers cost ``cost``."""
+        return self.dense_macs / (self.fixed_macs + cost)
+
     # -- training -------------------------------------------------------------------
     def penalty(self) -> Tensor:
         """``λ · M / B(t)``: a scalar tensor, differentiable in every target layer's ``m`` and ``s``."""
-        return self.multiplier * self.measure() / self.budget_macs()
+        return self.multiplier * self.measure() / self._allowed()
 
     @torch.no_grad()
     def step(self) -> None:
         """After an optimiser step: advance the schedule, update ``λ``, project the windows onto the budget."""
         self.steps += 1
         self._clamp_raw()
-        budget = self.budget_macs()
-        exact = self._exact()
-        self.multiplier = max(0.0, self.multiplier + self.dual_lr * (exact / budget - 1.0))
+        budget = self._allowed()
+        cost = self._cost()
+        self.multiplier = max(0.0, self.multiplier + self.dual_lr * (cost / budget - 1.0))
         target = self.scheduled_speedup()
-        speedup = self.dense_macs / (self.fixed_macs + exact)
+        speedup = self._speedup_at(cost)
         if speedup < target or speedup > self.band * target:
             self._project(budget)
 

@@ -445,22 +445,19 @@ class LatencyBudget(MacBudget):
 
     def penalty(self) -> Tensor:
         """``λ · T / T_budget(t)``: a scalar tensor, differentiable in every target layer's ``m`` and ``s``."""
-        return (self.multiplier * self.measure() / self.budget_seconds()).to(self.calls[0].layer.s.dtype)
+        return super().penalty().to(self.calls[0].layer.s.dtype)
 
-    @torch.no_grad()
-    def step(self) -> None:
-        """After an optimiser step: advance the schedule, update ``λ``, project the windows onto the budget."""
-        self.steps += 1
-        self._clamp_raw()
-        budget = self.budget_seconds()
-        predicted = self.predicted_seconds()
-        self.multiplier = max(0.0, self.multiplier + self.dual_lr * (predicted / budget - 1.0))
-        target = self.scheduled_speedup()
-        speedup = self.latency.dense_seconds / predicted
-        if speedup < target or speedup > self.band * target:
-            self._project_seconds(budget)
+    # -- the quantity the budget holds: predicted seconds per batch -------------------
+    def _cost(self) -> float:
+        return self.predicted_seconds()
 
-    def _project_seconds(self, budget: float) -> None:
+    def _allowed(self) -> float:
+        return self.budget_seconds()
+
+    def _speedup_at(self, cost: float) -> float:
+        return self.latency.dense_seconds / cost
+
+    def _project(self, budget: float) -> None:
         """Scale the scales (layer ``l`` by ``α ** w_l``) so that the predicted time just fits ``budget``."""
         weight = self._weight
         if self.predicted_seconds(self._scaled(math.exp(-60.0), weight)) > budget:
