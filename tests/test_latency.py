@@ -191,3 +191,18 @@ def test_calibration_runs_on_the_threads_asked_for_and_caches_them_apart(tmp_pat
     assert seen and set(seen) == {before} and mine.key != one.key  # another entry for the process's threads
     with pytest.raises(ValueError, match="threads must be a positive int, got 0"):
         calibrate(net, (1, 8, 8), batch_size=2, threads=0)
+
+
+def test_the_cache_entry_does_not_depend_on_how_the_layers_train(tmp_path, monkeypatch):
+    # tkn train switches its target layers to the fast ROI-block execution before building the budget; the
+    # frozen model is the same, so a calibration made beforehand (tkn frontier --plan) must be found
+    monkeypatch.setenv("TKN_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = tkn.targetize(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1)), min_roi=1)
+    first = calibrate(net, (1, 8, 8), batch_size=2, levels=(1.0,), repeats=1)
+    net[0].execution = "fast"
+    assert "execution='fast'" in repr(net)
+    calls = []
+    monkeypatch.setattr("tkn.latency.interleaved", lambda *a, **k: calls.append(1))
+    again = calibrate(net, (1, 8, 8), batch_size=2, levels=(1.0,), repeats=1)
+    assert not calls and again.key == first.key
