@@ -2,8 +2,9 @@
 import time
 
 import pytest
+import torch
 
-from tkn.timing import MAX_CALLS, interleaved
+from tkn.timing import MAX_CALLS, interleaved, synchronizer
 
 
 def test_blocks_separate_the_first_call_from_the_steady_state():
@@ -48,3 +49,15 @@ def test_without_blocks_every_round_is_one_call():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         interleaved({"x": lambda: None}, **kwargs)
+
+
+def test_a_cuda_device_is_synchronised_around_every_clock_reading(monkeypatch):
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", str(device))))
+    interleaved({"f": lambda: events.append("f")}, repeats=2, warmup=1, device="cuda:0")
+    # the warm-up call is not timed; each timed block is bracketed by synchronisations
+    assert events == ["f"] + [("sync", "cuda:0"), "f", ("sync", "cuda:0")] * 2
+    events.clear()
+    interleaved({"f": lambda: events.append("f")}, repeats=2, warmup=0, device="cpu")
+    assert events == ["f", "f"]
+    assert synchronizer(None)() is None and synchronizer(torch.device("cpu"))() is None

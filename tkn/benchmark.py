@@ -198,7 +198,7 @@ def bench_model(model: nn.Module, input_size: Sequence[int], batch: int, repeats
         err = float(((frozen(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item())
         fns = {"dense": lambda: dense(x), "target": lambda: target(x), "frozen": lambda: frozen(x)}
         fns.update({name: (lambda m=m: m(x)) for name, m in extra.items()})
-        times = interleaved(fns, repeats, min_block_s=BLOCK_S)
+        times = interleaved(fns, repeats, min_block_s=BLOCK_S, device=x.device)
     ratio, _ = _flop_ratio(target, input_size)
     speedup = times["dense"]["min"] / times["frozen"]["min"]
     first = times["dense"]["first_min"] / times["frozen"]["first_min"]
@@ -261,7 +261,7 @@ def bench_layers(model: nn.Module, input_size: Sequence[int], batch: int, repeat
         xf = frozen_inputs[name]
         with torch.no_grad():
             t = interleaved({"dense": lambda: conv(xi), "target": lambda: layer(xi), "frozen": lambda: fl(xf)},
-                            repeats, min_block_s=BLOCK_S)
+                            repeats, min_block_s=BLOCK_S, device=xi.device)
         speedup = t["dense"]["min"] / t["frozen"]["min"]
         ratio = ratios.get(name, float("nan"))
         rows.append({
@@ -296,7 +296,8 @@ def bench_train_step(model: nn.Module, input_size: Sequence[int], batch: int, re
         opt.step()
 
     times = interleaved({"dense": lambda: step(dense, opts["dense"]), "fast": lambda: step(view, opts["fast"]),
-                         "fast_unfused": lambda: step(target, opts["fast"])}, repeats, min_block_s=BLOCK_S)
+                         "fast_unfused": lambda: step(target, opts["fast"])}, repeats, min_block_s=BLOCK_S,
+                        device=x.device)
     ratio, _ = _flop_ratio(target, input_size)
     return {"batch": batch, "flop_ratio": ratio, "times_s": times, "fused_epilogues": fused,
             "speedup_vs_dense": times["dense"]["min"] / times["fast"]["min"],

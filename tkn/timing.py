@@ -21,6 +21,10 @@ With ``min_block_s=0`` (or calls longer than it) a block is one call and the two
 64 a forward pass of TKN6 takes tens of milliseconds, so blocks of one call are the rule there; at
 batch 1 the two differ, and ``tkn bench`` reports both.
 
+On a GPU a call returns when its kernels are queued, not when they finish: with ``device`` a CUDA
+device, the clock is read only after ``torch.cuda.synchronize(device)``, so every figure is the time the
+work took on the device (``tkn.freeze`` and ``tkn bench`` pass their input's device).
+
 Example:
     >>> import time
     >>> t = interleaved({"sleep": lambda: time.sleep(0.002)}, repeats=2, min_block_s=0.005)
@@ -35,7 +39,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["interleaved", "BLOCK_S", "MAX_CALLS"]
+__all__ = ["interleaved", "synchronizer", "BLOCK_S", "MAX_CALLS"]
 
 #: The shortest block the benchmarks time (seconds): 20 ms, over 15 calls of a 1.2 ms batch-1 pass.
 BLOCK_S = 0.02
@@ -44,14 +48,37 @@ BLOCK_S = 0.02
 MAX_CALLS = 1000
 
 
-def _once(f: Callable[[], Any]) -> float:
+def synchronizer(device: Any = None) -> Callable[[], None]:
+    """What to call before reading the clock for work on ``device``: ``torch.cuda.synchronize(device)`` for a
+    CUDA device, nothing for the CPU (or ``None``).
+
+    >>> synchronizer("cpu")() is None
+    True
+    """
+    if device is None:
+        return _nothing
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return _nothing
+    return lambda: torch.cuda.synchronize(device)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _once(f: Callable[[], Any], sync: Callable[[], None] = _nothing) -> float:
+    sync()
     t0 = time.perf_counter()
     f()
+    sync()
     return time.perf_counter() - t0
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-                min_block_s: float = 0.0) -> dict[str, dict[str, float]]:
+                min_block_s: float = 0.0, device: Any = None) -> dict[str, dict[str, float]]:
     """Time each callable round-robin, in blocks of consecutive calls (see the module documentation).
 
     Args:
@@ -60,6 +87,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
         warmup: untimed rounds before them (one call of each callable per round).
         min_block_s: the shortest steady part of a block (seconds, the calls after the first); each
             callable's block length is set from one timed call after the warm-up, at most :data:`MAX_CALLS`.
+        device: where the callables' work runs; a CUDA device is synchronised before each clock reading
+            (:func:`synchronizer`).
 
     Returns:
         ``{name: {"min", "median", "first_min", "first_median": seconds per call, "calls": block length}}``.
@@ -68,23 +97,27 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
         raise ValueError(f"repeats must be a positive int, got {repeats}")
     if warmup < 0 or min_block_s < 0:
         raise ValueError(f"warmup and min_block_s must be >= 0, got {warmup} and {min_block_s}")
+    sync = synchronizer(device)
     for _ in range(warmup):
         for f in fns.values():
             f()
     calls = {k: 1 for k in fns}
     if min_block_s > 0:
         for k, f in fns.items():
-            calls[k] = min(MAX_CALLS, 1 + math.ceil(min_block_s / max(_once(f), 1e-9)))
+            calls[k] = min(MAX_CALLS, 1 + math.ceil(min_block_s / max(_once(f, sync), 1e-9)))
     blocks: dict[str, list[float]] = {k: [] for k in fns}
     firsts: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
+            sync()
             t0 = time.perf_counter()
             f()
+            sync()
             t2 = t1 = time.perf_counter()
             if calls[k] > 1:
                 for _ in range(calls[k] - 1):
                     f()
+                sync()
                 t2 = time.perf_counter()
             firsts[k].append(t1 - t0)
             blocks[k].append((t2 - t1) / (calls[k] - 1) if calls[k] > 1 else t1 - t0)

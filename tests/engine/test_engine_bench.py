@@ -61,7 +61,7 @@ SCRIPTED = {"dense": 0.8, "target": 0.4, "frozen": 0.2, "fast": 0.5, "fast_unfus
 @pytest.fixture
 def scripted_times(monkeypatch):
     """``tkn.benchmark.interleaved`` replaced: each callable still runs once, the times are :data:`SCRIPTED`."""
-    def fake(fns, repeats, warmup=1, min_block_s=0.0):
+    def fake(fns, repeats, warmup=1, min_block_s=0.0, device=None):
         for f in fns.values():
             f()
         return {k: {"min": SCRIPTED.get(k, 0.1), "median": 10 * SCRIPTED.get(k, 0.1),

@@ -69,7 +69,7 @@ from tkn.ops.plan import (PlanMode, CostModel, LayerPlan, align_plan, dense_plan
                              plan_union_tiles)
 from tkn.ops.fast_conv import train_grid
 from tkn.layers import TargetConv2d
-from tkn.timing import interleaved
+from tkn.timing import interleaved, synchronizer
 
 __all__ = ["freeze", "BACKENDS", "channels_last_inputs", "plain_one_channel_inputs", "DEFAULT_CANDIDATES",
            "TILE_GRIDS", "SCREENED_CANDIDATES", "FINAL_CANDIDATES", "plan_summary"]
@@ -132,8 +132,11 @@ def _record_inputs(model: nn.Module, example: Tensor, watched: Sequence[str] = (
 
 
 def _time(module: nn.Module, x: Tensor) -> float:
+    sync = synchronizer(x.device)
+    sync()
     t0 = time.perf_counter()
     module(x)
+    sync()
     return time.perf_counter() - t0
 
 
@@ -150,7 +153,7 @@ def _time_candidates(modules: Sequence[nn.Module], x: Tensor, repeats: int, base
         first = 1 if baseline else 0
         finalists = [0] * baseline + sorted(range(first, len(modules)), key=best.__getitem__)[:FINAL_CANDIDATES]
         timed = interleaved({str(i): (lambda m=modules[i]: m(x)) for i in finalists}, repeats, warmup=0,
-                            min_block_s=BLOCK_S)
+                            min_block_s=BLOCK_S, device=x.device)
         for i in finalists:
             best[i] = timed[str(i)]["min"]
     return best
