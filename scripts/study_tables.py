@@ -8,8 +8,9 @@
 ``frontier``: one line per point of one timing run: MACs, FLOP ratio, test error, latency at batch 1 and
 time per image at batch 64, both also as speed-ups over the width-1 dense point of the same run.
 ``latency``: one line per point of one timing run that holds every seed (a study trained with latency budgets):
-test error over the seeds, mean timings and speed-ups, and each latency budget's measured speed-up over the
-dense twin of its width, as a fraction of its target (the contract of ``tkn.LatencyBudget``: 0.8 to 1.25).
+test error over the seeds, MACs and FLOP ratio, mean timings and speed-ups, and each latency budget's measured
+speed-up over the dense twin of its width, as a fraction of its target (the contract of ``tkn.LatencyBudget``:
+0.8 to 1.25).
 ``headline``: one line per point of one or more studies trained with ``--seeds`` (their rows pooled): test
 error as mean ± sample standard deviation over the seeds (and the range), the FLOP ratio reached, the measured
 speed-ups of the seed-0 models (from ``--timing``, a ``--no-train`` re-timing that holds them all, or the first
@@ -122,9 +123,9 @@ def latency_table(report: dict[str, Any]) -> str:
     if 1.0 not in dense:
         raise SystemExit("the timing run has no width-1 dense point to compare with")
     ref1, refb = mean_ms(dense[1.0], 1), mean_ms(dense[1.0], big)
-    lines = [f"| point | seeds | test error (%), mean ± sd | MACs | batch 1 (ms) | speed-up b1 "
+    lines = [f"| point | seeds | test error (%), mean ± sd | MACs | FLOP ratio | batch 1 (ms) | speed-up b1 "
              f"| batch {big} (ms/image) | speed-up b{big} | measured / target |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     order = sorted(groups.items(), key=lambda kv: (kv[0][0] != "dense", -kv[0][1], kv[0][4] or 0, kv[0][2] or 0))
     for (kind, width, target, budget, batch), group in order:
         errors = [r["test_error"] for r in group]
@@ -136,7 +137,8 @@ def latency_table(report: dict[str, Any]) -> str:
             ratios = sorted(twin / _per_image_ms(r, batch) / target for r in group)
             hit = f"{ratios[0]:.2f}" if len(ratios) == 1 else f"{ratios[0]:.2f}–{ratios[-1]:.2f}"
         lines.append(f"| {_latency_label(group[0])} | {len(group)} | {statistics.fmean(errors):.2f} ± {sd:.2f} "
-                     f"| {statistics.fmean(r['macs'] for r in group) / 1e6:.1f}M | {b1:.2f} | {ref1 / b1:.2f} "
+                     f"| {statistics.fmean(r['macs'] for r in group) / 1e6:.1f}M "
+                     f"| {statistics.fmean(r['speedup'] for r in group):.2f} | {b1:.2f} | {ref1 / b1:.2f} "
                      f"| {bb:.3f} | {refb / bb:.2f} | {hit} |")
     return "\n".join(lines)
 
