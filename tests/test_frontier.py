@@ -149,14 +149,23 @@ def test_seeds_are_separate_runs_summarized_by_mean_and_spread(study):
 
 def test_summarize_by_hand():
     rows = [{"kind": "tkn", "model": "tkn6", "data": "d", "width": 1.0, "target_speedup": 4.0, "test_error": e,
-             "speedup": r, "latency_b1_s": t} for e, r, t in ((1.0, 4.0, 0.1), (2.0, 4.2, 0.3), (6.0, 3.8, 0.2))]
+             "speedup": r, "macs": 92e6 * 4 / r, "latency_b1_s": t}
+            for e, r, t in ((1.0, 4.0, 0.1), (2.0, 4.2, 0.3), (6.0, 3.8, 0.2))]
     rows.append({"kind": "dense", "model": "cnn6", "data": "d", "width": 0.5, "target_speedup": None,
-                 "test_error": 5.0, "speedup": 3.9, "latency_b1_s": 0.05})
-    tkn, dense = summarize(rows, [1])
+                 "test_error": 5.0, "speedup": 3.9, "macs": 93e6, "latency_b1_s": 0.05})
+    # the same budget counted in measured time at batch 1 is another point
+    rows.append({"kind": "tkn", "model": "tkn6", "data": "d", "width": 1.0, "target_speedup": 4.0, "test_error": 9.0,
+                 "speedup": 9.0, "macs": 40e6, "latency_b1_s": 0.5,
+                 "config": {"budget": "latency", "latency_batch": 1}})
+    tkn, dense, latency = summarize(rows, [1])
     assert (tkn["seeds"], tkn["test_error_mean"], tkn["test_error_min"], tkn["test_error_max"]) == (3, 3.0, 1.0, 6.0)
     assert math.isclose(tkn["test_error_std"], math.sqrt(((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2) / 2))
     assert math.isclose(tkn["speedup_mean"], 4.0) and math.isclose(tkn["latency_b1_s"], 0.2)
-    assert (dense["seeds"], dense["test_error_std"], dense["width"]) == (1, 0.0, 0.5)
+    assert math.isclose(tkn["macs_mean"], 92e6 * 4 * (1 / 4.0 + 1 / 4.2 + 1 / 3.8) / 3)
+    assert (tkn["budget"], tkn["latency_batch"]) == ("macs", None)
+    assert (dense["seeds"], dense["test_error_std"], dense["width"], dense["budget"]) == (1, 0.0, 0.5, None)
+    assert (latency["seeds"], latency["budget"], latency["latency_batch"], latency["test_error_mean"]) == (
+        1, "latency", 1, 9.0)
 
 
 def test_narrower_tkns_are_points_of_their_own():

@@ -411,8 +411,10 @@ def frontier_figure(rows: Sequence[dict], timings: Sequence[tuple[str, int]], *,
 
     Args:
         rows: dicts with ``kind`` (``"dense"`` or ``"tkn"``), ``width``, ``target_speedup``,
-            ``test_error``, ``macs`` and the timing columns, as written by ``tkn frontier``.
-            Rows whose error is missing (``None``) are skipped.
+            ``test_error``, ``macs`` and the timing columns, as written by ``tkn frontier`` (its rows, or
+            its summary over seeds with ``test_error`` the mean: a ``test_error_std`` draws error bars).
+            A latency budget (``budget``/``latency_batch``, or those of the row's ``config``) is
+            labelled with its batch (``R=4@b64``). Rows whose error is missing (``None``) are skipped.
         timings: ``(column, batch)`` pairs: ``row[column]`` is seconds per batch of ``batch``
             images; the panel's x axis is milliseconds per image.
         title: figure title.
@@ -429,11 +431,16 @@ def frontier_figure(rows: Sequence[dict], timings: Sequence[tuple[str, int]], *,
             raise ValueError(f"frontier rows {missing} lack the {key!r} column")
     rows = [r for r in rows if r["test_error"] is not None]
     fig, axes = plt.subplots(1, len(timings), figsize=(6.0 * len(timings), 4.6), layout="constrained", squeeze=False)
+    def budget(r: dict) -> str:  # a latency budget names the batch it is measured at
+        batch = r.get("latency_batch") or (r.get("config") or {}).get("latency_batch")
+        latency = r.get("budget", (r.get("config") or {}).get("budget")) == "latency"
+        return f"R={r['target_speedup']:g}" + (f"@b{batch}" if latency and batch else "")
+
     styles = [("dense", None, "o-", "dense, narrower (width w)", lambda r: f"w={r['width']:g}"),
-              ("tkn", 1, "s-", "TKN, speed-up budget R", lambda r: f"R={r['target_speedup']:g}")]
+              ("tkn", 1, "s-", "TKN, speed-up budget R", budget)]
     for w in sorted({float(r.get("width", 1)) for r in rows if r["kind"] == "tkn"} - {1.0}, reverse=True):
         styles.append(("tkn", w, "^-", f"TKN at width {w:g}, budget R over its width",
-                       lambda r: f"w={r['width']:g} R={r['target_speedup']:g}"))
+                       lambda r: f"w={r['width']:g} {budget(r)}"))
     for ax, (column, batch) in zip(axes[0], timings):
         for kind, width, marker, label, name in styles:
             pts = sorted((r for r in rows if r["kind"] == kind
@@ -442,6 +449,9 @@ def frontier_figure(rows: Sequence[dict], timings: Sequence[tuple[str, int]], *,
                 continue
             xs = [1e3 * r[column] / batch for r in pts]
             (line,) = ax.plot(xs, [r["test_error"] for r in pts], marker, label=label)
+            if any(r.get("test_error_std") for r in pts):
+                ax.errorbar(xs, [r["test_error"] for r in pts], yerr=[r.get("test_error_std") or 0 for r in pts],
+                            fmt="none", ecolor=line.get_color(), capsize=3, alpha=0.7)
             for r, xv in zip(pts, xs):
                 ax.annotate(f"{name(r)}\n{format_count(r['macs'])} MACs", (xv, r["test_error"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())

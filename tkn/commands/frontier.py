@@ -102,9 +102,12 @@ def _figure(report: dict[str, Any], out: Path, name: str, log: Callable[[str], N
 
     label = "test MSE" if report["metric"] == "test_mse" else "test error (%)"
     title = f"{report['dense']} widths vs {report['model']} budgets on {report['data']}"
+    rows = report["rows"]
+    if any(s["seeds"] > 1 for s in report["summary"]):  # one mark per point: the mean over its seeds, ± sd
+        rows = [{**s, "test_error": s["test_error_mean"], "macs": s["macs_mean"]} for s in report["summary"]]
+        title += f" (mean ± sd over {max(s['seeds'] for s in report['summary'])} seeds)"
     try:
-        fig = viz.frontier_figure(report["rows"], [(time_column(b), b) for b in report["batches"]],
-                                  title=title, ylabel=label)
+        fig = viz.frontier_figure(rows, [(time_column(b), b) for b in report["batches"]], title=title, ylabel=label)
         return viz.save_figure(fig, out / f"{name}.png")
     except RuntimeError as exc:  # matplotlib missing: the tables are still written
         log(f"no figure: {exc}")

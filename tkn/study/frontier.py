@@ -328,24 +328,37 @@ def add_times(row: dict[str, Any], times: dict[int, float]) -> None:
 
 
 #: Columns of the summary over seeds (``<name>-summary.csv``) before its timing columns.
-SUMMARY_HEAD = ("kind", "model", "data", "width", "target_speedup", "seeds", "test_error_mean", "test_error_std",
-                "test_error_min", "test_error_max", "speedup_mean")
+SUMMARY_HEAD = ("kind", "model", "data", "width", "target_speedup", "budget", "latency_batch", "seeds",
+                "test_error_mean", "test_error_std", "test_error_min", "test_error_max", "speedup_mean", "macs_mean")
+
+
+def _budget_of(row: dict[str, Any]) -> tuple[str | None, int | None]:
+    """``(budget, latency_batch)`` of a TKN row's run config (``("macs", None)``, ``("latency", 64)``...);
+    ``(None, None)`` for a dense row."""
+    if row["kind"] != "tkn":
+        return None, None
+    cfg = row.get("config") or {}
+    budget = cfg.get("budget", "macs")
+    return budget, (cfg.get("latency_batch", 64) if budget == "latency" else None)
 
 
 def summarize(rows: Sequence[dict[str, Any]], batches: Sequence[int]) -> list[dict[str, Any]]:
     """One row per point over its seeds: the test error's mean, sample standard deviation (0 for one seed),
-    minimum and maximum, the mean FLOP speed-up, and the mean of each timing column."""
+    minimum and maximum, the mean FLOP speed-up and MACs, and the mean of each timing column. Runs of the same
+    budget counted differently (MACs, or latency at another batch) are different points."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["kind"], r["model"], r["width"], r["target_speedup"]), []).append(r)
+        groups.setdefault((r["kind"], r["model"], r["width"], r["target_speedup"], *_budget_of(r)), []).append(r)
     out = []
-    for (kind, model, width, target), group in groups.items():
+    for (kind, model, width, target, budget, latency_batch), group in groups.items():
         errors = [r["test_error"] for r in group]
         mean = sum(errors) / len(errors)
         std = math.sqrt(sum((e - mean) ** 2 for e in errors) / (len(errors) - 1)) if len(errors) > 1 else 0.0
         row = {"kind": kind, "model": model, "data": group[0]["data"], "width": width, "target_speedup": target,
+               "budget": budget, "latency_batch": latency_batch,
                "seeds": len(group), "test_error_mean": mean, "test_error_std": std, "test_error_min": min(errors),
-               "test_error_max": max(errors), "speedup_mean": sum(r["speedup"] for r in group) / len(group)}
+               "test_error_max": max(errors), "speedup_mean": sum(r["speedup"] for r in group) / len(group),
+               "macs_mean": sum(r["macs"] for r in group) / len(group)}
         for b in batches:
             col = time_column(b)
             row[col] = sum(r[col] for r in group) / len(group)
