@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -62,9 +63,12 @@ def test_demo_with_a_latency_budget_reports_predicted_next_to_measured(tmp_path,
     monkeypatch.setattr("tkn.latency.calibrate", calibrate)
     assert main(["demo", "--quick", "--budget", "latency", "--out", str(tmp_path), "--no-progress", "--json",
                  "--target-speedup", "2.5"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     tkn6 = report["models"]["tkn6"]
     assert 2.5 <= tkn6["predicted_speedup"] <= 2.5 * 1.1
+    # the training log says how long the latency model took (a cache hit is well under a second)
+    assert re.search(r"latency model \S* ?ready in \d+\.\d s .*largest speed-up \d+\.\d\dx", captured.err)
     assert report["targeted_label"] == "TKN6 (Cauchy, measured 2.5x at batch 8, min ROI 3 px)"
     md = (tmp_path / "report.md").read_text()
     assert "predicted speed-up, batch 8 (LatencyBudget)" in md and f"{tkn6['predicted_speedup']:.2f}x" in md
