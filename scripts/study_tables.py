@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tkn.study.frontier import time_column
+from tkn.study.frontier import budget_of, time_column
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -91,9 +91,9 @@ def headline_table(report: dict[str, Any], timing: dict[str, Any]) -> str:
 
 
 def _budget(row: dict[str, Any]) -> str:
-    cfg = row["config"]
-    if cfg.get("budget") == "latency":
-        return f"{row['target_speedup']:g}x measured at b{cfg.get('latency_batch', 64)}"
+    budget, batch = budget_of(row)
+    if budget == "latency":
+        return f"{row['target_speedup']:g}x measured at b{batch}"
     return f"{row['target_speedup']:g}x MACs"
 
 
@@ -112,9 +112,7 @@ def latency_table(report: dict[str, Any]) -> str:
     rows, big = report["rows"], max(report["batches"])
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        cfg = r["config"]
-        groups.setdefault((r["kind"], r["width"], r["target_speedup"], cfg.get("budget"),
-                           cfg.get("latency_batch")), []).append(r)
+        groups.setdefault((r["kind"], r["width"], r["target_speedup"], *budget_of(r)), []).append(r)
 
     def mean_ms(group: list[dict[str, Any]], batch: int) -> float:
         return statistics.fmean(_per_image_ms(r, batch) for r in group)

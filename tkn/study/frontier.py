@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULTS", "WIDTHS", "SPEEDUPS", "BATCHES", "HEAD", "TAIL", "SUMMARY_HEAD", "Point", "PointTimer",
     "plan_points", "split_reachable", "point_config", "load_point", "point_row", "columns", "time_column",
-    "add_times", "summarize", "write_frontier", "run_frontier",
+    "add_times", "budget_of", "summarize", "write_frontier", "run_frontier",
 ]
 
 #: The schedule shared by every run when no ``--config`` is given (``milestones``: the last epoch).
@@ -332,7 +332,7 @@ SUMMARY_HEAD = ("kind", "model", "data", "width", "target_speedup", "budget", "l
                 "test_error_mean", "test_error_std", "test_error_min", "test_error_max", "speedup_mean", "macs_mean")
 
 
-def _budget_of(row: dict[str, Any]) -> tuple[str | None, int | None]:
+def budget_of(row: dict[str, Any]) -> tuple[str | None, int | None]:
     """``(budget, latency_batch)`` of a TKN row's run config (``("macs", None)``, ``("latency", 64)``...);
     ``(None, None)`` for a dense row."""
     if row["kind"] != "tkn":
@@ -348,7 +348,7 @@ def summarize(rows: Sequence[dict[str, Any]], batches: Sequence[int]) -> list[di
     budget counted differently (MACs, or latency at another batch) are different points."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["kind"], r["model"], r["width"], r["target_speedup"], *_budget_of(r)), []).append(r)
+        groups.setdefault((r["kind"], r["model"], r["width"], r["target_speedup"], *budget_of(r)), []).append(r)
     out = []
     for (kind, model, width, target, budget, latency_batch), group in groups.items():
         errors = [r["test_error"] for r in group]
