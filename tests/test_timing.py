@@ -1,37 +1,66 @@
 """tkn.timing.interleaved: round-robin blocks, steady state and first calls."""
-import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tkn import timing
 from tkn.timing import MAX_CALLS, interleaved, synchronizer
 
 
-def test_blocks_separate_the_first_call_from_the_steady_state():
+class _Clock:
+    """A virtual ``perf_counter``: time moves only when a timed callable advances it, so block lengths and
+    times are exact whatever the machine's load."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_blocks_separate_the_first_call_from_the_steady_state(monkeypatch):
     """``a`` is slow (8 ms) on a call right after ``b`` ran and fast (1 ms) when called again: the first call of
-    each block is the slow one, the steady state the others' mean (1 ms plus the sleep's overshoot)."""
+    each block is the slow one, the steady state the others' mean."""
+    clock = _Clock()
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=clock))
     log = []
 
     def a():
-        time.sleep(0.008 if (not log or log[-1] == "b") else 0.001)
+        clock.now += 0.008 if (not log or log[-1] == "b") else 0.001
         log.append("a")
 
     def b():
+        clock.now += 1e-6
         log.append("b")
 
     out = interleaved({"a": a, "b": b}, repeats=3, warmup=1, min_block_s=0.02)
     k = out["a"]["calls"]
-    assert 4 <= k <= 21  # 1 + 20 ms over one call of 1-8 ms (plus sleep overshoot)
-    assert out["b"]["calls"] == MAX_CALLS or out["b"]["calls"] > 100  # a call of b is microseconds
-    # warm-up (a, b), calibration (a once: after a, fast; b once), then 3 rounds of (k calls of a, calls of b)
+    assert k == 4  # 1 + ceil(20 ms over the calibration call): made right after the warm-up's b, it takes 8 ms
+    assert out["b"]["calls"] == MAX_CALLS  # 1 + 20 ms / 1 us, capped
+    # warm-up (a, b), calibration (a once, b once), then 3 rounds of (k calls of a, calls of b)
     assert log[:2] == ["a", "b"]
     rounds = log[4:]
-    assert rounds[:k] == ["a"] * k and rounds[k:k + out["b"]["calls"]] == ["b"] * out["b"]["calls"]
-    assert len(rounds) == 3 * (k + out["b"]["calls"])
-    assert out["a"]["first_min"] >= 0.008
-    assert 0.001 <= out["a"]["min"] <= 0.004
-    assert out["a"]["min"] < out["a"]["first_min"]
-    assert out["a"]["min"] <= out["a"]["median"]
+    assert rounds[:k] == ["a"] * k and rounds[k:k + MAX_CALLS] == ["b"] * MAX_CALLS
+    assert len(rounds) == 3 * (k + MAX_CALLS)
+    assert out["a"]["first_min"] == pytest.approx(0.008) and out["a"]["first_median"] == pytest.approx(0.008)
+    assert out["a"]["min"] == pytest.approx(0.001) and out["a"]["median"] == pytest.approx(0.001)
+    assert out["b"]["min"] == pytest.approx(1e-6) and out["b"]["first_min"] == pytest.approx(1e-6)
+
+
+def test_blocks_report_the_fastest_and_the_median_block(monkeypatch):
+    """Rounds of different speeds: ``min`` is the fastest block's per-call time, ``median`` the middle one."""
+    clock = _Clock()
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=clock))
+    per_call = iter([0.002] * 2 + [0.004] * 6 + [0.001] * 6 + [0.003] * 6)  # warm-up, calibration, 3 rounds
+
+    def f():
+        clock.now += next(per_call)
+
+    out = interleaved({"f": f}, repeats=3, warmup=1, min_block_s=0.01)
+    assert out["f"]["calls"] == 6  # 1 + 10 ms / 2 ms
+    assert out["f"]["first_min"] == pytest.approx(0.001) and out["f"]["first_median"] == pytest.approx(0.003)
+    assert out["f"]["min"] == pytest.approx(0.001) and out["f"]["median"] == pytest.approx(0.003)
 
 
 def test_without_blocks_every_round_is_one_call():
