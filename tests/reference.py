@@ -84,3 +84,19 @@ def target_conv2d_ref(x, w, m, s, kind, stride=(1, 1), padding=(0, 0, 0, 0), dil
                 inside = y0 <= i < y1 and x0 <= j < x1
                 y[:, c, i, j] *= fy[i] * fx[j] if inside else 0.0
     return y, rois
+
+
+def input_sparse_macs_ref(roi, support, kernel, stride, dilation, pad, extent) -> int:
+    """Products whose input may be non-zero: every output position of every ROI (inside ``extent``), every tap,
+    every input channel whose support box holds the tap's input pixel, counted one by one."""
+    count = 0
+    for y0, y1, x0, x1 in roi:
+        for py in range(y0, min(y1, extent[0])):
+            for px in range(x0, min(x1, extent[1])):
+                for ky in range(kernel[0]):
+                    for kx in range(kernel[1]):
+                        iy = py * stride[0] - pad[0] + ky * dilation[0]
+                        ix = px * stride[1] - pad[1] + kx * dilation[1]
+                        for sy0, sy1, sx0, sx1 in support:
+                            count += sy0 <= iy < sy1 and sx0 <= ix < sx1
+    return count

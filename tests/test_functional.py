@@ -9,7 +9,7 @@ import torch
 
 import tkn
 from tkn import functional as TF
-from reference import clip_ref, roi_ref, window_ref
+from reference import clip_ref, input_sparse_macs_ref, roi_ref, window_ref
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "cauchy"])
@@ -158,3 +158,60 @@ def test_same_padding_even_kernel_is_asymmetric_like_torch():
 def test_resolve_padding_errors(padding, stride, match):
     with pytest.raises(ValueError, match=match):
         TF.resolve_padding(padding, (3, 3), stride, (1, 1))
+
+
+def _random_boxes(g: torch.Generator, n: int, h: int, w: int) -> torch.Tensor:
+    ys = torch.randint(0, h + 1, (n, 2), generator=g).sort(1).values
+    xs = torch.randint(0, w + 1, (n, 2), generator=g).sort(1).values
+    return torch.cat([ys, xs], 1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_input_sparse_macs_matches_the_product_count(seed):
+    """Every geometry the engine runs (strides, dilations, pads, a pooled extent, empty boxes) against the count
+    of products one by one."""
+    g = torch.Generator().manual_seed(seed)
+    kernel = tuple(int(v) for v in torch.randint(1, 4, (2,), generator=g))
+    stride = tuple(int(v) for v in torch.randint(1, 3, (2,), generator=g))
+    dilation = tuple(int(v) for v in torch.randint(1, 3, (2,), generator=g))
+    pad = tuple(int(v) for v in torch.randint(0, 3, (2,), generator=g))
+    h, w = 9, 8
+    ho = (h + 2 * pad[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * pad[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    roi, support = _random_boxes(g, 5, ho, wo), _random_boxes(g, 4, h, w)
+    extent = (ho - seed % 2, wo)
+    got = TF.input_sparse_macs(roi, support, kernel, stride=stride, dilation=dilation, pad=pad, extent=extent)
+    assert got.dtype == torch.float64
+    assert int(got) == input_sparse_macs_ref(roi.tolist(), support.tolist(), kernel, stride, dilation, pad, extent)
+
+
+def test_input_sparse_macs_with_whole_supports_is_the_roi_count():
+    g = torch.Generator().manual_seed(3)
+    roi = _random_boxes(g, 6, 7, 7)
+    whole = torch.tensor([[0, 7, 0, 7]]).expand(5, 4)
+    # a 1x1 kernel never reads the pad: every product is counted
+    assert int(TF.input_sparse_macs(roi, whole, (1, 1))) == TF.roi_macs(roi, 5, (1, 1))
+    # a 3x3 kernel reads the pad at the border only
+    inner = torch.tensor([[1, 6, 1, 6], [2, 4, 3, 5]])
+    assert int(TF.input_sparse_macs(inner, whole, (3, 3), pad=(1, 1))) == TF.roi_macs(inner, 5, (3, 3))
+    assert int(TF.input_sparse_macs(roi, whole, (3, 3), pad=(1, 1))) <= TF.roi_macs(roi, 5, (3, 3))
+
+
+def test_input_sparse_macs_continuous_is_differentiable():
+    """With real box ends (the budget's surrogate): the integer count at integer ends (stride 1), and gradients
+    that gradcheck confirms away from the kinks."""
+    roi = torch.tensor([[1, 6, 0, 5], [2, 3, 2, 7]])
+    support = torch.tensor([[0, 4, 1, 6], [3, 7, 0, 2], [4, 6, 0, 7]])
+    exact = TF.input_sparse_macs(roi, support, (3, 3), pad=(1, 1))
+    assert float(TF.input_sparse_macs(roi.double(), support.double(), (3, 3), pad=(1, 1), integer=False)) == float(exact)
+    r = (roi.double() + 0.3).requires_grad_()
+    s = (support.double() + 0.2).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: TF.input_sparse_macs(a, b, (3, 3), pad=(1, 1), integer=False), (r, s))
+    grad_r, = torch.autograd.grad(TF.input_sparse_macs(r, support.double(), (3, 3), pad=(1, 1), integer=False), r)
+    assert bool((grad_r[:, [1, 3]] >= 0).all()) and bool((grad_r[:, [0, 2]] <= 0).all())  # wider ROIs cost more
+
+
+def test_input_sparse_macs_rejects_bad_boxes():
+    with pytest.raises(ValueError, match=r"roi and support must be \(C, 4\) boxes, got \(4,\) and \(1, 4\)"):
+        TF.input_sparse_macs(torch.tensor([0, 1, 0, 1]), torch.tensor([[0, 1, 0, 1]]), (3, 3))

@@ -47,6 +47,7 @@ __all__ = [
     "roi_mask",
     "roi_areas",
     "roi_macs",
+    "input_sparse_macs",
     "attention2d",
     "attention2d_correlated",
     "conv_output_size",
@@ -199,6 +200,64 @@ def roi_macs(roi: Tensor, in_per_group: int, kernel_size: Sequence[int]) -> int:
     """
     kh, kw = kernel_size
     return int(roi_areas(roi).sum()) * int(in_per_group) * int(kh) * int(kw)
+
+
+def _tap_counts(lo: Tensor, hi: Tensor, support_lo: Tensor, support_hi: Tensor, kernel: int, stride: int,
+                dilation: int, pad: int, integer: bool) -> Tensor:
+    """One axis of :func:`input_sparse_macs`: ``(C_out, C_in)`` counts of (output position in ``[lo, hi)``, tap)
+    pairs whose input index ``p·stride - pad + k·dilation`` lies in the support ``[support_lo, support_hi)``."""
+    taps = torch.arange(kernel, dtype=torch.float64, device=lo.device) * dilation
+    first = (support_lo.to(torch.float64)[None, :, None] + pad - taps) / stride
+    end = (support_hi.to(torch.float64)[None, :, None] + pad - taps) / stride
+    if integer:
+        first, end = torch.ceil(first), torch.ceil(end)
+    lo64, hi64 = lo.to(torch.float64)[:, None, None], hi.to(torch.float64)[:, None, None]
+    return (torch.minimum(hi64, end) - torch.maximum(lo64, first)).clamp(min=0).sum(-1)
+
+
+def input_sparse_macs(roi: Tensor, support: Tensor, kernel_size: Sequence[int], *, stride: Sequence[int] = (1, 1),
+                      dilation: Sequence[int] = (1, 1), pad: Sequence[int] = (0, 0),
+                      extent: Sequence[int] | None = None, integer: bool = True) -> Tensor:
+    """Multiply–accumulates per sample of a convolution computed over each output channel's ROI that also skips
+    the input values known to be zero (outside each input channel's *support* box).
+
+    ``Σ_o Σ_c Σ_(ky, kx) #{p ∈ ROI_o : p·stride − pad + k·dilation ∈ support_c}``: every (output position, tap,
+    input channel) product whose input may be non-zero, for a convolution with ``groups=1``. It is what the
+    native ``"batch"`` lane strategy executes (a layer fed by another target layer sees its producer's ROIs,
+    through the pool between them, as the supports), and at most :func:`roi_macs` (equal with whole supports).
+    Both counts separate per axis, so the sum costs ``C_out · C_in · (kH + kW)`` operations.
+
+    Args:
+        roi: ``(C_out, 4)`` boxes ``y0, y1, x0, x1`` (half-open, output coordinates).
+        support: ``(C_in, 4)`` boxes in input coordinates; an empty box is a channel that is zero everywhere.
+        kernel_size, stride, dilation: of the convolution, ``(y, x)``.
+        pad: zeros added before the first row and column, ``(top, left)``.
+        extent: ``(H, W)``: output positions counted only inside ``[0, H) x [0, W)`` (e.g. the part a fused pool
+            keeps); default: the ROIs as given.
+        integer: integer boxes, exact counts; ``False``: boxes with real ends (lengths, not pixel counts), and the
+            result is differentiable in them (the budget's surrogate).
+
+    Returns:
+        a float64 scalar tensor.
+
+    >>> roi = torch.tensor([[0, 4, 0, 4]])                  # one output channel on a 4 x 4 map
+    >>> whole, corner = torch.tensor([[0, 4, 0, 4]]), torch.tensor([[0, 1, 0, 1]])
+    >>> int(input_sparse_macs(roi, whole, (3, 3), pad=(1, 1)))  # per axis 4 x 3 (position, tap) pairs, 2 in the pad
+    100
+    >>> int(input_sparse_macs(roi, corner, (3, 3), pad=(1, 1)))  # input (0, 0): from positions 0 and 1 per axis
+    4
+    """
+    if roi.dim() != 2 or roi.shape[-1] != 4 or support.dim() != 2 or support.shape[-1] != 4:
+        raise ValueError(f"roi and support must be (C, 4) boxes, got {tuple(roi.shape)} and {tuple(support.shape)}")
+    lo_y, hi_y, lo_x, hi_x = roi.unbind(-1)
+    if extent is not None:
+        hi_y = torch.minimum(hi_y.to(torch.float64), torch.tensor(float(extent[0]), dtype=torch.float64))
+        hi_x = torch.minimum(hi_x.to(torch.float64), torch.tensor(float(extent[1]), dtype=torch.float64))
+    ys = _tap_counts(lo_y, hi_y, support[:, 0], support[:, 1], int(kernel_size[0]), int(stride[0]),
+                     int(dilation[0]), int(pad[0]), integer)
+    xs = _tap_counts(lo_x, hi_x, support[:, 2], support[:, 3], int(kernel_size[1]), int(stride[1]),
+                     int(dilation[1]), int(pad[1]), integer)
+    return (ys * xs).sum()
 
 
 def attention2d(m: Tensor, s: Tensor, height: int, width: int, kind: str = "cauchy") -> Tensor:

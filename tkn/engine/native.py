@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tkn import functional as TF
 from tkn.io import atomic_write, atomic_write_text
 
 try:
@@ -710,19 +711,12 @@ class NativeConv:
         active[:, (wo // pool) * pool:] = False
         self.soff, self.slist = _csr(active.reshape(ho * wo, c_out))
         # exact multiply-accumulates per sample: per position, its channels times its non-zero input values
-        per_pixel = nonzero.sum(1).reshape(h, w)
-        sy, sx = int(self.dims[6]), int(self.dims[7])
-        dy, dx = int(self.dims[8]), int(self.dims[9])
-        top, left = int(self.dims[10]), int(self.dims[11])
-        reads = np.zeros((ho, wo), dtype=np.int64)
-        ys, xs = np.arange(ho) * sy - top, np.arange(wo) * sx - left
-        for ky in range(kh):
-            iy = ys + ky * dy
-            for kx in range(kw):
-                ix = xs + kx * dx
-                ok = ((iy >= 0) & (iy < h))[:, None] & ((ix >= 0) & (ix < w))[None, :]
-                reads += np.where(ok, per_pixel[iy.clip(0, h - 1)][:, ix.clip(0, w - 1)], 0)
-        self.executed_macs = int((active.sum(2) * reads).sum())
+        support = (torch.tensor([[0, h, 0, w]]).expand(c_in, 4) if self.support is None
+                   else self.support.to(torch.int64))
+        self.executed_macs = int(TF.input_sparse_macs(
+            roi.to(torch.int64).cpu(), support, (kh, kw), stride=(int(self.dims[6]), int(self.dims[7])),
+            dilation=(int(self.dims[8]), int(self.dims[9])), pad=(int(self.dims[10]), int(self.dims[11])),
+            extent=((ho // pool) * pool, (wo // pool) * pool)))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
