@@ -1,6 +1,7 @@
 """The latency model (values, gradients, monotone fit, cache) and LatencyBudget's loop contract on a given model."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,8 +10,10 @@ import torch
 import tkn
 from tkn.budget import roi_mac_measure
 from tkn.convert import target_layers
-from tkn.latency import LatencyBudget, LatencyModel, LayerTable, calibrate
+from tkn.latency import (LatencyBudget, LatencyModel, LayerTable, SparseInput, _frozen_sparse_macs, _sparse_inputs,
+                         calibrate, producers)
 from tkn.models import create_model
+from reference import input_sparse_macs_ref
 
 
 def test_layer_table_interpolates_with_the_segment_slope():
@@ -206,3 +209,104 @@ def test_the_cache_entry_does_not_depend_on_how_the_layers_train(tmp_path, monke
     monkeypatch.setattr("tkn.latency.interleaved", lambda *a, **k: calls.append(1))
     again = calibrate(net, (1, 8, 8), batch_size=2, levels=(1.0,), repeats=1)
     assert not calls and again.key == first.key
+
+
+def test_a_layer_with_a_sparse_table_is_priced_by_its_input_sparse_macs():
+    lm = LatencyModel(1, 100.0, 0.5, {"a": LayerTable([0.0, 100.0], [0.0, 10.0]),
+                                      "b": LayerTable([0.0, 100.0], [0.0, 100.0])},
+                      sparse={"b": LayerTable([0.0, 50.0, 100.0], [0.0, 20.0, 120.0])},
+                      sparse_inputs={"b": SparseInput("a", 2, (7, 7), (1, 1), (14, 14))})
+    x = torch.tensor(75.0, dtype=torch.float64, requires_grad=True)
+    t = lm.predict({"a": 40.0, "b": 90.0}, {"b": x})
+    t.backward()
+    assert t.item() == pytest.approx(0.5 + 4.0 + 70.0) and x.grad.item() == pytest.approx(2.0)
+    assert lm.predict({"a": 40.0, "b": 90.0}).item() == pytest.approx(0.5 + 4.0 + 90.0)  # no value: ROI MACs
+    again = LatencyModel.from_dict(json.loads(json.dumps(lm.to_dict())))
+    assert again.sparse_inputs == lm.sparse_inputs and again.predict({"a": 40.0, "b": 90.0}, {"b": 75.0}).item() == (
+        pytest.approx(74.5))
+
+
+def _tkn6_with_windows(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("tkn6", input_size=28, min_roi=1).eval()
+    with torch.no_grad():
+        for _, layer in target_layers(model):
+            layer.m.uniform_(0.1, 0.9)
+            layer.s.uniform_(0.05, 0.6)
+    return model
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_input_macs_are_what_the_frozen_layer_skips_to(seed):
+    """The budget's input-sparse MACs (from the two layers' windows) equal the frozen layer's (from its ROIs and
+    the input supports freeze gave it) and a product-by-product count; the real-valued surrogate is close and
+    differentiable in both layers' windows."""
+    model = _tkn6_with_windows(seed)
+    frozen = tkn.freeze(model, torch.rand(2, 1, 28, 28), repeats=1)
+    found = _sparse_inputs(frozen, producers(model))
+    assert sorted(found) == ["features.3", "features.6"]
+    assert found["features.3"].producer == "features.0" and found["features.3"].producer_pool == 2
+    modules = dict(model.named_modules())
+    hw = {"features.0": (28, 28), "features.3": (14, 14), "features.6": (7, 7)}
+    for name, geo in found.items():
+        layer, producer = modules[name], modules[geo.producer]
+        exact = geo.macs(layer, hw[name], producer, hw[geo.producer])
+        assert float(exact) == _frozen_sparse_macs(frozen.get_submodule(name))
+        p = geo.producer_pool
+        support = [[y0 // p, -(-y1 // p), x0 // p, -(-x1 // p)] for y0, y1, x0, x1 in
+                   producer.rois(*hw[geo.producer]).tolist()]
+        assert float(exact) == input_sparse_macs_ref(layer.rois(*hw[name]).tolist(), support, layer.kernel_size,
+                                                     layer.stride, layer.dilation, geo.pad, geo.extent)
+        assert float(exact) < layer.macs(*hw[name])  # the producer's small ROIs leave inputs out
+        soft = geo.macs(layer, hw[name], producer, hw[geo.producer], exact=False)
+        assert soft.item() == pytest.approx(float(exact), rel=0.05)  # real ends, widened for the rounding
+        grads = torch.autograd.grad(soft, [layer.s, producer.s])
+        assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_budget_prices_fed_layers_by_their_input_sparse_macs():
+    """With sparse tables, the budget's prediction uses the exact input-sparse MACs, the penalty reaches a producer
+    through the layers it feeds, and the loop reaches its target."""
+    model = _tkn6_with_windows(0).train()
+    frozen = tkn.freeze(model.eval(), torch.rand(2, 1, 28, 28), repeats=1)
+    model.train()
+    lm = _synthetic(model)
+    lm.sparse_inputs = _sparse_inputs(frozen, producers(model))
+    lm.sparse = {n: LayerTable(list(lm.layers[n].macs), list(lm.layers[n].seconds)) for n in lm.sparse_inputs}
+    lm.layers["features.0"] = LayerTable([1.0], [2e-3])  # flat: its own windows cost nothing here
+    budget = LatencyBudget(model, (1, 28, 28), target_speedup=3.0, total_steps=12, latency_model=lm)
+    macs = {c.name: float(c.layer.macs(*c.hw)) for c in budget.calls}
+    modules = dict(model.named_modules())
+    hw = {c.name: c.hw for c in budget.calls}
+    sparse = {n: float(g.macs(modules[n], hw[n], modules[g.producer], hw[g.producer])) for n, g in
+              lm.sparse_inputs.items()}
+    assert budget.speedup() == pytest.approx(lm.dense_seconds / float(lm.predict(macs, sparse)))
+    assert budget.speedup() != pytest.approx(lm.dense_seconds / float(lm.predict(macs)))
+    budget.multiplier = 1.0
+    (grad,) = torch.autograd.grad(budget.penalty(), modules["features.0"].s)
+    assert grad.abs().sum() > 0  # only through features.3's input-sparse MACs
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(12):
+        x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+        loss = torch.nn.functional.cross_entropy(model(x), y) + budget.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        tkn.clip_parameters_(model)
+        budget.step()
+    assert 3.0 * 0.999 <= budget.speedup() <= 3.0 * 1.1
+
+
+def test_calibration_builds_a_sparse_table_for_a_layer_fed_through_a_pool(tmp_path, monkeypatch):
+    monkeypatch.setenv("TKN_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = tkn.targetize(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 16, 3, padding=1)), min_roi=1)
+    lm = calibrate(net, (1, 12, 12), batch_size=3, levels=(1.0, 4.0), repeats=1, cache=False)
+    assert set(lm.sparse) == {"3"} and lm.sparse_inputs["3"] == SparseInput("0", 2, (6, 6), (1, 1), (6, 6))
+    # level 1: whole maps, so the sparse count is the ROI count less the padding; level 4 measured twice (the
+    # producer as small as the layer, then whole): both points in the table
+    assert lm.layers["3"].macs[-1] == 16 * 36 * 8 * 9
+    # per axis 6 positions x 3 taps, 2 of them in the pad: 16 x 16 per pair of channels
+    assert len(lm.sparse["3"].macs) == 3 and lm.sparse["3"].macs[-1] == 16 * 8 * 16 * 16
+    assert lm.sparse["3"].macs[0] < lm.layers["3"].macs[0]

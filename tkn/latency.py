@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tkn import functional as TF
 from tkn.benchmark import dense_baseline
 from tkn.budget import MacBudget, log_bracket, roi_mac_measure
 from tkn.convert import target_layers
@@ -64,6 +65,7 @@ from tkn.engine import native as native_kernel
 from tkn.engine.freeze import freeze
 from tkn.engine.modules import FrozenTargetConv2d
 from tkn.io import atomic_write_text
+from tkn.layers import TargetConv2d
 from tkn.timing import BLOCK_S, interleaved
 from tkn.validate import positive_int
 
@@ -74,7 +76,8 @@ __all__ = ["LatencyModel", "LayerTable", "calibrate", "producers", "LatencyBudge
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 #: Version of the cached calibration format (and of the method: a change re-calibrates).
-_CACHE_VERSION = 6  # 3: producer tables; 4: steady state after the first call; 5: rest table; 6: batch-1 rounds
+_CACHE_VERSION = 7  # 3: producer tables; 4: steady state after the first call; 5: rest table; 6: batch-1 rounds;
+# 7: input-sparse tables, whole maps at ratio 1
 
 #: Timed rounds per calibration measurement below :data:`SMALL_BATCH` samples, and from there on: a batch-1 pass
 #: lasts 1-3 ms and single measurements of it scatter by 15-20% on a shared machine, so small batches get three
@@ -125,6 +128,69 @@ class LayerTable:
 
 
 @dataclass
+class SparseInput:
+    """Where a target layer's input is known to be zero: outside its producer's ROIs, through a pool.
+
+    ``tkn.freeze`` gives a layer fed by another target layer (through ReLU and pooling only) its producer's
+    ROIs as the input channels' supports, and the ``"batch"`` lane strategy skips the products outside them, so
+    the layer's time follows :func:`tkn.functional.input_sparse_macs`, not its own ROI MACs: a layer with whole
+    windows after a layer of small ones runs at a fraction of its ROI MACs' time.
+    """
+
+    producer: str
+    producer_pool: int
+    input_hw: tuple[int, int]
+    pad: tuple[int, int]
+    extent: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        self.producer_pool = int(self.producer_pool)
+        self.input_hw = (int(self.input_hw[0]), int(self.input_hw[1]))
+        self.pad = (int(self.pad[0]), int(self.pad[1]))
+        self.extent = (int(self.extent[0]), int(self.extent[1]))
+
+    def macs(self, layer: TargetConv2d, hw: tuple[int, int], producer: TargetConv2d, producer_hw: tuple[int, int],
+             s: Tensor | None = None, producer_s: Tensor | None = None, exact: bool = True) -> Tensor:
+        """The layer's input-sparse MACs per sample (a float64 scalar tensor).
+
+        Args:
+            layer, hw: the layer and its output map; ``producer``, ``producer_hw``: the same for its producer.
+            s, producer_s: scales to use instead of the layers' own (the budget's projection tries some).
+            exact: integer ROIs and supports (what the frozen model runs); ``False``: the ROIs' real ends, from
+                the clipped parameters, differentiable in both layers' ``m`` and ``s`` (the budget's surrogate).
+        """
+        p = self.producer_pool
+        if exact:
+            roi = TF.rois(layer.m, layer.s if s is None else s, hw, layer.roi_floor)
+            proc = TF.rois(producer.m, producer.s if producer_s is None else producer_s, producer_hw,
+                           producer.roi_floor)
+            support = torch.stack([proc[:, 0] // p, -(-proc[:, 1] // p), proc[:, 2] // p, -(-proc[:, 3] // p)], 1)
+        else:  # whole pixels add half a pixel at each end on average; the pool's rounding half of one more
+            roi = _continuous_box(*TF.clip_params(layer.m, layer.s if s is None else s, hw, layer.roi_floor), hw,
+                                  0.5)
+            support = _continuous_box(*TF.clip_params(producer.m, producer.s if producer_s is None else producer_s,
+                                                      producer_hw, producer.roi_floor), producer_hw) / p
+            support = (support + torch.tensor([-0.5, 0.5, -0.5, 0.5], dtype=support.dtype)).clamp(min=0.0)
+        h, w = self.input_hw
+        support = torch.stack([support[:, 0].clamp(max=h), support[:, 1].clamp(max=h), support[:, 2].clamp(max=w),
+                               support[:, 3].clamp(max=w)], 1)
+        return TF.input_sparse_macs(roi, support, layer.kernel_size, stride=layer.stride, dilation=layer.dilation,
+                                    pad=self.pad, extent=self.extent, integer=exact)
+
+
+def _continuous_box(m: Tensor, s: Tensor, hw: tuple[int, int], widen: float = 0.0) -> Tensor:
+    """``(C, 4)`` real boxes ``[m - s/√2, m + s/√2]`` per axis in pixels of ``hw``, ``widen`` pixels wider at each
+    end, within the map (differentiable)."""
+    half = s.to(torch.float64) / math.sqrt(2.0)
+    m = m.to(torch.float64)
+    axes = []
+    for i, n in enumerate(hw):
+        axes += [((m[:, i] - half[:, i]) * n - widen).clamp(0.0, float(n)),
+                 ((m[:, i] + half[:, i]) * n + widen).clamp(0.0, float(n))]
+    return torch.stack(axes, 1)
+
+
+@dataclass
 class LatencyModel:
     """Predicted seconds per batch of ``tkn.freeze(model)`` from the ROI MACs of its target layers.
 
@@ -137,6 +203,9 @@ class LatencyModel:
             that grows with their work (at batch 1 on TKN6, 0.8 ms at FLOP ratio 32, 1.4 ms at 4).
         layers: per target layer (module name), its :class:`LayerTable`.
         checks: per calibration level, the measured whole-model time and the prediction (its error).
+        sparse: per layer fed by a producer (:class:`SparseInput`), its seconds against its input-sparse MACs,
+            from every point measured for it; :meth:`predict` uses this table for the layers given in ``sparse``.
+        sparse_inputs: the geometry of those layers' inputs.
     """
 
     batch_size: int
@@ -149,11 +218,14 @@ class LatencyModel:
     producers: dict[str, str] = field(default_factory=dict)
     dense_macs: dict[str, float] = field(default_factory=dict)
     rest: LayerTable | None = None
+    sparse: dict[str, LayerTable] = field(default_factory=dict)
+    sparse_inputs: dict[str, SparseInput] = field(default_factory=dict)
 
-    def predict(self, macs: dict[str, Tensor | float]) -> Tensor:
+    def predict(self, macs: dict[str, Tensor | float], sparse: dict[str, Tensor | float] | None = None) -> Tensor:
         """Seconds per batch for the ROI MACs per sample of each target layer (differentiable in tensors).
 
-        A layer with a producer (``producers``) and a table measured on a dense input (``dense_input``) is
+        A layer with a table in :attr:`sparse` and a value in ``sparse`` (its input-sparse MACs per sample,
+        :meth:`SparseInput.macs`) is priced by that table. Otherwise a layer with a producer (``producers``) and a table measured on a dense input (``dense_input``) is
         priced between its two tables by its producer's ROI fraction ``φ_p``: ``layers[l]`` was measured
         with the producer's ROIs as small as its own (fraction ``φ_l``), ``dense_input[l]`` with the
         producer whole, so ``t = t_same + w · (t_dense − t_same)``, ``w = (φ_p − φ_l) / (1 − φ_l)`` clipped
@@ -162,7 +234,13 @@ class LatencyModel:
         total = torch.tensor(0.0, dtype=torch.float64)
         value = {n: (v if isinstance(v, Tensor) else torch.tensor(float(v))).to(torch.float64)
                  for n, v in macs.items()}
+        sparse = sparse or {}
         for name, table in self.layers.items():
+            if name in self.sparse and name in sparse:
+                x = sparse[name]
+                total = total + self.sparse[name]((x if isinstance(x, Tensor) else torch.tensor(float(x))).to(
+                    torch.float64))
+                continue
             t = table(value[name])
             producer = self.producers.get(name)
             if name in self.dense_input and producer in value and self.dense_macs.get(producer):
@@ -181,10 +259,12 @@ class LatencyModel:
         layers = {k: LayerTable(**v) for k, v in data["layers"].items()}
         dense_input = {k: LayerTable(**v) for k, v in data.get("dense_input", {}).items()}
         rest = LayerTable(**data["rest"]) if data.get("rest") else None
+        sparse = {k: LayerTable(**v) for k, v in data.get("sparse", {}).items()}
+        inputs = {k: SparseInput(**v) for k, v in data.get("sparse_inputs", {}).items()}
         return cls(int(data["batch_size"]), float(data["dense_seconds"]), float(data["fixed_seconds"]), layers,
                    list(data.get("checks", [])), str(data.get("key", "")), dense_input,
                    {str(k): str(v) for k, v in data.get("producers", {}).items()},
-                   {str(k): float(v) for k, v in data.get("dense_macs", {}).items()}, rest)
+                   {str(k): float(v) for k, v in data.get("dense_macs", {}).items()}, rest, sparse, inputs)
 
 
 def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float],
@@ -214,9 +294,9 @@ def _cache_dir() -> Path:
 
 def _set_level(model: nn.Module, ratio: float, seed: int, whole: Sequence[str] = ()) -> None:
     """Scattered ROIs of about ``ratio`` times fewer MACs in every target layer (in place); the layers named in
-    ``whole`` get ROIs covering their whole map instead."""
+    ``whole``, and every layer at ``ratio <= 1``, get ROIs covering their whole map instead."""
     for i, (name, layer) in enumerate(target_layers(model)):
-        if name in whole:
+        if name in whole or ratio <= 1.0:
             with torch.no_grad():
                 layer.m.fill_(0.5)
                 layer.s.fill_(math.sqrt(2.0) / 2.0)  # the interval [0, 1]
@@ -243,11 +323,48 @@ def _layer_inputs(frozen: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return inputs
 
 
-def _timed_layers(work: nn.Module, x: Tensor, names: Sequence[str], repeats: int,
-                  extra: Any = None) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+@dataclass
+class _Point:
+    """One timed frozen layer: its ROI MACs and input-sparse MACs per sample, and its seconds per batch."""
+
+    macs: float
+    sparse_macs: float
+    seconds: float
+
+
+def _frozen_sparse_macs(fl: FrozenTargetConv2d) -> float:
+    """What a frozen layer's input-sparse MACs are, from the ROIs and input supports it was built with."""
+    h, w = fl.input_hw
+    support = fl.input_support if fl.input_support is not None else torch.tensor([[0, h, 0, w]]).expand(
+        fl.in_channels, 4)
+    left, _, top, _ = fl.pad
+    ho, wo = fl.conv_hw
+    return float(TF.input_sparse_macs(fl.roi.to(torch.int64).cpu(), support, fl.kernel_size, stride=fl.stride,
+                                      dilation=fl.dilation, pad=(top, left),
+                                      extent=((ho // fl.pool) * fl.pool, (wo // fl.pool) * fl.pool)))
+
+
+def _sparse_inputs(frozen: nn.Module, feeds: dict[str, str]) -> dict[str, SparseInput]:
+    """The layers of ``feeds`` whose frozen input has supports from their producer (zero padding, ``groups=1``)."""
+    out = {}
+    for name, producer in feeds.items():
+        fl, pl = frozen.get_submodule(name), frozen.get_submodule(producer)
+        if (isinstance(fl, FrozenTargetConv2d) and isinstance(pl, FrozenTargetConv2d) and fl.input_support is not None
+                and fl.groups == 1 and fl.padding_mode == "zeros"):
+            left, _, top, _ = fl.pad
+            ho, wo = fl.conv_hw
+            out[name] = SparseInput(producer, pl.pool, fl.input_hw, (top, left),
+                                    ((ho // fl.pool) * fl.pool, (wo // fl.pool) * fl.pool))
+    return out
+
+
+def _timed_layers(work: nn.Module, x: Tensor, names: Sequence[str], repeats: int, extra: Any = None,
+                  feeds: dict[str, str] | None = None
+                  ) -> tuple[dict[str, _Point], dict[str, float], dict[str, SparseInput]]:
     """Freeze ``work`` on ``x`` and time, in one interleaved run, each of the target layers ``names`` alone on the
     input it receives there, together with the callables ``extra(frozen)`` returns (by name). Returns ``{layer:
-    (its MACs, seconds)}`` and ``{extra name: seconds}`` (minimum over the rounds)."""
+    its point}``, ``{extra name: seconds}`` (minimum over the rounds) and the input supports of the layers of
+    ``feeds`` (:func:`_sparse_inputs`)."""
     frozen = freeze(work, x, repeats=1)
     inputs = _layer_inputs(frozen, x)
     layers = {n: frozen.get_submodule(n) for n in names if n in inputs}
@@ -255,8 +372,8 @@ def _timed_layers(work: nn.Module, x: Tensor, names: Sequence[str], repeats: int
     fns.update({n: (lambda fl=fl, xi=inputs[n]: fl(xi)) for n, fl in layers.items()})
     with torch.no_grad():
         t = interleaved(fns, repeats, min_block_s=BLOCK_S)
-    return ({n: (float(fl.macs()), t[n]["min"]) for n, fl in layers.items()},
-            {k: t[k]["min"] for k in fns if k not in layers})
+    points = {n: _Point(float(fl.macs()), _frozen_sparse_macs(fl), t[n]["min"]) for n, fl in layers.items()}
+    return points, {k: t[k]["min"] for k in fns if k not in layers}, _sparse_inputs(frozen, feeds or {})
 
 
 def producers(model: nn.Module) -> dict[str, str]:
@@ -321,15 +438,33 @@ def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, level
     x = torch.rand(batch_size, *input_size, generator=g)
     work = copy.deepcopy(model).eval()
     names = [name for name, _ in target_layers(work)]
+    modules = dict(work.named_modules())
     feeds = producers(work)
     dense = dense_baseline(work).eval()
     from tkn.flops import count
 
-    dense_macs = {row.name: float(row.dense_macs) for row in count(work, tuple(input_size)).layers
-                  if row.name in names}
-    points: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in names}
-    dense_points: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in feeds}
+    rows = {row.name: row for row in count(work, tuple(input_size)).layers if row.name in names}
+    dense_macs = {n: float(row.dense_macs) for n, row in rows.items()}
+    hw = {n: (int(row.output_shape[-2]), int(row.output_shape[-1])) for n, row in rows.items()}
+    points: dict[str, list[_Point]] = {n: [] for n in names}
+    dense_points: dict[str, list[_Point]] = {n: [] for n in feeds}
     totals, sums, dense_times = [], [], []
+    geometry: dict[str, SparseInput] = {}
+    consistent = set(feeds)  # layers whose frozen input-sparse MACs the budget's formula reproduces at every point
+
+    def check_sparse(measured: dict[str, _Point], found: dict[str, SparseInput]) -> None:
+        for name in list(consistent):
+            if name not in measured:
+                continue
+            geo = found.get(name)
+            if geo is None or (name in geometry and geometry[name] != geo):
+                consistent.discard(name)
+                continue
+            geometry.setdefault(name, geo)
+            formula = geo.macs(modules[name], hw[name], modules[geo.producer], hw[geo.producer])
+            if float(formula) != measured[name].sparse_macs:
+                consistent.discard(name)
+
     # the layers fed by a producer, split into two sets that hold no producer of each other: each set is
     # measured once more with its producers whole (the other set's layers and the unfed ones)
     fed = [n for n in names if n in feeds]
@@ -343,33 +478,45 @@ def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, level
                 fns["dense"] = lambda: dense(x)
             return fns
 
-        layers, t = _timed_layers(work, x, names, repeats, whole_models)
+        layers, t, found = _timed_layers(work, x, names, repeats, whole_models, feeds)
+        check_sparse(layers, found)
         if "dense" in t:
             dense_times.append(t["dense"])
-        for name, (macs, seconds) in layers.items():
-            points[name][0].append(macs)
-            points[name][1].append(seconds)
+        for name, point in layers.items():
+            points[name].append(point)
         totals.append(t["frozen"])
-        sums.append(sum(seconds for _, seconds in layers.values()))
+        sums.append(sum(point.seconds for point in layers.values()))
         for measured in passes:
             if not measured:
                 continue
+            if ratio <= 1.0:  # every layer is whole already: these are the points just measured
+                for name in measured:
+                    if name in layers:
+                        dense_points[name].append(layers[name])
+                continue
             _set_level(work, ratio, seed, whole=[n for n in names if n not in measured])
-            layers, _ = _timed_layers(work, x, measured, repeats)
-            for name, (macs, seconds) in layers.items():
-                dense_points[name][0].append(macs)
-                dense_points[name][1].append(seconds)
+            layers, _, found = _timed_layers(work, x, measured, repeats, feeds=feeds)
+            check_sparse(layers, found)
+            for name, point in layers.items():
+                dense_points[name].append(point)
     fixed = max(0.0, statistics.median(tot - s for tot, s in zip(totals, sums)))
     rest = LayerTable(list(sums), [max(0.0, tot - s) for tot, s in zip(totals, sums)])
-    tables = {n: LayerTable(*points[n]) for n in names if points[n][0]}
-    dense_input = {n: LayerTable(*dense_points[n]) for n in dense_points if dense_points[n][0] and n in tables}
+
+    def table(pts: list[_Point], sparse: bool = False) -> LayerTable:
+        return LayerTable([p.sparse_macs if sparse else p.macs for p in pts], [p.seconds for p in pts])
+
+    tables = {n: table(points[n]) for n in names if points[n]}
+    dense_input = {n: table(dense_points[n]) for n in dense_points if dense_points[n] and n in tables}
+    sparse = {n: table(points[n] + [p for p in dense_points[n] if p not in points[n]], sparse=True)
+              for n in consistent if n in tables}
     result = LatencyModel(batch_size, min(dense_times), fixed, tables, key=key, dense_input=dense_input,
                           producers={n: p for n, p in feeds.items() if n in dense_input and p in tables},
-                          dense_macs=dense_macs, rest=rest)
+                          dense_macs=dense_macs, rest=rest, sparse=sparse,
+                          sparse_inputs={n: geometry[n] for n in sparse})
     for i, (ratio, total) in enumerate(zip(levels, totals)):
-        macs = {n: table.macs[0] for n, table in tables.items()}  # placeholder for layers missing a point
-        macs.update({n: points[n][0][i] for n in tables if len(points[n][0]) > i})
-        result.checks.append({"flop_ratio": ratio, "measured_s": total, "predicted_s": float(result.predict(macs))})
+        at = {n: points[n][min(i, len(points[n]) - 1)] for n in tables}
+        predicted = result.predict({n: p.macs for n, p in at.items()}, {n: p.sparse_macs for n, p in at.items()})
+        result.checks.append({"flop_ratio": ratio, "measured_s": total, "predicted_s": float(predicted)})
     return result
 
 
@@ -407,8 +554,10 @@ class LatencyBudget(MacBudget):
         missing = {c.name for c in self.calls} - set(self.latency.layers)
         if missing:
             raise ValueError(f"the latency model has no table for target layers {sorted(missing)}")
+        self._bind_sparse()
         floor = {c.name: float(c.floor_macs) for c in self.calls}
-        self.max_speedup = self.latency.dense_seconds / float(self.latency.predict(floor))
+        narrowest = self._scaled(math.exp(-60.0), dict.fromkeys(self._weight, 1.0))
+        self.max_speedup = self.latency.dense_seconds / float(self.latency.predict(floor, self._sparse_macs(narrowest)))
         if target_speedup > self.max_speedup:
             raise ValueError(
                 f"target_speedup {target_speedup:g} is above the largest measured speed-up this model can reach at "
@@ -416,7 +565,29 @@ class LatencyBudget(MacBudget):
                 "minimum width); lower the target or build the target layers with a smaller min_roi")
         self.target_speedup = float(target_speedup)
 
+    def _bind_sparse(self) -> None:
+        """The calls the latency model prices by input-sparse MACs: a table for the layer, one call of it and one
+        of its producer."""
+        by_name: dict[str, list] = {}
+        for c in self.calls:
+            by_name.setdefault(c.name, []).append(c)
+        self._sparse = {}
+        for name, geo in self.latency.sparse_inputs.items():
+            if name in self.latency.sparse and len(by_name.get(name, ())) == 1 and len(by_name.get(geo.producer,
+                                                                                                   ())) == 1:
+                self._sparse[name] = (geo, by_name[name][0], by_name[geo.producer][0])
+
     # -- measures -------------------------------------------------------------------
+    def _sparse_macs(self, scales: dict[int, Tensor] | None = None, exact: bool = True) -> dict[str, Tensor]:
+        """Input-sparse MACs per sample of the layers the latency model prices by them (:class:`SparseInput`)."""
+        out = {}
+        for name, (geo, c, p) in self._sparse.items():
+            s = None if scales is None else scales[id(c.layer)]
+            ps = None if scales is None else scales[id(p.layer)]
+            value = geo.macs(c.layer, c.hw, p.layer, p.hw, s, ps, exact=exact)
+            out[name] = value.detach() if exact else value
+        return out
+
     def _layer_macs(self, scales: dict[int, Tensor] | None = None) -> dict[str, float]:
         per = self._exact_per_channel(scales)
         out, offset = {}, 0
@@ -428,7 +599,7 @@ class LatencyBudget(MacBudget):
 
     def predicted_seconds(self, scales: dict[int, Tensor] | None = None) -> float:
         """The latency model's seconds per batch of the frozen model with the current ROIs."""
-        return float(self.latency.predict(self._layer_macs(scales)))
+        return float(self.latency.predict(self._layer_macs(scales), self._sparse_macs(scales)))
 
     def budget_seconds(self, step: int | None = None) -> float:
         """Allowed seconds per batch after ``step`` steps: ``t(dense) / r(t)``."""
@@ -439,12 +610,13 @@ class LatencyBudget(MacBudget):
         return self.latency.dense_seconds / self.predicted_seconds()
 
     def measure(self) -> Tensor:
-        """Differentiable predicted seconds: each layer's table at its differentiable ROI MACs."""
+        """Differentiable predicted seconds: each layer's table at its differentiable ROI MACs (input-sparse MACs
+        for the layers the latency model prices by them, from both layers' windows)."""
         macs: dict[str, Tensor] = {}
         for c in self.calls:
             value = roi_mac_measure(c.layer, *c.hw).to(torch.float64)
             macs[c.name] = macs[c.name] + value if c.name in macs else value
-        return self.latency.predict(macs)
+        return self.latency.predict(macs, self._sparse_macs(exact=False))
 
     def penalty(self) -> Tensor:
         """``λ · T / T_budget(t)``: a scalar tensor, differentiable in every target layer's ``m`` and ``s``."""
@@ -487,6 +659,7 @@ class LatencyBudget(MacBudget):
         super().load_state_dict(state)
         if "latency_model" in state:
             self.latency = LatencyModel.from_dict(state["latency_model"])
+            self._bind_sparse()
 
     def __repr__(self) -> str:
         return (f"LatencyBudget(target_speedup={self.target_speedup:g}, batch_size={self.batch_size}, "
