@@ -35,6 +35,7 @@ def test_layer_table_is_made_monotone_by_pooling_violators():
     table = LayerTable([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1.0, 5.0, 2.0, 3.0, 10.0, 4.0])
     # the least-squares non-decreasing fit: (5, 2, 3) pooled to 10/3, (10, 4) to 7
     assert table.seconds == pytest.approx([1.0, 10 / 3, 10 / 3, 10 / 3, 7.0, 7.0])
+    assert LayerTable([2.0, 1.0, 2.0], [3.0, 1.0, 5.0]).seconds == [1.0, 4.0]  # one point per count, the mean
     with pytest.raises(ValueError, match="as many times as MAC counts"):
         LayerTable([1.0, 2.0], [1.0])
 
@@ -303,10 +304,25 @@ def test_calibration_builds_a_sparse_table_for_a_layer_fed_through_a_pool(tmp_pa
     net = tkn.targetize(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
                                             torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 16, 3, padding=1)), min_roi=1)
     lm = calibrate(net, (1, 12, 12), batch_size=3, levels=(1.0, 4.0), repeats=1, cache=False)
-    assert set(lm.sparse) == {"3"} and lm.sparse_inputs["3"] == SparseInput("0", 2, (6, 6), (1, 1), (6, 6))
-    # level 1: whole maps, so the sparse count is the ROI count less the padding; level 4 measured twice (the
-    # producer as small as the layer, then whole): both points in the table
-    assert lm.layers["3"].macs[-1] == 16 * 36 * 8 * 9
-    # per axis 6 positions x 3 taps, 2 of them in the pad: 16 x 16 per pair of channels
-    assert len(lm.sparse["3"].macs) == 3 and lm.sparse["3"].macs[-1] == 16 * 8 * 16 * 16
-    assert lm.sparse["3"].macs[0] < lm.layers["3"].macs[0]
+    # the second conv is fed by the first through the pool: both fits are measured, the better one prices it
+    assert set(lm.fit_errors) == {"3"} and set(lm.fit_errors["3"]) == {"roi", "sparse"}
+    assert ("3" in lm.sparse) == (lm.fit_errors["3"]["sparse"] < lm.fit_errors["3"]["roi"])
+    assert lm.layers["3"].macs[-1] == 16 * 36 * 8 * 9  # level 1: whole maps
+    if "3" in lm.sparse:
+        assert lm.sparse_inputs["3"] == SparseInput("0", 2, (6, 6), (1, 1), (6, 6))
+        # level 1's input-sparse count is the ROI count less the padding (per axis 6 positions x 3 taps, 2 of
+        # them in the pad); level 4 measured twice (the producer as small as the layer, then whole)
+        assert len(lm.sparse["3"].macs) == 3 and lm.sparse["3"].macs[-1] == 16 * 8 * 16 * 16
+        assert lm.sparse["3"].macs[0] < lm.layers["3"].macs[0]
+
+
+def test_fit_error_is_the_rms_relative_error_of_the_table():
+    from tkn.latency import _fit_error, _Point
+
+    pts = [_Point(1.0, 1.0, 1.0), _Point(2.0, 2.0, 2.0), _Point(2.0, 1.0, 3.0)]
+    # against the first count the two points at 2 take 2 and 3 s: pooled to 2.5, errors 0.25 and -1/6
+    by_first = LayerTable([p.macs for p in pts], [p.seconds for p in pts])
+    assert _fit_error(by_first, [p.macs for p in pts], pts) == pytest.approx(math.sqrt((0.25 ** 2 + (1 / 6) ** 2) / 3))
+    # a count under which they fall (3 s at 1, 2 s at 2): pooled to 2.5 each
+    by_second = LayerTable([0.5, 1.0, 2.0], [1.0, 3.0, 2.0])
+    assert _fit_error(by_second, [1.0, 2.0], pts[1:]) == pytest.approx(math.sqrt(((2.5 / 2 - 1) ** 2 + (2.5 / 3 - 1) ** 2) / 2))

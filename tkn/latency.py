@@ -10,30 +10,39 @@ the machine that trains, as ``tkn bench`` measures it.
 The latency model (:class:`LatencyModel`)
 -----------------------------------------
 Per target layer, a table of measured seconds per batch against the layer's
-ROI MACs, plus the rest of the frozen model's time as a function of the
+work, plus the rest of the frozen model's time as a function of the
 layers' sum, and the dense model's time, all at one batch size:
 
-    t(frozen) ≈ S + rest(S),   S = Σ_l  t_l(ROI MACs of layer l)
+    t(frozen) ≈ S + rest(S),   S = Σ_l  t_l(work of layer l)
+
+A layer's work is its ROI MACs, or, for a layer fed by another target layer
+whose ROIs ``tkn.freeze`` hands it as input supports, its input-sparse MACs
+(:func:`tkn.functional.input_sparse_macs`, :class:`SparseInput`): the engine
+skips the products with the zeros outside the producer's ROIs, so a layer with
+whole windows behind a layer of small ones runs at a fraction of its ROI MACs'
+time.
 
 :func:`calibrate` builds it on the machine that runs: for each of a few FLOP
 ratios (``LEVELS``), every target layer gets scattered ROIs of that ratio (centres
-uniform in ``[0.15, 0.85]``, one seed), the model is frozen at the batch size as
-:func:`tkn.freeze` freezes it (the lane strategies timed against dense), and the
-whole frozen model and each frozen layer on its own input are timed
-(:func:`tkn.timing.interleaved`, as ``tkn bench`` times them: blocks of consecutive
-calls, minimum of ``repeats``). ``t_l`` interpolates the layer's points linearly
-in MACs (made non-decreasing, flat outside the measured range);
-``rest`` interpolates, against the layers' sum, the whole model's time minus
-that sum at each level (at least 0, made non-decreasing): inside the whole
-model the layers run slower than each alone in a loop, by more when they do
-more. A layer fed by another target layer also has a table measured with that
-producer whole, see :meth:`LatencyModel.predict`. A calibration takes seconds to a minute and is
-cached as JSON under ``$TKN_CACHE/latency`` (default ``~/.cache/tkn``), keyed by
-the model's structure, the input size, the batch size, the thread count, the
-torch version, the native kernel's source and the CPU's flags.
+uniform in ``[0.15, 0.85]``, one seed; the whole map at ratio 1), the model is
+frozen at the batch size as :func:`tkn.freeze` freezes it (the lane strategies
+timed against dense), and the whole frozen model and each frozen layer on its own
+input are timed (:func:`tkn.timing.interleaved`, as ``tkn bench`` times them:
+blocks of consecutive calls, minimum of ``repeats``). Every layer fed by a
+producer is timed once more per ratio with its producer whole, so its table
+spans inputs from sparse to dense. ``t_l`` interpolates the layer's points
+linearly (made non-decreasing, flat outside the measured range); ``rest``
+interpolates, against the layers' sum, the whole model's time minus that sum at
+each level (at least 0, made non-decreasing): inside the whole model the layers
+run slower than each alone in a loop, by more when they do more. A calibration
+takes seconds to minutes and is cached as JSON under ``$TKN_CACHE/latency``
+(default ``~/.cache/tkn``), keyed by the model's structure, the input size, the
+batch size, the thread count, the torch version, the native kernel's source and
+the CPU's flags.
 
-The budget's differentiable surrogate replaces each layer's exact ROI MACs by
-:func:`tkn.budget.roi_mac_measure`, so the price of one pixel of a window is the
+The budget's differentiable surrogate replaces each layer's exact work by a
+real-valued count (:func:`tkn.budget.roi_mac_measure`, or
+:meth:`SparseInput.macs` with ``exact=False``), so the price of one pixel of a window is the
 *marginal time* of its layer: layers whose MACs cost little time (memory-bound
 ones, or ones already cheaper than their overhead) are pressed less than under
 a MAC budget. The ramp, the dual ascent of the multiplier and the projection
@@ -53,7 +62,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -69,15 +77,15 @@ from tkn.layers import TargetConv2d
 from tkn.timing import BLOCK_S, interleaved
 from tkn.validate import positive_int
 
-__all__ = ["LatencyModel", "LayerTable", "calibrate", "producers", "LatencyBudget", "LEVELS", "ROUNDS", "ROUNDS_SMALL",
+__all__ = ["LatencyModel", "LayerTable", "SparseInput", "calibrate", "producers", "LatencyBudget", "LEVELS", "ROUNDS", "ROUNDS_SMALL",
            "SMALL_BATCH"]
 
 #: FLOP ratios at which :func:`calibrate` measures every target layer.
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 #: Version of the cached calibration format (and of the method: a change re-calibrates).
-_CACHE_VERSION = 7  # 3: producer tables; 4: steady state after the first call; 5: rest table; 6: batch-1 rounds;
-# 7: input-sparse tables, whole maps at ratio 1
+_CACHE_VERSION = 8  # 3: producer tables; 4: steady state after the first call; 5: rest table; 6: batch-1 rounds;
+# 7: input-sparse tables, whole maps at ratio 1; 8: sparse tables where they fit better
 
 #: Timed rounds per calibration measurement below :data:`SMALL_BATCH` samples, and from there on: a batch-1 pass
 #: lasts 1-3 ms and single measurements of it scatter by 15-20% on a shared machine, so small batches get three
@@ -100,7 +108,8 @@ def _monotone(values: list[float]) -> list[float]:
 
 @dataclass
 class LayerTable:
-    """Measured seconds per batch of one frozen target layer against its ROI MACs per sample (ascending)."""
+    """Measured seconds per batch of one frozen target layer against its work per sample (ascending; points at
+    the same work are merged into their mean)."""
 
     macs: list[float]
     seconds: list[float]
@@ -109,9 +118,11 @@ class LayerTable:
         if len(self.macs) != len(self.seconds) or not self.macs:
             raise ValueError(f"a layer table needs as many times as MAC counts (at least one), got "
                              f"{len(self.macs)} and {len(self.seconds)}")
-        order = np.argsort(self.macs, kind="stable")
-        self.macs = [float(self.macs[i]) for i in order]
-        self.seconds = _monotone([float(self.seconds[i]) for i in order])
+        merged: dict[float, list[float]] = {}  # points at the same work: one point, their mean time
+        for w, t in zip(self.macs, self.seconds):
+            merged.setdefault(float(w), []).append(float(t))
+        self.macs = sorted(merged)
+        self.seconds = _monotone([statistics.fmean(merged[w]) for w in self.macs])
 
     def __call__(self, macs: Tensor) -> Tensor:
         """Seconds at ``macs`` (a scalar tensor; differentiable, piecewise linear, flat outside the table)."""
@@ -206,6 +217,10 @@ class LatencyModel:
         sparse: per layer fed by a producer (:class:`SparseInput`), its seconds against its input-sparse MACs,
             from every point measured for it; :meth:`predict` uses this table for the layers given in ``sparse``.
         sparse_inputs: the geometry of those layers' inputs.
+        fit_errors: per layer fed by a producer, the RMS relative error of a single table over all its points
+            against its ROI MACs (``"roi"``) and against its input-sparse MACs (``"sparse"``); the layer has a
+            table in :attr:`sparse` where the second is smaller (else it is priced by ``layers`` and
+            ``dense_input``).
     """
 
     batch_size: int
@@ -220,6 +235,7 @@ class LatencyModel:
     rest: LayerTable | None = None
     sparse: dict[str, LayerTable] = field(default_factory=dict)
     sparse_inputs: dict[str, SparseInput] = field(default_factory=dict)
+    fit_errors: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def predict(self, macs: dict[str, Tensor | float], sparse: dict[str, Tensor | float] | None = None) -> Tensor:
         """Seconds per batch for the ROI MACs per sample of each target layer (differentiable in tensors).
@@ -264,7 +280,8 @@ class LatencyModel:
         return cls(int(data["batch_size"]), float(data["dense_seconds"]), float(data["fixed_seconds"]), layers,
                    list(data.get("checks", [])), str(data.get("key", "")), dense_input,
                    {str(k): str(v) for k, v in data.get("producers", {}).items()},
-                   {str(k): float(v) for k, v in data.get("dense_macs", {}).items()}, rest, sparse, inputs)
+                   {str(k): float(v) for k, v in data.get("dense_macs", {}).items()}, rest, sparse, inputs,
+                   {str(k): {str(a): float(b) for a, b in v.items()} for k, v in data.get("fit_errors", {}).items()})
 
 
 def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float],
@@ -507,17 +524,31 @@ def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, level
 
     tables = {n: table(points[n]) for n in names if points[n]}
     dense_input = {n: table(dense_points[n]) for n in dense_points if dense_points[n] and n in tables}
-    sparse = {n: table(points[n] + [p for p in dense_points[n] if p not in points[n]], sparse=True)
-              for n in consistent if n in tables}
+    # a fed layer is priced by its input-sparse MACs where they explain its measured times better than its ROI
+    # MACs do (the "batch" lane strategy skips the zeros, "reduce" does not, and freeze picks per layer and level)
+    sparse, fit_errors = {}, {}
+    for n in sorted(consistent & set(tables)):
+        pts = points[n] + [p for p in dense_points[n] if p not in points[n]]
+        by_roi, by_sparse = table(pts), table(pts, sparse=True)
+        fit_errors[n] = {"roi": _fit_error(by_roi, [p.macs for p in pts], pts),
+                         "sparse": _fit_error(by_sparse, [p.sparse_macs for p in pts], pts)}
+        if fit_errors[n]["sparse"] < fit_errors[n]["roi"]:
+            sparse[n] = by_sparse
     result = LatencyModel(batch_size, min(dense_times), fixed, tables, key=key, dense_input=dense_input,
                           producers={n: p for n, p in feeds.items() if n in dense_input and p in tables},
                           dense_macs=dense_macs, rest=rest, sparse=sparse,
-                          sparse_inputs={n: geometry[n] for n in sparse})
+                          sparse_inputs={n: geometry[n] for n in sparse}, fit_errors=fit_errors)
     for i, (ratio, total) in enumerate(zip(levels, totals)):
         at = {n: points[n][min(i, len(points[n]) - 1)] for n in tables}
         predicted = result.predict({n: p.macs for n, p in at.items()}, {n: p.sparse_macs for n, p in at.items()})
         result.checks.append({"flop_ratio": ratio, "measured_s": total, "predicted_s": float(predicted)})
     return result
+
+
+def _fit_error(table: LayerTable, work: list[float], pts: list[_Point]) -> float:
+    """Root mean square of the relative error of ``table`` at each point's ``work`` against its measured seconds."""
+    errors = [float(table(torch.tensor(w, dtype=torch.float64))) / p.seconds - 1.0 for w, p in zip(work, pts)]
+    return math.sqrt(sum(e * e for e in errors) / len(errors))
 
 
 class LatencyBudget(MacBudget):
