@@ -105,7 +105,9 @@ def _figure(report: dict[str, Any], out: Path, name: str, log: Callable[[str], N
     rows = report["rows"]
     if any(s["seeds"] > 1 for s in report["summary"]):  # one mark per point: the mean over its seeds, ± sd
         rows = [{**s, "test_error": s["test_error_mean"], "macs": s["macs_mean"]} for s in report["summary"]]
-        title += f" (mean ± sd over {max(s['seeds'] for s in report['summary'])} seeds)"
+        counts = sorted({s["seeds"] for s in report["summary"]})
+        seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        title += f" (mean ± sd over {seeds} seeds)"
     try:
         fig = viz.frontier_figure(rows, [(time_column(b), b) for b in report["batches"]], title=title, ylabel=label)
         return viz.save_figure(fig, out / f"{name}.png")
