@@ -325,4 +325,5 @@ def test_fit_error_is_the_rms_relative_error_of_the_table():
     assert _fit_error(by_first, [p.macs for p in pts], pts) == pytest.approx(math.sqrt((0.25 ** 2 + (1 / 6) ** 2) / 3))
     # a count under which they fall (3 s at 1, 2 s at 2): pooled to 2.5 each
     by_second = LayerTable([0.5, 1.0, 2.0], [1.0, 3.0, 2.0])
-    assert _fit_error(by_second, [1.0, 2.0], pts[1:]) == pytest.approx(math.sqrt(((2.5 / 2 - 1) ** 2 + (2.5 / 3 - 1) ** 2) / 2))
+    expected = math.sqrt(((2.5 / 2 - 1) ** 2 + (2.5 / 3 - 1) ** 2) / 2)
+    assert _fit_error(by_second, [1.0, 2.0], pts[1:]) == pytest.approx(expected)

@@ -77,8 +77,8 @@ from tkn.layers import TargetConv2d
 from tkn.timing import BLOCK_S, interleaved
 from tkn.validate import positive_int
 
-__all__ = ["LatencyModel", "LayerTable", "SparseInput", "calibrate", "producers", "LatencyBudget", "LEVELS", "ROUNDS", "ROUNDS_SMALL",
-           "SMALL_BATCH"]
+__all__ = ["LatencyModel", "LayerTable", "SparseInput", "calibrate", "producers", "LatencyBudget", "LEVELS", "ROUNDS",
+           "ROUNDS_SMALL", "SMALL_BATCH"]
 
 #: FLOP ratios at which :func:`calibrate` measures every target layer.
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -241,10 +241,11 @@ class LatencyModel:
         """Seconds per batch for the ROI MACs per sample of each target layer (differentiable in tensors).
 
         A layer with a table in :attr:`sparse` and a value in ``sparse`` (its input-sparse MACs per sample,
-        :meth:`SparseInput.macs`) is priced by that table. Otherwise a layer with a producer (``producers``) and a table measured on a dense input (``dense_input``) is
-        priced between its two tables by its producer's ROI fraction ``φ_p``: ``layers[l]`` was measured
-        with the producer's ROIs as small as its own (fraction ``φ_l``), ``dense_input[l]`` with the
-        producer whole, so ``t = t_same + w · (t_dense − t_same)``, ``w = (φ_p − φ_l) / (1 − φ_l)`` clipped
+        :meth:`SparseInput.macs`) is priced by that table. Otherwise a layer with a producer (``producers``)
+        and a table measured on a dense input (``dense_input``) is priced between its two tables by its
+        producer's ROI fraction ``φ_p``: ``layers[l]`` was measured with the producer's ROIs as small as its
+        own (fraction ``φ_l``), ``dense_input[l]`` with the producer whole, so
+        ``t = t_same + w · (t_dense − t_same)``, ``w = (φ_p − φ_l) / (1 − φ_l)`` clipped
         to ``[0, 1]``.
         """
         total = torch.tensor(0.0, dtype=torch.float64)
