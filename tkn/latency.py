@@ -203,7 +203,8 @@ def _continuous_box(m: Tensor, s: Tensor, hw: tuple[int, int], widen: float = 0.
 
 @dataclass
 class LatencyModel:
-    """Predicted seconds per batch of ``tkn.freeze(model)`` from the ROI MACs of its target layers.
+    """Predicted seconds per batch of ``tkn.freeze(model)`` from the work (ROI or input-sparse MACs) of its target
+    layers.
 
     Attributes:
         batch_size: the batch the times are for.
