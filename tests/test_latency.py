@@ -89,6 +89,19 @@ def _synthetic(model: torch.nn.Module, batch: int = 64) -> LatencyModel:
     return LatencyModel(batch, dense_s, 1e-3, tables)
 
 
+def _train(model: torch.nn.Module, budget: LatencyBudget, steps: int) -> None:
+    """The budget's plain loop on random 28x28 digits: task loss + penalty, optimiser step, clip, budget step."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+        loss = torch.nn.functional.cross_entropy(model(x), y) + budget.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        tkn.clip_parameters_(model)
+        budget.step()
+
+
 def test_latency_model_predicts_the_sum_of_its_tables():
     torch.manual_seed(0)
     model = create_model("tkn6", input_size=28, min_roi=1)
@@ -127,15 +140,7 @@ def test_budget_reaches_the_predicted_speedup_and_prices_time():
     (got,) = torch.autograd.grad(budget.measure(), call.layer.s)
     (macs_grad,) = torch.autograd.grad(roi_mac_measure(call.layer, *call.hw), call.layer.s)
     torch.testing.assert_close(got, (slope * macs_grad.double()).to(got.dtype), rtol=1e-5, atol=0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    for _ in range(12):
-        x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
-        loss = torch.nn.functional.cross_entropy(model(x), y) + budget.penalty()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        tkn.clip_parameters_(model)
-        budget.step()
+    _train(model, budget, steps=12)
     assert 4.0 * 0.999 <= budget.speedup() <= 4.0 * 1.1
 
 
@@ -286,15 +291,7 @@ def test_budget_prices_fed_layers_by_their_input_sparse_macs():
     budget.multiplier = 1.0
     (grad,) = torch.autograd.grad(budget.penalty(), modules["features.0"].s)
     assert grad.abs().sum() > 0  # only through features.3's input-sparse MACs
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    for _ in range(12):
-        x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
-        loss = torch.nn.functional.cross_entropy(model(x), y) + budget.penalty()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        tkn.clip_parameters_(model)
-        budget.step()
+    _train(model, budget, steps=12)
     assert 3.0 * 0.999 <= budget.speedup() <= 3.0 * 1.1
 
 
