@@ -357,10 +357,14 @@ def _frozen_sparse_macs(fl: FrozenTargetConv2d) -> float:
     support = fl.input_support if fl.input_support is not None else torch.tensor([[0, h, 0, w]]).expand(
         fl.in_channels, 4)
     left, _, top, _ = fl.pad
-    ho, wo = fl.conv_hw
     return float(TF.input_sparse_macs(fl.roi.to(torch.int64).cpu(), support, fl.kernel_size, stride=fl.stride,
-                                      dilation=fl.dilation, pad=(top, left),
-                                      extent=((ho // fl.pool) * fl.pool, (wo // fl.pool) * fl.pool)))
+                                      dilation=fl.dilation, pad=(top, left), extent=_pooled_extent(fl)))
+
+
+def _pooled_extent(fl: FrozenTargetConv2d) -> tuple[int, int]:
+    """The conv positions a frozen layer computes: its output map cut to a multiple of its fused pool."""
+    ho, wo = fl.conv_hw
+    return (ho // fl.pool) * fl.pool, (wo // fl.pool) * fl.pool
 
 
 def _sparse_inputs(frozen: nn.Module, feeds: dict[str, str]) -> dict[str, SparseInput]:
@@ -371,9 +375,7 @@ def _sparse_inputs(frozen: nn.Module, feeds: dict[str, str]) -> dict[str, Sparse
         if (isinstance(fl, FrozenTargetConv2d) and isinstance(pl, FrozenTargetConv2d) and fl.input_support is not None
                 and fl.groups == 1 and fl.padding_mode == "zeros"):
             left, _, top, _ = fl.pad
-            ho, wo = fl.conv_hw
-            out[name] = SparseInput(producer, pl.pool, fl.input_hw, (top, left),
-                                    ((ho // fl.pool) * fl.pool, (wo // fl.pool) * fl.pool))
+            out[name] = SparseInput(producer, pl.pool, fl.input_hw, (top, left), _pooled_extent(fl))
     return out
 
 
