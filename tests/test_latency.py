@@ -313,14 +313,62 @@ def test_calibration_builds_a_sparse_table_for_a_layer_fed_through_a_pool(tmp_pa
         assert lm.sparse["3"].macs[0] < lm.layers["3"].macs[0]
 
 
-def test_fit_error_is_the_rms_relative_error_of_the_table():
+def test_calibration_at_batch_1_times_reduce_for_a_fed_layer_that_can_run_it(tmp_path, monkeypatch):
+    from tkn.engine import native
+
+    if not native.available() or native.strategy_unsupported("reduce", 16):
+        pytest.skip("the native kernel cannot run 'reduce' here")
+    monkeypatch.setenv("TKN_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = tkn.targetize(torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.MaxPool2d(2), torch.nn.Conv2d(16, 16, 3, padding=1)), min_roi=1)
+    lm = calibrate(net, (1, 16, 16), batch_size=1, levels=(1.0, 4.0), repeats=1, cache=False)
+    assert set(lm.fit_errors) == {"3"}
+    assert ("3" in lm.reduce) == ("3" in lm.sparse)  # input-sparse pricing comes with its "reduce" table
+    if "3" in lm.reduce:  # "reduce" timed at every point, against the layer's ROI MACs
+        assert lm.reduce["3"].macs == lm.layers["3"].macs and lm.reduce["3"].macs[-1] == 16 * 64 * 16 * 9
+        assert all(t > 0 for t in lm.reduce["3"].seconds)
+
+
+def test_fit_error_is_the_rms_relative_error_of_the_predictions():
     from tkn.latency import _fit_error, _Point
 
-    pts = [_Point(1.0, 1.0, 1.0), _Point(2.0, 2.0, 2.0), _Point(2.0, 1.0, 3.0)]
-    # against the first count the two points at 2 take 2 and 3 s: pooled to 2.5, errors 0.25 and -1/6
-    by_first = LayerTable([p.macs for p in pts], [p.seconds for p in pts])
-    assert _fit_error(by_first, [p.macs for p in pts], pts) == pytest.approx(math.sqrt((0.25 ** 2 + (1 / 6) ** 2) / 3))
-    # a count under which they fall (3 s at 1, 2 s at 2): pooled to 2.5 each
-    by_second = LayerTable([0.5, 1.0, 2.0], [1.0, 3.0, 2.0])
-    expected = math.sqrt(((2.5 / 2 - 1) ** 2 + (2.5 / 3 - 1) ** 2) / 2)
-    assert _fit_error(by_second, [1.0, 2.0], pts[1:]) == pytest.approx(expected)
+    pts = [_Point(1.0, 1.0, 1.0), _Point(2.0, 2.0, 2.0), _Point(2.0, 1.0, 4.0)]
+    assert _fit_error([1.0, 2.0, 4.0], pts) == 0.0
+    assert _fit_error([1.5, 1.0, 5.0], pts) == pytest.approx(math.sqrt((0.5 ** 2 + 0.5 ** 2 + 0.25 ** 2) / 3))
+
+
+def test_a_point_knows_its_time_without_a_plan():
+    from tkn.latency import REDUCE, _plan_times, _Point
+
+    class Layer:  # what _plan_times reads of a frozen layer: the plan it runs and freeze's times of each
+        plan = type("Plan", (), {"label": REDUCE})()
+        timings = {"dense": 8e-3, "native": 6e-3, "native-batch": 5e-3, REDUCE: 4e-3}
+
+    plans = _plan_times(Layer(), 2e-3)  # measured on its own in more rounds: 2 ms, half freeze's 4 ms
+    assert plans == pytest.approx({"dense": 4e-3, "native": 3e-3, "native-batch": 2.5e-3, REDUCE: 2e-3})
+    point = _Point(10.0, 5.0, 2e-3, REDUCE, plans)
+    assert point.without(REDUCE) == pytest.approx(2.5e-3)  # the fastest plan that is not "reduce"
+    assert point.without("native") == 2e-3  # it does not run that plan: its own time
+    assert _Point(10.0, 5.0, 2e-3, REDUCE).without(REDUCE) == 2e-3  # freeze timed nothing else
+    Layer.timings = {}
+    assert _plan_times(Layer(), 2e-3) == {}
+
+
+def test_a_layer_with_a_reduce_table_takes_the_faster_of_its_two_tables():
+    """Freeze keeps the faster plan: a fed layer with a "reduce" table costs the smaller of its input-sparse
+    table (at its input-sparse MACs) and its "reduce" table (at its ROI MACs), with that one's slope."""
+    lm = LatencyModel(1, 100.0, 0.0, {"a": LayerTable([0.0, 100.0], [0.0, 0.0]),
+                                      "b": LayerTable([0.0, 100.0], [0.0, 100.0])},
+                      sparse={"b": LayerTable([0.0, 100.0], [0.0, 50.0])},
+                      sparse_inputs={"b": SparseInput("a", 2, (7, 7), (1, 1), (14, 14))},
+                      reduce={"b": LayerTable([0.0, 100.0], [0.0, 20.0])})
+    roi = torch.tensor(80.0, dtype=torch.float64, requires_grad=True)
+    sparse = torch.tensor(60.0, dtype=torch.float64, requires_grad=True)
+    t = lm.predict({"a": 10.0, "b": roi}, {"b": sparse})  # reduce 16 < sparse 30
+    t.backward()
+    assert t.item() == pytest.approx(16.0) and roi.grad.item() == pytest.approx(0.2) and sparse.grad.item() == 0.0
+    assert lm.predict({"a": 10.0, "b": 80.0}, {"b": 20.0}).item() == pytest.approx(10.0)  # sparse 10 < reduce 16
+    again = LatencyModel.from_dict(json.loads(json.dumps(lm.to_dict())))
+    assert again.reduce == lm.reduce and again.predict({"a": 10.0, "b": 80.0}, {"b": 60.0}).item() == (
+        pytest.approx(16.0))

@@ -20,13 +20,18 @@ whose ROIs ``tkn.freeze`` hands it as input supports, its input-sparse MACs
 (:func:`tkn.functional.input_sparse_macs`, :class:`SparseInput`): the engine
 skips the products with the zeros outside the producer's ROIs, so a layer with
 whole windows behind a layer of small ones runs at a fraction of its ROI MACs'
-time.
+time. Not every lane strategy skips them: ``"reduce"`` (lanes over input
+channels, picked at small batches) runs each ROI over the whole input. Such a
+layer's time is the faster of two tables, one over its input-sparse MACs (the
+strategies that skip zeros, and dense) and one over its ROI MACs (``"reduce"``),
+as freeze picks the faster plan.
 
 :func:`calibrate` builds it on the machine that runs: for each of a few FLOP
 ratios (``LEVELS``), every target layer gets scattered ROIs of that ratio (centres
 uniform in ``[0.15, 0.85]``, one seed; the whole map at ratio 1), the model is
 frozen at the batch size as :func:`tkn.freeze` freezes it (the lane strategies
-timed against dense), and the whole frozen model and each frozen layer on its own
+timed against dense; freeze's times of the strategies it did not pick are kept,
+scaled to the chosen one's), and the whole frozen model and each frozen layer on its own
 input are timed (:func:`tkn.timing.interleaved`, as ``tkn bench`` times them:
 blocks of consecutive calls, minimum of ``repeats``). Every layer fed by a
 producer is timed once more per ratio with its producer whole, so its table
@@ -84,14 +89,22 @@ __all__ = ["LatencyModel", "LayerTable", "SparseInput", "calibrate", "producers"
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 #: Version of the cached calibration format (and of the method: a change re-calibrates).
-_CACHE_VERSION = 8  # 3: producer tables; 4: steady state after the first call; 5: rest table; 6: batch-1 rounds;
-# 7: input-sparse tables, whole maps at ratio 1; 8: sparse tables where they fit better
+_CACHE_VERSION = 9  # 3: producer tables; 4: steady state after the first call; 5: rest table; 6: batch-1 rounds;
+# 7: input-sparse tables, whole maps at ratio 1; 8: sparse tables where they fit better; 9: "reduce" tables
 
 #: Timed rounds per calibration measurement below :data:`SMALL_BATCH` samples, and from there on: a batch-1 pass
 #: lasts 1-3 ms and single measurements of it scatter by 15-20% on a shared machine, so small batches get three
 #: times the rounds (a TKN6 calibration at batch 1 then takes about 20 s, at batch 64 about 80 s).
 ROUNDS_SMALL, ROUNDS = 15, 5
 SMALL_BATCH = 16
+
+#: Rounds of freeze's own timing of the candidate plans during a calibration, below :data:`SMALL_BATCH` samples
+#: and from there on (the times of the strategies freeze does not pick come from these rounds; at batch 1 a round
+#: of a layer lasts milliseconds, at batch 64 on 56x56 maps hundreds of them).
+FREEZE_ROUNDS_SMALL, FREEZE_ROUNDS = 3, 1
+
+#: The plan label of the lane strategy that does not skip zero inputs (:data:`tkn.engine.native.STRATEGIES`).
+REDUCE = "native-reduce"
 
 
 def _monotone(values: list[float]) -> list[float]:
@@ -218,10 +231,14 @@ class LatencyModel:
         sparse: per layer fed by a producer (:class:`SparseInput`), its seconds against its input-sparse MACs,
             from every point measured for it; :meth:`predict` uses this table for the layers given in ``sparse``.
         sparse_inputs: the geometry of those layers' inputs.
-        fit_errors: per layer fed by a producer, the RMS relative error of a single table over all its points
-            against its ROI MACs (``"roi"``) and against its input-sparse MACs (``"sparse"``); the layer has a
-            table in :attr:`sparse` where the second is smaller (else it is priced by ``layers`` and
-            ``dense_input``).
+        reduce: per layer of :attr:`sparse` whose engine can run the ``"reduce"`` lane strategy (which does not
+            skip zero inputs), that strategy's seconds against the layer's ROI MACs; the layer's time is the
+            smaller of its two tables (freeze keeps the faster plan), and :attr:`sparse` then holds the times of
+            the other plans (the strategies that skip zeros, and dense).
+        fit_errors: per layer fed by a producer, the RMS relative error against its measured times of a single
+            table over its ROI MACs (``"roi"``) and of the input-sparse pricing (``"sparse"``: the table over
+            its input-sparse MACs, or the smaller of it and the ``"reduce"`` table); the layer is in
+            :attr:`sparse` where the second is smaller (else it is priced by ``layers`` and ``dense_input``).
     """
 
     batch_size: int
@@ -237,12 +254,14 @@ class LatencyModel:
     sparse: dict[str, LayerTable] = field(default_factory=dict)
     sparse_inputs: dict[str, SparseInput] = field(default_factory=dict)
     fit_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    reduce: dict[str, LayerTable] = field(default_factory=dict)
 
     def predict(self, macs: dict[str, Tensor | float], sparse: dict[str, Tensor | float] | None = None) -> Tensor:
         """Seconds per batch for the ROI MACs per sample of each target layer (differentiable in tensors).
 
         A layer with a table in :attr:`sparse` and a value in ``sparse`` (its input-sparse MACs per sample,
-        :meth:`SparseInput.macs`) is priced by that table. Otherwise a layer with a producer (``producers``)
+        :meth:`SparseInput.macs`) is priced by that table, or by its :attr:`reduce` table at its ROI MACs where
+        that is smaller. Otherwise a layer with a producer (``producers``)
         and a table measured on a dense input (``dense_input``) is priced between its two tables by its
         producer's ROI fraction ``φ_p``: ``layers[l]`` was measured with the producer's ROIs as small as its
         own (fraction ``φ_l``), ``dense_input[l]`` with the producer whole, so
@@ -256,8 +275,10 @@ class LatencyModel:
         for name, table in self.layers.items():
             if name in self.sparse and name in sparse:
                 x = sparse[name]
-                total = total + self.sparse[name]((x if isinstance(x, Tensor) else torch.tensor(float(x))).to(
-                    torch.float64))
+                t = self.sparse[name]((x if isinstance(x, Tensor) else torch.tensor(float(x))).to(torch.float64))
+                if name in self.reduce:
+                    t = torch.minimum(t, self.reduce[name](value[name]))
+                total = total + t
                 continue
             t = table(value[name])
             producer = self.producers.get(name)
@@ -279,11 +300,13 @@ class LatencyModel:
         rest = LayerTable(**data["rest"]) if data.get("rest") else None
         sparse = {k: LayerTable(**v) for k, v in data.get("sparse", {}).items()}
         inputs = {k: SparseInput(**v) for k, v in data.get("sparse_inputs", {}).items()}
+        reduce = {k: LayerTable(**v) for k, v in data.get("reduce", {}).items()}
         return cls(int(data["batch_size"]), float(data["dense_seconds"]), float(data["fixed_seconds"]), layers,
                    list(data.get("checks", [])), str(data.get("key", "")), dense_input,
                    {str(k): str(v) for k, v in data.get("producers", {}).items()},
                    {str(k): float(v) for k, v in data.get("dense_macs", {}).items()}, rest, sparse, inputs,
-                   {str(k): {str(a): float(b) for a, b in v.items()} for k, v in data.get("fit_errors", {}).items()})
+                   {str(k): {str(a): float(b) for a, b in v.items()} for k, v in data.get("fit_errors", {}).items()},
+                   reduce)
 
 
 def _cache_key(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float],
@@ -344,11 +367,28 @@ def _layer_inputs(frozen: nn.Module, x: Tensor) -> dict[str, Tensor]:
 
 @dataclass
 class _Point:
-    """One timed frozen layer: its ROI MACs and input-sparse MACs per sample, and its seconds per batch."""
+    """One timed frozen layer: its ROI MACs and input-sparse MACs per sample, its seconds per batch, the label of
+    the plan it runs, and the seconds of each plan freeze timed for it (by label, on the scale of ``seconds``;
+    empty when freeze timed none)."""
 
     macs: float
     sparse_macs: float
     seconds: float
+    plan: str = ""
+    plans: dict[str, float] = field(default_factory=dict)
+
+    def without(self, label: str) -> float:
+        """Its seconds had freeze not had the plan ``label``: ``seconds`` unless it runs that plan, else the
+        fastest other plan freeze timed."""
+        others = [t for other, t in self.plans.items() if other != label]
+        return self.seconds if self.plan != label or not others else min(others)
+
+
+def _plan_times(fl: FrozenTargetConv2d, seconds: float) -> dict[str, float]:
+    """The seconds of each plan freeze timed for ``fl`` (``fl.timings``), scaled so that the plan it runs takes
+    ``seconds`` (its time measured on its own, in more rounds than freeze's)."""
+    own = fl.timings.get(fl.plan.label)
+    return {label: seconds * t / own for label, t in fl.timings.items()} if own else {}
 
 
 def _frozen_sparse_macs(fl: FrozenTargetConv2d) -> float:
@@ -380,20 +420,21 @@ def _sparse_inputs(frozen: nn.Module, feeds: dict[str, str]) -> dict[str, Sparse
 
 
 def _timed_layers(work: nn.Module, x: Tensor, names: Sequence[str], repeats: int, extra: Any = None,
-                  feeds: dict[str, str] | None = None
+                  feeds: dict[str, str] | None = None, freeze_repeats: int = FREEZE_ROUNDS
                   ) -> tuple[dict[str, _Point], dict[str, float], dict[str, SparseInput]]:
-    """Freeze ``work`` on ``x`` and time, in one interleaved run, each of the target layers ``names`` alone on the
-    input it receives there, together with the callables ``extra(frozen)`` returns (by name). Returns ``{layer:
-    its point}``, ``{extra name: seconds}`` (minimum over the rounds) and the input supports of the layers of
-    ``feeds`` (:func:`_sparse_inputs`)."""
-    frozen = freeze(work, x, repeats=1)
+    """Freeze ``work`` on ``x`` (``freeze_repeats`` rounds of candidate timing) and time, in one interleaved run,
+    each of the target layers ``names`` alone on the input it receives there, together with the callables
+    ``extra(frozen)`` returns (by name). Returns ``{layer: its point}``, ``{extra name: seconds}`` (minimum over
+    the rounds) and the input supports of the layers of ``feeds`` (:func:`_sparse_inputs`)."""
+    frozen = freeze(work, x, repeats=freeze_repeats)
     inputs = _layer_inputs(frozen, x)
     layers = {n: frozen.get_submodule(n) for n in names if n in inputs}
     fns = dict(extra(frozen)) if extra is not None else {}
     fns.update({n: (lambda fl=fl, xi=inputs[n]: fl(xi)) for n, fl in layers.items()})
     with torch.no_grad():
         t = interleaved(fns, repeats, min_block_s=BLOCK_S)
-    points = {n: _Point(float(fl.macs()), _frozen_sparse_macs(fl), t[n]["min"]) for n, fl in layers.items()}
+    points = {n: _Point(float(fl.macs()), _frozen_sparse_macs(fl), t[n]["min"], fl.plan.label,
+                        _plan_times(fl, t[n]["min"])) for n, fl in layers.items()}
     return points, {k: t[k]["min"] for k in fns if k not in layers}, _sparse_inputs(frozen, feeds or {})
 
 
@@ -472,6 +513,7 @@ def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, level
     totals, sums, dense_times = [], [], []
     geometry: dict[str, SparseInput] = {}
     consistent = set(feeds)  # layers whose frozen input-sparse MACs the budget's formula reproduces at every point
+    freeze_repeats = FREEZE_ROUNDS_SMALL if batch_size < SMALL_BATCH else FREEZE_ROUNDS
 
     def check_sparse(measured: dict[str, _Point], found: dict[str, SparseInput]) -> None:
         for name in list(consistent):
@@ -499,7 +541,7 @@ def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, level
                 fns["dense"] = lambda: dense(x)
             return fns
 
-        layers, t, found = _timed_layers(work, x, names, repeats, whole_models, feeds)
+        layers, t, found = _timed_layers(work, x, names, repeats, whole_models, feeds, freeze_repeats)
         check_sparse(layers, found)
         if "dense" in t:
             dense_times.append(t["dense"])
@@ -516,32 +558,38 @@ def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, level
                         dense_points[name].append(layers[name])
                 continue
             _set_level(work, ratio, seed, whole=[n for n in names if n not in measured])
-            layers, _, found = _timed_layers(work, x, measured, repeats, feeds=feeds)
+            layers, _, found = _timed_layers(work, x, measured, repeats, feeds=feeds, freeze_repeats=freeze_repeats)
             check_sparse(layers, found)
             for name, point in layers.items():
                 dense_points[name].append(point)
     fixed = max(0.0, statistics.median(tot - s for tot, s in zip(totals, sums)))
     rest = LayerTable(list(sums), [max(0.0, tot - s) for tot, s in zip(totals, sums)])
 
-    def table(pts: list[_Point], sparse: bool = False) -> LayerTable:
-        return LayerTable([p.sparse_macs if sparse else p.macs for p in pts], [p.seconds for p in pts])
+    def table(pts: list[_Point]) -> LayerTable:
+        return LayerTable([p.macs for p in pts], [p.seconds for p in pts])
 
     tables = {n: table(points[n]) for n in names if points[n]}
     dense_input = {n: table(dense_points[n]) for n in dense_points if dense_points[n] and n in tables}
     # a fed layer is priced by its input-sparse MACs where they explain its measured times better than its ROI
-    # MACs do (the "batch" lane strategy skips the zeros, "reduce" does not, and freeze picks per layer and level)
-    sparse, fit_errors = {}, {}
+    # MACs do: the plans that skip the zeros by a table over input-sparse MACs, "reduce" (which does not) by one
+    # over ROI MACs, the faster of the two as freeze keeps the faster plan
+    sparse, reduce, fit_errors = {}, {}, {}
     for n in sorted(consistent & set(tables)):
         pts = points[n] + [p for p in dense_points[n] if p not in points[n]]
-        by_roi, by_sparse = table(pts), table(pts, sparse=True)
-        fit_errors[n] = {"roi": _fit_error(by_roi, [p.macs for p in pts], pts),
-                         "sparse": _fit_error(by_sparse, [p.sparse_macs for p in pts], pts)}
+        by_roi = table(pts)
+        by_sparse = LayerTable([p.sparse_macs for p in pts], [p.without(REDUCE) for p in pts])
+        by_reduce = (LayerTable([p.macs for p in pts], [p.plans[REDUCE] for p in pts])
+                     if all(REDUCE in p.plans for p in pts) else None)
+        fit_errors[n] = {"roi": _fit_error([_at(by_roi, p.macs) for p in pts], pts),
+                         "sparse": _fit_error([_sparse_time(by_sparse, by_reduce, p) for p in pts], pts)}
         if fit_errors[n]["sparse"] < fit_errors[n]["roi"]:
             sparse[n] = by_sparse
+            if by_reduce is not None:
+                reduce[n] = by_reduce
     result = LatencyModel(batch_size, min(dense_times), fixed, tables, key=key, dense_input=dense_input,
                           producers={n: p for n, p in feeds.items() if n in dense_input and p in tables},
                           dense_macs=dense_macs, rest=rest, sparse=sparse,
-                          sparse_inputs={n: geometry[n] for n in sparse}, fit_errors=fit_errors)
+                          sparse_inputs={n: geometry[n] for n in sparse}, fit_errors=fit_errors, reduce=reduce)
     for i, (ratio, total) in enumerate(zip(levels, totals)):
         at = {n: points[n][min(i, len(points[n]) - 1)] for n in tables}
         predicted = result.predict({n: p.macs for n, p in at.items()}, {n: p.sparse_macs for n, p in at.items()})
@@ -549,9 +597,19 @@ def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, level
     return result
 
 
-def _fit_error(table: LayerTable, work: list[float], pts: list[_Point]) -> float:
-    """Root mean square of the relative error of ``table`` at each point's ``work`` against its measured seconds."""
-    errors = [float(table(torch.tensor(w, dtype=torch.float64))) / p.seconds - 1.0 for w, p in zip(work, pts)]
+def _at(table: LayerTable, work: float) -> float:
+    return float(table(torch.tensor(work, dtype=torch.float64)))
+
+
+def _sparse_time(by_sparse: LayerTable, by_reduce: LayerTable | None, p: _Point) -> float:
+    """The input-sparse pricing of a point: its sparse table, or its ``"reduce"`` table where that is smaller."""
+    t = _at(by_sparse, p.sparse_macs)
+    return t if by_reduce is None else min(t, _at(by_reduce, p.macs))
+
+
+def _fit_error(predicted: list[float], pts: list[_Point]) -> float:
+    """Root mean square of the relative error of ``predicted`` seconds against each point's measured seconds."""
+    errors = [t / p.seconds - 1.0 for t, p in zip(predicted, pts)]
     return math.sqrt(sum(e * e for e in errors) / len(errors))
 
 
