@@ -185,6 +185,26 @@ def test_input_sparse_macs_matches_the_product_count(seed):
     assert int(got) == input_sparse_macs_ref(roi.tolist(), support.tolist(), kernel, stride, dilation, pad, extent)
 
 
+@pytest.mark.parametrize("pool", [1, 2, 3])
+def test_pooled_rois_bound_the_pooled_cells_a_roi_reaches(pool):
+    """Against the pool run on the ROI masks: the box is the bounding box of the pooled cells that read a ROI
+    pixel (the map cut to whole pool windows, as a max pool of stride ``pool`` does), empty boxes for empty
+    ROIs."""
+    g = torch.Generator().manual_seed(pool)
+    h, w = 11, 9
+    roi = torch.cat([_random_boxes(g, 12, h, w), torch.tensor([[3, 3, 0, 9], [0, 11, 5, 5]])])
+    hp, wp = h // pool, w // pool
+    got = TF.pooled_rois(roi, pool, hp, wp)
+    cells = torch.nn.functional.max_pool2d(TF.roi_mask(roi, h, w).float()[:, None], pool)[:, 0] > 0
+    for box, cell in zip(got.tolist(), cells):
+        rows, cols = cell.any(1).nonzero().flatten(), cell.any(0).nonzero().flatten()
+        expected = ([int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1] if len(rows) else None)
+        if expected is None:  # nothing reached (an empty ROI, or one in the rows the pool drops): an empty box
+            assert box[1] <= box[0] or box[3] <= box[2]
+        else:
+            assert box == expected
+
+
 def test_input_sparse_macs_with_whole_supports_is_the_roi_count():
     g = torch.Generator().manual_seed(3)
     roi = _random_boxes(g, 6, 7, 7)

@@ -47,6 +47,7 @@ __all__ = [
     "roi_mask",
     "roi_areas",
     "roi_macs",
+    "pooled_rois",
     "input_sparse_macs",
     "attention2d",
     "attention2d_correlated",
@@ -200,6 +201,24 @@ def roi_macs(roi: Tensor, in_per_group: int, kernel_size: Sequence[int]) -> int:
     """
     kh, kw = kernel_size
     return int(roi_areas(roi).sum()) * int(in_per_group) * int(kh) * int(kw)
+
+
+def pooled_rois(roi: Tensor, pool: int, height: int, width: int) -> Tensor:
+    """The boxes ``(C, 4)`` of a ``pool``×``pool`` max pool's output (stride ``pool``) that read the ROIs
+    ``(C, 4)``: each start rounded down and each end up to the pool's grid, clipped to the pooled map
+    ``height``×``width``. An empty ROI gives the empty box ``[0, 0, 0, 0]``. Outside its box a channel that is
+    zero outside its ROI stays zero through ReLU and the pool.
+
+    >>> pooled_rois(torch.tensor([[1, 4, 0, 3], [2, 2, 0, 4]]), 2, 2, 2).tolist()
+    [[0, 2, 0, 2], [0, 0, 0, 0]]
+    """
+    roi = roi.to(torch.int64)
+    p = int(pool)
+    box = torch.stack([roi[:, 0] // p, -(-roi[:, 1] // p), roi[:, 2] // p, -(-roi[:, 3] // p)], 1)
+    box[:, :2] = box[:, :2].clamp(max=int(height))
+    box[:, 2:] = box[:, 2:].clamp(max=int(width))
+    box[(roi[:, 1] <= roi[:, 0]) | (roi[:, 3] <= roi[:, 2])] = 0
+    return box
 
 
 def _tap_counts(lo: Tensor, hi: Tensor, support_lo: Tensor, support_hi: Tensor, kernel: int, stride: int,

@@ -183,21 +183,20 @@ class SparseInput:
             exact: integer ROIs and supports (what the frozen model runs); ``False``: the ROIs' real ends, from
                 the clipped parameters, differentiable in both layers' ``m`` and ``s`` (the budget's surrogate).
         """
-        p = self.producer_pool
-        if exact:
+        p, (h, w) = self.producer_pool, self.input_hw
+        if exact:  # the boxes freeze gives the layer's input channels (FrozenTargetConv2d.output_support)
             roi = TF.rois(layer.m, layer.s if s is None else s, hw, layer.roi_floor)
             proc = TF.rois(producer.m, producer.s if producer_s is None else producer_s, producer_hw,
                            producer.roi_floor)
-            support = torch.stack([proc[:, 0] // p, -(-proc[:, 1] // p), proc[:, 2] // p, -(-proc[:, 3] // p)], 1)
+            support = TF.pooled_rois(proc, p, h, w)
         else:  # whole pixels add half a pixel at each end on average; the pool's rounding half of one more
             roi = _continuous_box(*TF.clip_params(layer.m, layer.s if s is None else s, hw, layer.roi_floor), hw,
                                   0.5)
             support = _continuous_box(*TF.clip_params(producer.m, producer.s if producer_s is None else producer_s,
                                                       producer_hw, producer.roi_floor), producer_hw) / p
             support = (support + torch.tensor([-0.5, 0.5, -0.5, 0.5], dtype=support.dtype)).clamp(min=0.0)
-        h, w = self.input_hw
-        support = torch.stack([support[:, 0].clamp(max=h), support[:, 1].clamp(max=h), support[:, 2].clamp(max=w),
-                               support[:, 3].clamp(max=w)], 1)
+            support = torch.stack([support[:, 0].clamp(max=h), support[:, 1].clamp(max=h),
+                                   support[:, 2].clamp(max=w), support[:, 3].clamp(max=w)], 1)
         return TF.input_sparse_macs(roi, support, layer.kernel_size, stride=layer.stride, dilation=layer.dilation,
                                     pad=self.pad, extent=self.extent, integer=exact)
 

@@ -143,7 +143,8 @@ def test_measured_freeze_matches_eval():
 
 def test_full_map_rois_plan_dense_or_one_full_block():
     """When every ROI covers the map there is nothing to skip: dense by the cost model; measured, dense or a plan
-    doing exactly dense's work (one full-map block, or tiles partitioning the map: timing picks among equals)."""
+    doing no more than dense's work (one full-map block, tiles partitioning the map, or a native plan, whose
+    ``"batch"`` strategy also skips the products with the zero pad: timing picks among near-equals)."""
     layer = TargetConv2d(16, 32, 3)
     with torch.no_grad():
         layer.s.fill_(4.0)
@@ -151,7 +152,8 @@ def test_full_map_rois_plan_dense_or_one_full_block():
     x = torch.randn(8, 16, 12, 12)
     assert _layers(freeze(net, x, measure=False))[0].plan.mode == "dense"
     chosen = _layers(freeze(net, x, repeats=2))[0]
-    assert chosen.plan.mode == "dense" or chosen.executed_macs() == chosen.dense_macs() == 32 * 10 * 10 * 16 * 9
+    assert chosen.dense_macs() == 32 * 12 * 12 * 16 * 9  # padding 1: a 12x12 output
+    assert chosen.plan.mode == "dense" or chosen.executed_macs() <= chosen.dense_macs()
     _assert_same(net, chosen, x)
 
 

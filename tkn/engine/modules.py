@@ -577,13 +577,7 @@ class FrozenTargetConv2d(nn.Module):
         each output channel is zero: its ROI, through the fused pool (the whole map for a channel whose
         fill value ``relu(shift)`` is not zero)."""
         roi = self.roi[torch.tensor(self.plan.perm, device=self.roi.device)] if self.permute_output else self.roi
-        roi = roi.to(torch.int64).cpu()
-        empty = (roi[:, 1] <= roi[:, 0]) | (roi[:, 3] <= roi[:, 2])
-        p = self.pool
-        box = torch.stack([roi[:, 0] // p, -(-roi[:, 1] // p), roi[:, 2] // p, -(-roi[:, 3] // p)], 1)
-        box[:, :2] = box[:, :2].clamp(max=self.output_hw[0])
-        box[:, 2:] = box[:, 2:].clamp(max=self.output_hw[1])
-        box[empty] = 0
+        box = TF.pooled_rois(roi.cpu(), self.pool, *self.output_hw)
         if self.residual:  # the residual may be non-zero anywhere
             box[:] = torch.tensor([0, self.output_hw[0], 0, self.output_hw[1]])
         elif self.fill is not None:
