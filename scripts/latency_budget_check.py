@@ -12,13 +12,12 @@ target (the contract: in [0.8, 1.25]) and the test error on the 1,000 test digit
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
 import tkn
-from tkn.benchmark import bench_model, conditions
+from tkn.benchmark import bench_model, write_rows
 from tkn.data import load
 from tkn.latency import LatencyBudget
 from tkn.models import create_model
@@ -82,8 +81,7 @@ def main() -> None:
               f"{error:.1f}%, calibration {info['calibration_s']:.0f} s, plans {row['plans']}: "
               f"{'within' if row['ok'] else 'OUTSIDE'} the contract", flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"conditions": conditions(), "rows": rows}, fh, indent=1)
+        write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ and measured time and speed-up over the dense model.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from tkn.benchmark import conditions, dense_baseline
+from tkn.benchmark import dense_baseline, write_rows
 from tkn.checkpoint import model_from_checkpoint
 from tkn.engine.freeze import freeze
 from tkn.latency import LatencyBudget, _layer_inputs, calibrate
@@ -87,8 +86,7 @@ def main() -> None:
         print(f"speed-up over the dense model: predicted {row['predicted_speedup']:.2f}x, measured "
               f"{row['measured_speedup']:.2f}x ({ratio:.2f})\n", flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"conditions": conditions(), "rows": rows}, fh, indent=1)
+        write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

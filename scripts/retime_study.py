@@ -12,11 +12,10 @@ the speed-up over CNN6 width 1 at batch 1 and 64.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
-from tkn.benchmark import conditions
+from tkn.benchmark import write_rows
 from tkn.timing import BLOCK_S, interleaved
 from tkn.engine import freeze
 from tkn.flops import count
@@ -52,8 +51,7 @@ def main() -> None:
         print(f"{name:<26} {r['macs'] / 1e6:>7.1f}M {r['batch1_ms']:>7.2f} {r['speedup_b1']:>6.2f} "
               f"{r['batch64_ms'] / 64:>10.3f} {r['speedup_b64']:>6.2f}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"conditions": conditions(), "rows": rows}, fh, indent=1)
+        write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

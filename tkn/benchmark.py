@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from tkn.convert import target_layers
 from tkn.engine.freeze import freeze, plan_summary
 from tkn.engine.modules import FrozenTargetConv2d
+from tkn.io import atomic_write_text
 from tkn.layers import TargetConv2d
 from tkn.timing import BLOCK_S, interleaved
 
@@ -80,6 +81,7 @@ __all__ = [
     "bench_train_step",
     "peak_memory",
     "conditions",
+    "write_rows",
 ]
 
 M_RANGE = (0.1, 0.9)
@@ -369,6 +371,12 @@ def peak_memory(spec: dict[str, Any], timeout: float = 300.0) -> float | None:
         return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
     except (subprocess.SubprocessError, OSError, ValueError, KeyError, IndexError):
         return None
+
+
+def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
+    """Write a benchmark script's result rows to the JSON file ``path``, with the :func:`conditions` they were
+    measured under (atomically: an interrupted write leaves the old file)."""
+    atomic_write_text(path, json.dumps({"conditions": conditions(), "rows": rows}, indent=1))
 
 
 def conditions() -> dict[str, Any]:

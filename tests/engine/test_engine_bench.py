@@ -155,3 +155,12 @@ def test_peak_memory_grows_with_the_batch():
     small, large = (B.peak_memory({**spec, "batch": batch}) for batch in (2, 32))
     assert small is not None and large is not None  # None: the subprocess failed
     assert 0 < small < large
+
+
+def test_write_rows_keeps_the_rows_and_the_conditions(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    B.write_rows(str(path), [{"target": 4.0, "measured": 4.1}])
+    data = json.loads(path.read_text())
+    assert data["rows"] == [{"target": 4.0, "measured": 4.1}]
+    assert data["conditions"]["torch"] == torch.__version__ and data["conditions"]["cores"] == os.cpu_count()
