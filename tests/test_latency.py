@@ -330,6 +330,24 @@ def test_calibration_at_batch_1_times_reduce_for_a_fed_layer_that_can_run_it(tmp
         assert all(t > 0 for t in lm.reduce["3"].seconds)
 
 
+def test_calibration_warns_when_other_work_keeps_cores_busy(tmp_path, monkeypatch):
+    import warnings
+
+    from tkn import latency
+
+    monkeypatch.setenv("TKN_CACHE", str(tmp_path))
+    net = tkn.targetize(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1)), min_roi=1)
+    monkeypatch.setattr(latency, "busy_cores", lambda: 1.5)
+    with pytest.warns(RuntimeWarning, match=r"other work keeps 1\.5 of \d+ cores busy"):
+        calibrate(net, (1, 8, 8), batch_size=1, levels=(1.0,), repeats=1)
+    monkeypatch.setattr(latency, "busy_cores", lambda: 0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        calibrate(net, (1, 8, 8), batch_size=1, levels=(1.0,), repeats=1, cache=False)  # quiet: no warning
+    monkeypatch.setattr(latency, "busy_cores", lambda: pytest.fail("a cache hit measures nothing"))
+    calibrate(net, (1, 8, 8), batch_size=1, levels=(1.0,), repeats=1)
+
+
 def test_fit_error_is_the_rms_relative_error_of_the_predictions():
     from tkn.latency import _fit_error, _Point
 

@@ -1,4 +1,5 @@
 """tkn.timing.interleaved: round-robin blocks, steady state and first calls."""
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -90,3 +91,17 @@ def test_a_cuda_device_is_synchronised_around_every_clock_reading(monkeypatch):
     interleaved({"f": lambda: events.append("f")}, repeats=2, warmup=0, device="cpu")
     assert events == ["f", "f"]
     assert synchronizer(None)() is None and synchronizer(torch.device("cpu"))() is None
+
+
+def test_busy_cores_is_the_busy_fraction_of_every_core(monkeypatch):
+    samples = iter([(100, 1000), (150, 1100)])  # 50 of 100 jiffies idle over the interval: half the machine
+    monkeypatch.setattr(timing, "_cpu_times", lambda path: next(samples))
+    monkeypatch.setattr(timing.time, "sleep", lambda s: None)
+    assert timing.busy_cores() == pytest.approx(0.5 * os.cpu_count())
+
+
+def test_cpu_times_reads_idle_and_iowait_from_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 2 30 400 5 6 7 8 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\n")
+    assert timing._cpu_times(str(stat)) == (405, 468)
+    assert timing.busy_cores(0.0, str(tmp_path / "missing")) is None

@@ -63,6 +63,7 @@ import os
 import platform
 import re
 import statistics
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -79,7 +80,7 @@ from tkn.engine.freeze import freeze
 from tkn.engine.modules import FrozenTargetConv2d
 from tkn.io import atomic_write_text
 from tkn.layers import TargetConv2d
-from tkn.timing import BLOCK_S, interleaved
+from tkn.timing import BLOCK_S, busy_cores, interleaved
 from tkn.validate import positive_int
 
 __all__ = ["LatencyModel", "LayerTable", "SparseInput", "calibrate", "producers", "LatencyBudget", "LEVELS", "ROUNDS",
@@ -97,6 +98,9 @@ _CACHE_VERSION = 9  # 3: producer tables; 4: steady state after the first call; 
 #: times the rounds (a TKN6 calibration at batch 1 then takes about 20 s, at batch 64 about 80 s).
 ROUNDS_SMALL, ROUNDS = 15, 5
 SMALL_BATCH = 16
+
+#: :func:`calibrate` warns when other work keeps more cores than this busy as it starts.
+BUSY_CORES_WARN = 0.5
 
 #: Rounds of freeze's own timing of the candidate plans during a calibration, below :data:`SMALL_BATCH` samples
 #: and from there on (the times of the strategies freeze does not pick come from these rounds; at batch 1 a round
@@ -465,6 +469,9 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
         threads: intra-op threads the frozen and dense models are timed with (``torch.set_num_threads``
             during the measurement, restored after); default: the process's current number. A model
             deployed on 2 threads can so be budgeted by a training process that runs on 1.
+
+    Warns (``RuntimeWarning``) when it measures while other work keeps more than :data:`BUSY_CORES_WARN` cores
+    busy (:func:`tkn.timing.busy_cores`).
     """
     positive_int("batch_size", batch_size)
     if repeats is None:
@@ -480,6 +487,12 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
             return LatencyModel.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a stale or broken entry: measure again
+    busy = busy_cores()
+    if busy is not None and busy > BUSY_CORES_WARN:
+        warnings.warn(f"calibrating the latency model while other work keeps {busy:.1f} of {os.cpu_count()} cores "
+                      "busy: its times learn that interference, and budgets trained with it miss their measured "
+                      "speed-up; calibrate on a quiet machine (the result is cached and reused)", RuntimeWarning,
+                      stacklevel=2)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -34,12 +34,13 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["interleaved", "synchronizer", "BLOCK_S", "MAX_CALLS"]
+__all__ = ["interleaved", "synchronizer", "busy_cores", "BLOCK_S", "MAX_CALLS"]
 
 #: The shortest block the benchmarks time (seconds): 20 ms, over 15 calls of a 1.2 ms batch-1 pass.
 BLOCK_S = 0.02
@@ -63,6 +64,32 @@ def synchronizer(device: Any = None) -> Callable[[], None]:
     if device.type != "cuda":
         return _nothing
     return lambda: torch.cuda.synchronize(device)
+
+
+def _cpu_times(path: str) -> tuple[int, int]:
+    """``(idle, total)`` jiffies of all CPUs from the first line of ``/proc/stat`` (idle includes iowait)."""
+    with open(path) as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields[:8])
+
+
+def busy_cores(interval: float = 0.25, path: str = "/proc/stat") -> float | None:
+    """How many cores other work keeps busy: the machine's busy fraction over ``interval`` seconds, while this
+    thread sleeps, times the number of cores. ``None`` where ``/proc/stat`` cannot be read (not Linux).
+
+    A timing made while other jobs run learns their interference (shared caches, memory bandwidth, a core
+    taken from a thread): callers that time for keeps check this first and warn.
+    """
+    try:
+        idle0, total0 = _cpu_times(path)
+        time.sleep(interval)
+        idle1, total1 = _cpu_times(path)
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    if total1 <= total0:
+        return 0.0
+    return cores * (1.0 - (idle1 - idle0) / (total1 - total0))
 
 
 def _nothing() -> None:
