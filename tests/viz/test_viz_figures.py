@@ -140,7 +140,7 @@ def test_frontier_figure_draws_narrower_tkns_as_their_own_curve():
 
     rows = [row("dense", 1.0, None, 2.0, 4e-3, 0.128), row("dense", 0.5, None, 2.5, 2e-3, 0.032),
             row("tkn", 1.0, 4.0, 2.2, 3e-3, 0.032), row("tkn", 1.0, 10.0, 3.0, 2e-3, 0.0128),
-            row("tkn", 0.5, 3.0, 2.9, 1e-3, 0.0128)]
+            row("tkn", 0.5, 3.0, 2.98, 1e-3, 0.0128)]  # at R=10's time, just under it
     rows[2].update(budget="latency", latency_batch=64, test_error_std=0.3)  # a summary row over seeds
     rows[3]["config"] = {"budget": "latency", "latency_batch": 1}  # a run's row
     fig = viz.frontier_figure(rows, [("latency_b1_s", 1), ("time_b64_s", 64)])
@@ -149,11 +149,15 @@ def test_frontier_figure_draws_narrower_tkns_as_their_own_curve():
     assert [line.get_label() for line in curves] == ["dense, narrower (width w)", "TKN, speed-up budget R",
                                                      "TKN at width 0.5, budget R over its width"]
     composite = curves[2]
-    assert list(composite.get_xdata()) == [0.2] and list(composite.get_ydata()) == [2.9]  # ms per image
+    assert list(composite.get_xdata()) == [0.2] and list(composite.get_ydata()) == [2.98]  # ms per image
     assert list(curves[1].get_xdata()) == [0.2, 0.5]  # sorted by time
     assert any(t.get_text().startswith("w=0.5 R=3\n") for t in b1.texts)
     labels = {t.get_text().split("\n")[0] for t in b64.texts}
     assert {"R=4@b64", "R=10@b1", "w=0.5 R=3", "w=1", "w=0.5"} == labels
+    for ax in (b1, b64):  # labels of close points are moved apart
+        fig.canvas.draw()
+        boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in ax.texts]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     (bars,) = b64.containers  # error bars of the TKN curve, the one with a spread
     segments = bars.lines[2][0].get_segments()  # sorted by time: R=10 (no spread), then R=4
     assert [seg[:, 1].tolist() for seg in segments] == [[3.0, 3.0], pytest.approx([2.2 - 0.3, 2.2 + 0.3])]
