@@ -1,6 +1,6 @@
 """The contract of tkn.LatencyBudget, checked as a benchmark (docs/budget.md, "Training to a measured speed-up").
 
-Usage (repository root): ``python scripts/latency_budget_check.py [--steps N] [--json FILE]``.
+Usage (repository root): ``python scripts/latency_budget_check.py [--steps N] [--json FILE] [--save DIR]``.
 
 For each (target, batch) of TARGETS: TKN6 (28x28, min_roi=1, the paper's L2 off) trained on mnist-5k in a plain
 PyTorch loop (seed 0, batch 64 drawn with replacement from the 4,000 training digits, SGD with Nesterov
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 import tkn
 from tkn.benchmark import bench_model, write_rows
+from tkn.checkpoint import save_checkpoint
 from tkn.data import load
 from tkn.latency import LatencyBudget
 from tkn.models import create_model
@@ -56,6 +58,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250, help="optimiser steps per run (default 250: 4 epochs)")
     parser.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds (default 10)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--save", metavar="DIR", help="also save each trained model as DIR/<target>x-b<batch>/best.pt "
+                                                      "(for scripts/latency_model_error.py)")
     parser.add_argument("--batch", type=int, nargs="+", choices=sorted({b for _, b in TARGETS}),
                         help="check only the targets at these batch sizes (default: all)")
     args = parser.parse_args()
@@ -65,6 +69,9 @@ def main() -> None:
     rows = []
     for target, batch in [(t, b) for t, b in TARGETS if not args.batch or b in args.batch]:
         model, info = train(target, batch, args.steps, x, y)
+        if args.save:
+            save_checkpoint(Path(args.save) / f"{target:g}x-b{batch}" / "best.pt",
+                            {"model": model.spec, "model_state": model.state_dict()})
         with torch.no_grad():
             error = (model(xt).argmax(1) != yt).float().mean().item() * 100
         timing = bench_model(model, (1, 28, 28), batch, args.repeats)

@@ -4,13 +4,15 @@ Usage (repository root)::
 
     python scripts/latency_model_error.py RUN [RUN ...] [--batch 64] [--threads 2] [--repeats 5] [--json FILE]
 
-``RUN`` is a ``tkn train`` output folder (``best.pt``; the input size is its model's ``input_size``). For each run the
+``RUN`` is a ``tkn train`` output folder, or one written by ``latency_budget_check.py --save`` (``best.pt``; the input
+size is its model's ``input_size``). For each run the
 latency model of its network is calibrated (``tkn.latency.calibrate``, cached) at ``--batch`` on ``--threads``,
 the trained model is frozen at that batch, and in one interleaved run (``tkn.timing.interleaved``, as
 ``tkn bench`` times) the dense model, the frozen model and every frozen target layer alone on its own input
 are timed. Printed per layer: its ROI MACs, the work the latency model prices it by (ROI MACs, or input-sparse
-MACs for a layer fed by a producer), predicted and measured milliseconds; then the whole model's predicted
-and measured time and speed-up over the dense model.
+MACs for a layer fed by a producer, or ROI MACs where its "reduce" table is the cheaper), the plan freeze picked,
+predicted and measured milliseconds; then the whole model's predicted and measured time and speed-up over the
+dense model.
 """
 from __future__ import annotations
 
@@ -49,12 +51,17 @@ def check(run: Path, batch: int, threads: int, repeats: int) -> dict:
     finally:
         torch.set_num_threads(previous)
     layers = []
+    predicted_layers = latency.layer_seconds(roi, sparse)
     for name in roi:
-        work = float(sparse[name]) if name in sparse else roi[name]
-        table = latency.sparse[name] if name in sparse else latency.layers[name]
-        layers.append({"layer": name, "roi_macs": roi[name], "priced_by": "input-sparse" if name in sparse else "roi",
-                       "work_macs": work, "predicted_ms": float(table(torch.tensor(work, dtype=torch.float64))) * 1e3,
-                       "measured_ms": t[name]["min"] * 1e3})
+        priced_by, work = "roi", roi[name]
+        if name in sparse:
+            priced_by, work = "input-sparse", float(sparse[name])
+            if name in latency.reduce and float(latency.reduce[name](torch.tensor(roi[name], dtype=torch.float64))) < (
+                    float(latency.sparse[name](torch.tensor(work, dtype=torch.float64)))):
+                priced_by, work = "reduce", roi[name]
+        layers.append({"layer": name, "roi_macs": roi[name], "priced_by": priced_by, "work_macs": work,
+                       "plan": frozen.get_submodule(name).plan.label,
+                       "predicted_ms": float(predicted_layers[name]) * 1e3, "measured_ms": t[name]["min"] * 1e3})
     predicted = budget.predicted_seconds()
     return {"run": str(run), "batch": batch, "threads": threads, "calibration_s": calibration_s, "layers": layers,
             "predicted_ms": predicted * 1e3, "measured_ms": t["frozen"]["min"] * 1e3,
@@ -75,12 +82,13 @@ def main() -> None:
         row = check(run, args.batch, args.threads, args.repeats)
         rows.append(row)
         print(f"{run} at batch {args.batch} on {args.threads} threads (calibration {row['calibration_s']:.0f} s)")
-        print("| layer | ROI MACs | priced by | work MACs | predicted ms | measured ms | measured / predicted |")
-        print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+        print("| layer | ROI MACs | priced by | work MACs | plan | predicted ms | measured ms | measured / predicted |")
+        print("| --- | ---: | --- | ---: | --- | ---: | ---: | ---: |")
         for r in row["layers"]:
             print(f"| {r['layer']} | {r['roi_macs'] / 1e6:.1f} M | {r['priced_by']} | {r['work_macs'] / 1e6:.1f} M | "
-                  f"{r['predicted_ms']:.2f} | {r['measured_ms']:.2f} | {r['measured_ms'] / r['predicted_ms']:.2f} |")
-        print(f"| whole frozen model | | | | {row['predicted_ms']:.2f} | {row['measured_ms']:.2f} | "
+                  f"{r['plan']} | {r['predicted_ms']:.2f} | {r['measured_ms']:.2f} | "
+                  f"{r['measured_ms'] / r['predicted_ms']:.2f} |")
+        print(f"| whole frozen model | | | | | {row['predicted_ms']:.2f} | {row['measured_ms']:.2f} | "
               f"{row['measured_ms'] / row['predicted_ms']:.2f} |")
         ratio = row["measured_speedup"] / row["predicted_speedup"]
         print(f"speed-up over the dense model: predicted {row['predicted_speedup']:.2f}x, measured "

@@ -205,6 +205,10 @@ class SparseInput:
                                     pad=self.pad, extent=self.extent, integer=exact)
 
 
+def _float64(v: Tensor | float) -> Tensor:
+    return (v if isinstance(v, Tensor) else torch.tensor(float(v))).to(torch.float64)
+
+
 def _continuous_box(m: Tensor, s: Tensor, hw: tuple[int, int], widen: float = 0.0) -> Tensor:
     """``(C, 4)`` real boxes ``[m - s/√2, m + s/√2]`` per axis in pixels of ``hw``, ``widen`` pixels wider at each
     end, within the map (differentiable)."""
@@ -260,7 +264,16 @@ class LatencyModel:
     reduce: dict[str, LayerTable] = field(default_factory=dict)
 
     def predict(self, macs: dict[str, Tensor | float], sparse: dict[str, Tensor | float] | None = None) -> Tensor:
-        """Seconds per batch for the ROI MACs per sample of each target layer (differentiable in tensors).
+        """Seconds per batch of the frozen model: its layers' (:meth:`layer_seconds`) and the rest's
+        (differentiable in tensors)."""
+        total = torch.tensor(0.0, dtype=torch.float64)
+        for t in self.layer_seconds(macs, sparse).values():
+            total = total + t
+        return total + (self.rest(total) if self.rest is not None else self.fixed_seconds)
+
+    def layer_seconds(self, macs: dict[str, Tensor | float], sparse: dict[str, Tensor | float] | None = None
+                      ) -> dict[str, Tensor]:
+        """Seconds per batch of each target layer for the ROI MACs per sample of each (differentiable in tensors).
 
         A layer with a table in :attr:`sparse` and a value in ``sparse`` (its input-sparse MACs per sample,
         :meth:`SparseInput.macs`) is priced by that table, or by its :attr:`reduce` table at its ROI MACs where
@@ -271,17 +284,15 @@ class LatencyModel:
         ``t = t_same + w · (t_dense − t_same)``, ``w = (φ_p − φ_l) / (1 − φ_l)`` clipped
         to ``[0, 1]``.
         """
-        total = torch.tensor(0.0, dtype=torch.float64)
-        value = {n: (v if isinstance(v, Tensor) else torch.tensor(float(v))).to(torch.float64)
-                 for n, v in macs.items()}
+        out: dict[str, Tensor] = {}
+        value = {n: _float64(v) for n, v in macs.items()}
         sparse = sparse or {}
         for name, table in self.layers.items():
             if name in self.sparse and name in sparse:
-                x = sparse[name]
-                t = self.sparse[name]((x if isinstance(x, Tensor) else torch.tensor(float(x))).to(torch.float64))
+                t = self.sparse[name](_float64(sparse[name]))
                 if name in self.reduce:
                     t = torch.minimum(t, self.reduce[name](value[name]))
-                total = total + t
+                out[name] = t
                 continue
             t = table(value[name])
             producer = self.producers.get(name)
@@ -290,8 +301,8 @@ class LatencyModel:
                 fraction = (value[producer] / self.dense_macs[producer]).clamp(0.0, 1.0)
                 w = ((fraction - own) / (1.0 - own)).clamp(0.0, 1.0)
                 t = t + w * (self.dense_input[name](value[name]) - t)
-            total = total + t
-        return total + (self.rest(total) if self.rest is not None else self.fixed_seconds)
+            out[name] = t
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
