@@ -1,6 +1,7 @@
 """The contract of tkn.LatencyBudget, checked as a benchmark (docs/budget.md, "Training to a measured speed-up").
 
-Usage (repository root): ``python scripts/latency_budget_check.py [--steps N] [--json FILE] [--save DIR]``.
+Usage (repository root): ``python scripts/latency_budget_check.py [--steps N] [--feedback K] [--json FILE]
+[--save DIR]``.
 
 For each (target, batch) of TARGETS: TKN6 (28x28, min_roi=1, the paper's L2 off) trained on mnist-5k in a plain
 PyTorch loop (seed 0, batch 64 drawn with replacement from the 4,000 training digits, SGD with Nesterov
@@ -28,11 +29,12 @@ from tkn.models import create_model
 TARGETS = [(4.0, 64), (2.5, 1)]
 
 
-def train(target: float, batch: int, steps: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, dict]:
+def train(target: float, batch: int, steps: int, x: torch.Tensor, y: torch.Tensor, feedback: int = 0
+          ) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(0)
     model = create_model("tkn6", input_size=28, l2=0.0, min_roi=1)
     t0 = time.perf_counter()
-    budget = LatencyBudget(model, (1, 28, 28), target, steps, batch_size=batch)
+    budget = LatencyBudget(model, (1, 28, 28), target, steps, batch_size=batch, feedback=feedback)
     calibration_s = time.perf_counter() - t0
     windows = [p for n, p in model.named_parameters() if n.endswith((".m", ".s"))]
     weights = [p for n, p in model.named_parameters() if not n.endswith((".m", ".s"))]
@@ -50,7 +52,7 @@ def train(target: float, batch: int, steps: int, x: torch.Tensor, y: torch.Tenso
         budget.step()
     return model.eval(), {"predicted": budget.speedup(), "max_speedup": budget.max_speedup,
                           "calibration_s": calibration_s,
-                          "calibration_checks": budget.latency.checks}
+                          "calibration_checks": budget.latency.checks, "feedback": budget.measurements}
 
 
 def main() -> None:
@@ -58,6 +60,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250, help="optimiser steps per run (default 250: 4 epochs)")
     parser.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds (default 10)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--feedback", type=int, default=0, metavar="K",
+                        help="measurements of the model during training (LatencyBudget's feedback; default 0)")
     parser.add_argument("--save", metavar="DIR", help="also save each trained model as DIR/<target>x-b<batch>/best.pt "
                                                       "(for scripts/latency_model_error.py)")
     parser.add_argument("--batch", type=int, nargs="+", choices=sorted({b for _, b in TARGETS}),
@@ -68,7 +72,7 @@ def main() -> None:
     xt, yt = test_set.images.float() / 255, test_set.targets
     rows = []
     for target, batch in [(t, b) for t, b in TARGETS if not args.batch or b in args.batch]:
-        model, info = train(target, batch, args.steps, x, y)
+        model, info = train(target, batch, args.steps, x, y, args.feedback)
         if args.save:
             save_checkpoint(Path(args.save) / f"{target:g}x-b{batch}" / "best.pt",
                             {"model": model.spec, "model_state": model.state_dict()})
@@ -80,7 +84,7 @@ def main() -> None:
                "measured": measured, "measured_over_target": measured / target, "test_error": error,
                "flop_ratio": timing["flop_ratio"], "plans": [p["plan"] for p in timing["plans"]],
                "calibration_s": info["calibration_s"], "calibration_checks": info["calibration_checks"],
-               "first_call_measured": timing["first_call_speedup_vs_dense"],
+               "first_call_measured": timing["first_call_speedup_vs_dense"], "feedback": info["feedback"],
                "ok": 0.8 <= measured / target <= 1.25 and error < 15}
         rows.append(row)
         print(f"target {target:g}x at batch {batch}: predicted {info['predicted']:.2f}x, measured {measured:.2f}x "

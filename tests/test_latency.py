@@ -162,6 +162,77 @@ def test_unreachable_target_names_the_largest_and_state_round_trips():
         LatencyBudget(model, (1, 28, 28), 2.0, 10, batch_size=1, latency_model=lm).load_state_dict(a.state_dict())
 
 
+def test_feedback_steps_start_at_the_end_of_the_ramp():
+    torch.manual_seed(0)
+    model = create_model("tkn6", input_size=28, min_roi=1)
+    lm = _synthetic(model)
+    steps = lambda total, k: LatencyBudget(model, (1, 28, 28), 2.0, total, latency_model=lm,  # noqa: E731
+                                           feedback=k).feedback_steps()
+    assert steps(250, 0) == [] and steps(250, 1) == [63] and steps(250, 3) == [63, 125, 188]
+    assert steps(4, 3) == [1, 2, 3] and steps(2, 5) == [1, 2]  # never past the schedule, each step once
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="feedback must be an int >= 0"):
+            LatencyBudget(model, (1, 28, 28), 2.0, 10, latency_model=lm, feedback=bad)
+
+
+def _fake_timing(monkeypatch, speedup: float) -> list:
+    """Make the budget's measurements find the frozen model ``speedup`` times faster than the dense one."""
+    from tkn import latency
+
+    calls = []
+
+    def timed(fns, repeats, **kwargs):
+        calls.append(sorted(fns))
+        for f in fns.values():
+            f()  # the frozen model and the dense one run
+        return {"dense": {"min": 6e-3 * speedup}, "frozen": {"min": 6e-3}}
+
+    monkeypatch.setattr(latency, "interleaved", timed)
+    return calls
+
+
+def test_a_measurement_corrects_the_prediction_and_keeps_the_rng(monkeypatch):
+    torch.manual_seed(0)
+    model = create_model("tkn6", input_size=28, min_roi=1, l2=0.0)
+    lm = _synthetic(model, batch=2)
+    budget = LatencyBudget(model, (1, 28, 28), 3.0, 12, batch_size=2, latency_model=lm)
+    raw = budget.speedup()
+    calls = _fake_timing(monkeypatch, speedup=0.5 * raw)  # the model runs at half the predicted speed-up
+    rng = torch.get_rng_state()
+    assert budget.measure_model(5) == pytest.approx(0.5 * raw)
+    assert torch.equal(torch.get_rng_state(), rng) and calls == [["dense", "frozen"]]
+    assert budget.correction == pytest.approx(2.0) and budget.speedup() == pytest.approx(0.5 * raw)
+    assert budget.measure().item() == pytest.approx(2.0 * lm.predict(
+        {c.name: roi_mac_measure(c.layer, *c.hw).detach() for c in budget.calls}).item())
+    assert budget.measurements == [{"step": 5.0, "measured": pytest.approx(0.5 * raw), "predicted": pytest.approx(raw)}]
+    again = LatencyBudget(model, (1, 28, 28), 3.0, 12, batch_size=2, latency_model=lm)
+    again.load_state_dict(json.loads(json.dumps(budget.state_dict())))
+    assert again.correction == budget.correction and again.measurements == budget.measurements
+    assert again.speedup() == pytest.approx(budget.speedup())
+
+
+def test_feedback_pushes_a_model_that_runs_slower_than_predicted(monkeypatch):
+    """Measured at 0.8 of the predicted speed-up at the end of the ramp, the budget ends where the corrected
+    prediction meets the target: the latency model alone then predicts 1/0.8 of it."""
+    torch.manual_seed(0)
+    model = create_model("tkn6", input_size=28, min_roi=1, l2=0.0).train()
+    lm = _synthetic(model, batch=2)
+    budget = LatencyBudget(model, (1, 28, 28), 3.0, 12, batch_size=2, latency_model=lm, feedback=2)
+    from tkn import latency
+
+    def timed(fns, repeats, **kwargs):  # 0.8 of what the latency model predicts for the current windows
+        raw = lm.dense_seconds / float(lm.predict(budget._layer_macs(), budget._sparse_macs()))
+        return {"dense": {"min": 6e-3 * 0.8 * raw}, "frozen": {"min": 6e-3}}
+
+    monkeypatch.setattr(latency, "interleaved", timed)
+    _train(model, budget, steps=12)
+    assert [m["step"] for m in budget.measurements] == budget.feedback_steps() == [3, 7]
+    assert budget.correction == pytest.approx(1 / 0.8)
+    assert 3.0 * 0.999 <= budget.speedup() <= 3.0 * 1.1
+    raw = lm.dense_seconds / float(lm.predict(budget._layer_macs(), budget._sparse_macs()))
+    assert raw == pytest.approx(budget.speedup() / 0.8)
+
+
 def test_calibration_measures_every_layer_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("TKN_CACHE", str(tmp_path))
     torch.manual_seed(0)

@@ -650,6 +650,15 @@ class LatencyBudget(MacBudget):
         batch_size: the batch the speed-up is measured at.
         latency_model: a :class:`LatencyModel` to use (default: :func:`calibrate` on this machine, cached).
         threads: threads the speed-up is measured on (:func:`calibrate`'s ``threads``; default: the process's).
+        feedback: how many times to measure the model itself during training (0: never, the default). The
+            latency model is built on scattered ROIs, and learned windows can run slower or faster than it
+            predicts (at batch 1 on TKN6 the first layer's learned ROIs ran 1.7x its table). With ``feedback
+            = k`` the budget freezes the model and times it against the dense model (as ``tkn bench`` does)
+            at the end of the ramp and ``k - 1`` more times evenly spread over the rest of the schedule
+            (:meth:`feedback_steps`), and from then on scales its predicted time by ``measured / predicted``
+            of the last measurement (:attr:`correction`). The measurements use a forked RNG (the training's
+            random stream is untouched) but are timings: a run is then reproducible only up to them, and
+            they learn whatever else runs on the machine, so use it where the training machine is quiet.
 
     Raises:
         ValueError: ``target_speedup`` above the largest speed-up the latency model predicts for this model
@@ -658,9 +667,11 @@ class LatencyBudget(MacBudget):
 
     def __init__(self, model: nn.Module, input_size: Any, target_speedup: float, total_steps: int,
                  batch_size: int = 64, *, ramp: float = 0.25, dual_lr: float = 5.0, band: float = 1.1,
-                 latency_model: LatencyModel | None = None, threads: int | None = None) -> None:
+                 latency_model: LatencyModel | None = None, threads: int | None = None, feedback: int = 0) -> None:
         super().__init__(model, input_size, 1.0, total_steps, ramp=ramp, dual_lr=dual_lr, band=band)
         positive_int("batch_size", batch_size)
+        if isinstance(feedback, bool) or not isinstance(feedback, int) or feedback < 0:
+            raise ValueError(f"feedback must be an int >= 0 (measurements during training), got {feedback!r}")
         if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or not (
                 math.isfinite(target_speedup) and target_speedup >= 1):
             raise ValueError(f"target_speedup must be a number >= 1 (dense time / frozen time), got {target_speedup!r}")
@@ -680,6 +691,22 @@ class LatencyBudget(MacBudget):
                 f"batch {batch_size} on this machine, {self.max_speedup:.3f} (predicted with every ROI at its "
                 "minimum width); lower the target or build the target layers with a smaller min_roi")
         self.target_speedup = float(target_speedup)
+        self.feedback = feedback
+        #: factor on the latency model's predicted time, from the last measurement of the model (1: none yet)
+        self.correction = 1.0
+        #: one entry per measurement: step, measured and predicted (uncorrected) speed-up
+        self.measurements: list[dict[str, float]] = []
+        self._model, self._input_size, self._threads = model, tuple(int(v) for v in input_size), threads
+        self._dense: nn.Module | None = None
+
+    def feedback_steps(self) -> list[int]:
+        """The steps after which :meth:`step` measures the model: the end of the ramp, then ``feedback - 1``
+        more spread evenly over the steps after it."""
+        if not self.feedback:
+            return []
+        start = max(1, math.ceil(self.ramp * self.total_steps))
+        span = self.total_steps - start
+        return sorted({min(self.total_steps, start + round(i * span / self.feedback)) for i in range(self.feedback)})
 
     def _bind_sparse(self) -> None:
         """The calls the latency model prices by input-sparse MACs: a table for the layer, one call of it and one
@@ -714,8 +741,9 @@ class LatencyBudget(MacBudget):
         return out
 
     def predicted_seconds(self, scales: dict[int, Tensor] | None = None) -> float:
-        """The latency model's seconds per batch of the frozen model with the current ROIs."""
-        return float(self.latency.predict(self._layer_macs(scales), self._sparse_macs(scales)))
+        """The latency model's seconds per batch of the frozen model with the current ROIs (times
+        :attr:`correction`)."""
+        return self.correction * float(self.latency.predict(self._layer_macs(scales), self._sparse_macs(scales)))
 
     def budget_seconds(self, step: int | None = None) -> float:
         """Allowed seconds per batch after ``step`` steps: ``t(dense) / r(t)``."""
@@ -732,11 +760,43 @@ class LatencyBudget(MacBudget):
         for c in self.calls:
             value = roi_mac_measure(c.layer, *c.hw).to(torch.float64)
             macs[c.name] = macs[c.name] + value if c.name in macs else value
-        return self.latency.predict(macs, self._sparse_macs(exact=False))
+        return self.correction * self.latency.predict(macs, self._sparse_macs(exact=False))
 
     def penalty(self) -> Tensor:
         """``λ · T / T_budget(t)``: a scalar tensor, differentiable in every target layer's ``m`` and ``s``."""
         return super().penalty().to(self.calls[0].layer.s.dtype)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """After an optimiser step: at a :meth:`feedback_steps` step, measure the model first; then advance the
+        schedule, update ``λ`` and project (:meth:`tkn.MacBudget.step`)."""
+        if self.steps + 1 in self.feedback_steps():
+            self.measure_model(self.steps + 1)
+        super().step()
+
+    @torch.no_grad()
+    def measure_model(self, step: int | None = None) -> float:
+        """Freeze the model, time it against the dense model at ``batch_size`` (one interleaved run, as ``tkn
+        bench`` times, on the budget's threads), set :attr:`correction` so that the prediction matches, and
+        return the measured speed-up."""
+        x = torch.rand(self.batch_size, *self._input_size, generator=torch.Generator().manual_seed(0))
+        repeats = ROUNDS_SMALL if self.batch_size < SMALL_BATCH else ROUNDS
+        previous = torch.get_num_threads()
+        with torch.random.fork_rng(devices=[]):
+            torch.set_num_threads(self._threads or previous)
+            try:
+                if self._dense is None:
+                    self._dense = dense_baseline(self._model).eval()
+                frozen, dense = freeze(self._model, x), self._dense
+                t = interleaved({"dense": lambda: dense(x), "frozen": lambda: frozen(x)}, repeats, min_block_s=BLOCK_S)
+            finally:
+                torch.set_num_threads(previous)
+        measured = t["dense"]["min"] / t["frozen"]["min"]
+        predicted = self.latency.dense_seconds / float(self.latency.predict(self._layer_macs(), self._sparse_macs()))
+        self.correction = predicted / measured
+        self.measurements.append({"step": float(self.steps if step is None else step), "measured": measured,
+                                  "predicted": predicted})
+        return measured
 
     # -- the quantity the budget holds: predicted seconds per batch -------------------
     def _cost(self) -> float:
@@ -764,7 +824,8 @@ class LatencyBudget(MacBudget):
     def state_dict(self) -> dict[str, Any]:
         """Steps done, the multiplier, the settings and the latency model (plain data)."""
         state = super().state_dict()
-        state.update(batch_size=self.batch_size, latency_model=self.latency.to_dict())
+        state.update(batch_size=self.batch_size, latency_model=self.latency.to_dict(), correction=self.correction,
+                     measurements=[dict(m) for m in self.measurements])
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -776,6 +837,8 @@ class LatencyBudget(MacBudget):
         if "latency_model" in state:
             self.latency = LatencyModel.from_dict(state["latency_model"])
             self._bind_sparse()
+        self.correction = float(state.get("correction", 1.0))
+        self.measurements = [dict(m) for m in state.get("measurements", [])]
 
     def __repr__(self) -> str:
         return (f"LatencyBudget(target_speedup={self.target_speedup:g}, batch_size={self.batch_size}, "

@@ -68,6 +68,7 @@ def test_parse_set_rejects_malformed(item):
     ("max_train_samples", 0, "max_train_samples must be an int >= 1, got 0"),
     ("loss", "hinge", "loss must be one of"),
     ("latency_threads", 0, "latency_threads must be an int >= 1, got 0"),
+    ("latency_feedback", -1, "latency_feedback must be an int >= 0, got -1"),
 ])
 def test_validation_names_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
@@ -106,3 +107,14 @@ def test_recipe_names_resolve_with_and_without_suffix():
 def test_config_roundtrips_through_dict():
     cfg = resolve_config("paper/tstn-gtsrb-cauchy", {"data_root": "/d"})
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_latency_flags_reach_the_config():
+    from tkn.commands.train import config_from_args, get_args_parser
+
+    args = get_args_parser().parse_args(["--budget", "latency", "--target-speedup", "3", "--latency-batch", "1",
+                                         "--latency-threads", "2", "--latency-feedback", "3"])
+    cfg, resume = config_from_args(args)
+    assert (cfg.budget, cfg.target_speedup, cfg.latency_batch, cfg.latency_threads, cfg.latency_feedback) == (
+        "latency", 3.0, 1, 2, 3) and resume is None
+    assert TrainConfig().latency_feedback == 0

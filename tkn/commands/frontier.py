@@ -150,6 +150,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "model's measured speed-up on this machine, tkn.LatencyBudget)")
     p.add_argument("--latency-batch", type=int, metavar="N",
                    help="batch size at which a latency budget's speed-up is measured (default 64)")
+    p.add_argument("--latency-feedback", type=int, metavar="K",
+                   help="times a latency budget measures the model during training and corrects its prediction "
+                        "(default 0; a quiet machine only: not with training jobs side by side)")
     p.add_argument("--latency-threads", type=int, metavar="N",
                    help="threads on which a latency budget's speed-up is measured (default: the process's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[None], metavar="S",
@@ -175,7 +178,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _base(args: argparse.Namespace) -> dict[str, Any]:
     """Config keys shared by every run: :data:`DEFAULTS` without ``--config``, then the flags given."""
     base: dict[str, Any] = dict(DEFAULTS) if args.config is None else {}
-    for key in ("model", "data", "epochs", "budget", "latency_batch", "latency_threads"):
+    for key in ("model", "data", "epochs", "budget", "latency_batch", "latency_threads", "latency_feedback"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     if args.config is None:

@@ -32,7 +32,7 @@ __all__ = ["add_parser", "get_args_parser", "config_from_args", "run", "main"]
 _FLAG_KEYS = (
     "model", "data", "data_root", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
     "weight_decay", "milestones", "gamma", *MODEL_KEYS, "target_speedup", "budget",
-    "latency_batch", "latency_threads", "window_lr_scale",
+    "latency_batch", "latency_threads", "latency_feedback", "window_lr_scale",
     "execution", "seed", "max_train_samples",
     "max_test_samples", "workers", "device", "amp", "out", "progress", "download", "augment",
 )
@@ -62,6 +62,9 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="batch size at which a latency budget's speed-up is measured (default 64)")
     m.add_argument("--latency-threads", type=int, metavar="N",
                    help="threads on which a latency budget's speed-up is measured (default: the training process's)")
+    m.add_argument("--latency-feedback", type=int, metavar="K",
+                   help="times a latency budget measures the model during training and corrects its prediction "
+                        "(default 0; use on a quiet machine)")
     m.add_argument("--max-train-samples", type=int, metavar="N", help="train on a seeded random subset of N samples")
     m.add_argument("--max-test-samples", type=int, metavar="N", help="evaluate on a seeded random subset of N samples")
     o = parser.add_argument_group("optimisation")

@@ -321,7 +321,8 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
             log(f"calibrating the engine's latency at batch {cfg.latency_batch} (cached per machine)")
             t0 = time.perf_counter()
             budget = LatencyBudget(model, data.input_shape, cfg.target_speedup, steps, cfg.latency_batch,
-                                   ramp=cfg.budget_ramp, threads=cfg.latency_threads)
+                                   ramp=cfg.budget_ramp, threads=cfg.latency_threads,
+                                   feedback=cfg.latency_feedback)
             log(f"latency model {budget.latency.key} ready in {time.perf_counter() - t0:.1f} s "
                 f"(well under a second: read from the cache); largest speed-up {budget.max_speedup:.2f}x")
         else:
