@@ -209,6 +209,9 @@ def test_a_measurement_corrects_the_prediction_and_keeps_the_rng(monkeypatch):
     again.load_state_dict(json.loads(json.dumps(budget.state_dict())))
     assert again.correction == budget.correction and again.measurements == budget.measurements
     assert again.speedup() == pytest.approx(budget.speedup())
+    _fake_timing(monkeypatch, speedup=0.125 * raw)  # a second measurement: the correction pools both
+    budget.measure_model(6)
+    assert budget.correction == pytest.approx(math.sqrt(2.0 * 8.0)) and budget.speedup() == pytest.approx(raw / 4)
 
 
 def test_feedback_pushes_a_model_that_runs_slower_than_predicted(monkeypatch):

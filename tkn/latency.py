@@ -655,8 +655,10 @@ class LatencyBudget(MacBudget):
             predicts (at batch 1 on TKN6 the first layer's learned ROIs ran 1.7x its table). With ``feedback
             = k`` the budget freezes the model and times it against the dense model (as ``tkn bench`` does)
             at the end of the ramp and ``k - 1`` more times evenly spread over the rest of the schedule
-            (:meth:`feedback_steps`), and from then on scales its predicted time by ``measured / predicted``
-            of the last measurement (:attr:`correction`). The measurements use a forked RNG (the training's
+            (:meth:`feedback_steps`), and from then on scales its predicted time by the geometric mean of
+            ``predicted / measured`` speed-up over the measurements so far (:attr:`correction`): one
+            measurement at batch 1 scatters by 10-15% (the dense model's time alone does), more than the
+            latency model's error drifts between them. The measurements use a forked RNG (the training's
             random stream is untouched) but are timings: a run is then reproducible only up to them, and
             they learn whatever else runs on the machine, so use it where the training machine is quiet.
 
@@ -692,7 +694,7 @@ class LatencyBudget(MacBudget):
                 "minimum width); lower the target or build the target layers with a smaller min_roi")
         self.target_speedup = float(target_speedup)
         self.feedback = feedback
-        #: factor on the latency model's predicted time, from the last measurement of the model (1: none yet)
+        #: factor on the latency model's predicted time, from the measurements of the model (1: none yet)
         self.correction = 1.0
         #: one entry per measurement: step, measured and predicted (uncorrected) speed-up
         self.measurements: list[dict[str, float]] = []
@@ -777,8 +779,8 @@ class LatencyBudget(MacBudget):
     @torch.no_grad()
     def measure_model(self, step: int | None = None) -> float:
         """Freeze the model, time it against the dense model at ``batch_size`` (one interleaved run, as ``tkn
-        bench`` times, on the budget's threads), set :attr:`correction` so that the prediction matches, and
-        return the measured speed-up."""
+        bench`` times, on the budget's threads), record it in :attr:`measurements`, set :attr:`correction` to
+        the geometric mean of ``predicted / measured`` over them, and return the measured speed-up."""
         x = torch.rand(self.batch_size, *self._input_size, generator=torch.Generator().manual_seed(0))
         repeats = ROUNDS_SMALL if self.batch_size < SMALL_BATCH else ROUNDS
         previous = torch.get_num_threads()
@@ -793,9 +795,10 @@ class LatencyBudget(MacBudget):
                 torch.set_num_threads(previous)
         measured = t["dense"]["min"] / t["frozen"]["min"]
         predicted = self.latency.dense_seconds / float(self.latency.predict(self._layer_macs(), self._sparse_macs()))
-        self.correction = predicted / measured
         self.measurements.append({"step": float(self.steps if step is None else step), "measured": measured,
                                   "predicted": predicted})
+        self.correction = math.exp(statistics.fmean(math.log(m["predicted"] / m["measured"])
+                                                    for m in self.measurements))
         return measured
 
     # -- the quantity the budget holds: predicted seconds per batch -------------------
