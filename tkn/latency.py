@@ -52,6 +52,10 @@ real-valued count (:func:`tkn.budget.roi_mac_measure`, or
 ones, or ones already cheaper than their overhead) are pressed less than under
 a MAC budget. The ramp, the dual ascent of the multiplier and the projection
 are :class:`~tkn.budget.MacBudget`'s, with predicted seconds in place of MACs.
+
+With ``feedback=K`` the budget also times the frozen model itself K times during training and scales the
+prediction by the pooled ratio of predicted to measured speed-up (:meth:`LatencyBudget.measure_model`): learned
+windows are not the calibration's scattered boxes, and at batch 1 they run slower than their tables.
 """
 from __future__ import annotations
 
