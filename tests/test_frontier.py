@@ -117,6 +117,21 @@ def test_no_train_measures_existing_runs_and_skips_missing_ones(study):
     assert _checkpoint_times(study) == before
 
 
+def test_train_only_trains_and_times_nothing(tmp_path, capsys, monkeypatch):
+    from tkn.commands import frontier as command
+
+    out = tmp_path / "train-only"
+    monkeypatch.setattr(command, "time_points", lambda *a, **k: pytest.fail("--train-only must not time"))
+    args = ["frontier", "--model", "tkn6", "--data", "mnist-5k", "--epochs", "1", "--widths", "0.25",
+            "--target-speedup", "--set", "max_train_samples=32", "--set", "max_test_samples=16",
+            "--set", "batch_size=16", "--out", str(out), "--train-only"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "trained dense-w0.25"
+    assert (out / "dense-w0.25" / "best.pt").exists() and not (out / "frontier.json").exists()
+    assert main([*args, "--no-train"]) == 2
+    assert "--train-only trains and stops: not with --no-train or --plan" in capsys.readouterr().err
+
+
 def test_points_and_their_folders():
     points = plan_points("tdn10", [1, 0.5, 0.5], [8])
     assert points == [Point("dense", "dn10", 1.0), Point("dense", "dn10", 0.5), Point("tkn", "tdn10", 1.0, 8.0)]

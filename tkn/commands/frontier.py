@@ -166,6 +166,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="batch sizes to time at (default 1 64)")
     p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed repetitions per batch size (default 10)")
     p.add_argument("--no-train", action="store_true", help="only read back, time and plot the runs already in --out")
+    p.add_argument("--train-only", action="store_true",
+                   help="train the points, then stop: no timing, table or figure (for studies trained in parallel "
+                        "jobs and timed together afterwards with --no-train)")
     p.add_argument("--plan", action="store_true",
                    help="list the points and the skipped budgets, then stop (latency budgets: calibrates and caches "
                         "their latency models, e.g. on a quiet machine before studies train in parallel)")
@@ -190,12 +193,17 @@ def _base(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Execute ``tkn frontier``; returns the exit code."""
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    if args.train_only and (args.no_train or args.plan):
+        raise ValueError("--train-only trains and stops: not with --no-train or --plan")
     report = run_frontier(_base(args), args.out, timer=time_points, widths=args.widths, speedups=args.target_speedup,
                           seeds=args.seeds, tkn_widths=args.tkn_widths, batches=args.batch, repeats=args.repeats,
                           recipe=args.config, sets=args.sets, train=not args.no_train, plan_only=args.plan,
-                          resume=args.resume, overwrite=args.overwrite, log=log)
+                          measure=not args.train_only, resume=args.resume, overwrite=args.overwrite, log=log)
     if args.plan:
         print("\n".join(report["planned"]) if report["planned"] else "no point to train")
+        return 0
+    if args.train_only:
+        print("trained " + (", ".join(report["trained"]) if report["trained"] else "no point"))
         return 0
     report["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
     figure = _figure(report, Path(args.out), args.name, log)

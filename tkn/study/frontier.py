@@ -438,6 +438,7 @@ def run_frontier(
     sets: Sequence[str] = (),
     train: bool = True,
     plan_only: bool = False,
+    measure: bool = True,
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
@@ -460,6 +461,9 @@ def run_frontier(
         plan_only: stop after planning: return ``{"planned": [point folders], "skipped": [...]}`` having
             trained and timed nothing (the reachability check calibrates and caches the latency models of
             latency budgets, so that parallel studies started next find them measured on a quiet machine).
+        measure: ``False``: stop after training: return ``{"trained": [point folders], "skipped": [...]}``
+            having timed nothing (studies that train in parallel jobs are timed afterwards, together, by a
+            run with ``train=False`` on a quiet machine).
         resume: continue runs whose folder holds a ``last.pt`` (a finished run is not retrained).
         overwrite: start runs afresh even if their folder holds a run.
         log: receives progress lines.
@@ -491,6 +495,8 @@ def run_frontier(
         return {"planned": [p.folder for p in points], "skipped": skipped}
     if train:
         _train_points(points, base, out, recipe, sets, resume, overwrite, log)
+        if not measure:
+            return {"trained": [p.folder for p in points], "skipped": skipped}
     else:
         points, missing = _existing(points, out, log)
         skipped += missing
