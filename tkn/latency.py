@@ -502,12 +502,7 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
             return LatencyModel.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a stale or broken entry: measure again
-    busy = busy_cores()
-    if busy is not None and busy > BUSY_CORES_WARN:
-        warnings.warn(f"calibrating the latency model while other work keeps {busy:.1f} of {os.cpu_count()} cores "
-                      "busy: its times learn that interference, and budgets trained with it miss their measured "
-                      "speed-up; calibrate on a quiet machine (the result is cached and reused)", RuntimeWarning,
-                      stacklevel=2)
+    _warn_if_busy("calibrating the latency model", "calibrate on a quiet machine (the result is cached and reused)")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -518,6 +513,15 @@ def calibrate(model: nn.Module, input_size: Sequence[int], batch_size: int = 64,
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(result.to_dict()))
     return result
+
+
+def _warn_if_busy(doing: str, advice: str) -> None:
+    """Warn (``RuntimeWarning``) when other work keeps more than :data:`BUSY_CORES_WARN` cores busy."""
+    busy = busy_cores()
+    if busy is not None and busy > BUSY_CORES_WARN:
+        warnings.warn(f"{doing} while other work keeps {busy:.1f} of {os.cpu_count()} cores busy: its times learn "
+                      f"that interference, and budgets trained with it miss their measured speed-up; {advice}",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, levels: Sequence[float], repeats: int,
@@ -784,7 +788,9 @@ class LatencyBudget(MacBudget):
     def measure_model(self, step: int | None = None) -> float:
         """Freeze the model, time it against the dense model at ``batch_size`` (one interleaved run, as ``tkn
         bench`` times, on the budget's threads), record it in :attr:`measurements`, set :attr:`correction` to
-        the geometric mean of ``predicted / measured`` over them, and return the measured speed-up."""
+        the geometric mean of ``predicted / measured`` over them, and return the measured speed-up. Warns as
+        :func:`calibrate` does when other work keeps cores busy."""
+        _warn_if_busy("measuring the model for the latency budget's feedback", "train with feedback=0 here, or alone")
         x = torch.rand(self.batch_size, *self._input_size, generator=torch.Generator().manual_seed(0))
         repeats = ROUNDS_SMALL if self.batch_size < SMALL_BATCH else ROUNDS
         previous = torch.get_num_threads()
