@@ -29,7 +29,7 @@ from tkn.models import create_model
 TARGETS = [(4.0, 64), (2.5, 1)]
 
 
-def train(target: float, batch: int, steps: int, x: torch.Tensor, y: torch.Tensor, feedback: int = 0
+def train(target: float, batch: int, steps: int, x: torch.Tensor, y: torch.Tensor, feedback: int | None = None
           ) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(0)
     model = create_model("tkn6", input_size=28, l2=0.0, min_roi=1)
@@ -60,8 +60,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250, help="optimiser steps per run (default 250: 4 epochs)")
     parser.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds (default 10)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
-    parser.add_argument("--feedback", type=int, default=0, metavar="K",
-                        help="measurements of the model during training (LatencyBudget's feedback; default 0)")
+    parser.add_argument("--feedback", type=int, metavar="K",
+                        help="measurements of the model during training (LatencyBudget's feedback; default: the "
+                             "budget's, 3 below batch 16 and 0 from there on)")
     parser.add_argument("--save", metavar="DIR", help="also save each trained model as DIR/<target>x-b<batch>/best.pt "
                                                       "(for scripts/latency_model_error.py)")
     parser.add_argument("--batch", type=int, nargs="+", choices=sorted({b for _, b in TARGETS}),

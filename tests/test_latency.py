@@ -169,9 +169,12 @@ def test_feedback_steps_start_at_the_end_of_the_ramp():
     steps = lambda total, k: LatencyBudget(model, (1, 28, 28), 2.0, total, latency_model=lm,  # noqa: E731
                                            feedback=k).feedback_steps()
     assert steps(250, 0) == [] and steps(250, 1) == [63] and steps(250, 3) == [63, 125, 188]
+    # by default three measurements below batch 16, none from there on
+    assert LatencyBudget(model, (1, 28, 28), 2.0, 10, batch_size=1, latency_model=lm).feedback == 3
+    assert LatencyBudget(model, (1, 28, 28), 2.0, 10, batch_size=16, latency_model=lm).feedback == 0
     assert steps(4, 3) == [1, 2, 3] and steps(2, 5) == [1, 2]  # never past the schedule, each step once
     for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="feedback must be an int >= 0"):
+        with pytest.raises(ValueError, match="feedback must be None or an int >= 0"):
             LatencyBudget(model, (1, 28, 28), 2.0, 10, latency_model=lm, feedback=bad)
 
 

@@ -53,7 +53,8 @@ ones, or ones already cheaper than their overhead) are pressed less than under
 a MAC budget. The ramp, the dual ascent of the multiplier and the projection
 are :class:`~tkn.budget.MacBudget`'s, with predicted seconds in place of MACs.
 
-With ``feedback=K`` the budget also times the frozen model itself K times during training and scales the
+With ``feedback=K`` (by default 3 below batch 16) the budget also times the frozen model itself K times during
+training and scales the
 prediction by the pooled ratio of predicted to measured speed-up (:meth:`LatencyBudget.measure_model`): learned
 windows are not the calibration's scattered boxes, and at batch 1 they run slower than their tables.
 """
@@ -88,7 +89,7 @@ from tkn.timing import BLOCK_S, busy_cores, interleaved
 from tkn.validate import positive_int
 
 __all__ = ["LatencyModel", "LayerTable", "SparseInput", "calibrate", "producers", "LatencyBudget", "LEVELS", "ROUNDS",
-           "ROUNDS_SMALL", "SMALL_BATCH"]
+           "ROUNDS_SMALL", "SMALL_BATCH", "FEEDBACK", "FEEDBACK_SMALL"]
 
 #: FLOP ratios at which :func:`calibrate` measures every target layer.
 LEVELS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -102,6 +103,12 @@ _CACHE_VERSION = 9  # 3: producer tables; 4: steady state after the first call; 
 #: times the rounds (a TKN6 calibration at batch 1 then takes about 20 s, at batch 64 about 80 s).
 ROUNDS_SMALL, ROUNDS = 15, 5
 SMALL_BATCH = 16
+
+#: :class:`LatencyBudget`'s measurements of its model during training by default, below :data:`SMALL_BATCH`
+#: samples and from there on. At batch 1 the latency model predicted TKN6's learned windows 15% fast on average
+#: (the calibration's equal scattered boxes are not learned ROIs); at batch 64 it was within 5%, and a
+#: measurement there costs seconds to minutes.
+FEEDBACK_SMALL, FEEDBACK = 3, 0
 
 #: :func:`calibrate` warns when other work keeps more cores than this busy as it starts.
 BUSY_CORES_WARN = 0.5
@@ -658,7 +665,8 @@ class LatencyBudget(MacBudget):
         batch_size: the batch the speed-up is measured at.
         latency_model: a :class:`LatencyModel` to use (default: :func:`calibrate` on this machine, cached).
         threads: threads the speed-up is measured on (:func:`calibrate`'s ``threads``; default: the process's).
-        feedback: how many times to measure the model itself during training (0: never, the default). The
+        feedback: how many times to measure the model itself during training (0: never); default
+            :data:`FEEDBACK_SMALL` below :data:`SMALL_BATCH` samples, :data:`FEEDBACK` (none) from there on. The
             latency model is built on scattered ROIs, and learned windows can run slower or faster than it
             predicts (at batch 1 on TKN6 the first layer's learned ROIs ran 1.7x its table). With ``feedback
             = k`` the budget freezes the model and times it against the dense model (as ``tkn bench`` does)
@@ -677,11 +685,14 @@ class LatencyBudget(MacBudget):
 
     def __init__(self, model: nn.Module, input_size: Any, target_speedup: float, total_steps: int,
                  batch_size: int = 64, *, ramp: float = 0.25, dual_lr: float = 5.0, band: float = 1.1,
-                 latency_model: LatencyModel | None = None, threads: int | None = None, feedback: int = 0) -> None:
+                 latency_model: LatencyModel | None = None, threads: int | None = None,
+                 feedback: int | None = None) -> None:
         super().__init__(model, input_size, 1.0, total_steps, ramp=ramp, dual_lr=dual_lr, band=band)
         positive_int("batch_size", batch_size)
+        if feedback is None:
+            feedback = FEEDBACK_SMALL if batch_size < SMALL_BATCH else FEEDBACK
         if isinstance(feedback, bool) or not isinstance(feedback, int) or feedback < 0:
-            raise ValueError(f"feedback must be an int >= 0 (measurements during training), got {feedback!r}")
+            raise ValueError(f"feedback must be None or an int >= 0 (measurements during training), got {feedback!r}")
         if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or not (
                 math.isfinite(target_speedup) and target_speedup >= 1):
             raise ValueError(f"target_speedup must be a number >= 1 (dense time / frozen time), got {target_speedup!r}")

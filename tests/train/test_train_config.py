@@ -117,4 +117,4 @@ def test_latency_flags_reach_the_config():
     cfg, resume = config_from_args(args)
     assert (cfg.budget, cfg.target_speedup, cfg.latency_batch, cfg.latency_threads, cfg.latency_feedback) == (
         "latency", 3.0, 1, 2, 3) and resume is None
-    assert TrainConfig().latency_feedback == 0
+    assert TrainConfig().latency_feedback is None  # the budget's default: 3 below batch 16

@@ -152,7 +152,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="batch size at which a latency budget's speed-up is measured (default 64)")
     p.add_argument("--latency-feedback", type=int, metavar="K",
                    help="times a latency budget measures the model during training and corrects its prediction "
-                        "(default 0; a quiet machine only: not with training jobs side by side)")
+                        "(default 3 below batch 16, else 0; 0 for training jobs side by side: they would measure "
+                        "each other)")
     p.add_argument("--latency-threads", type=int, metavar="N",
                    help="threads on which a latency budget's speed-up is measured (default: the process's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[None], metavar="S",

@@ -64,7 +64,7 @@ def _fill(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="threads on which a latency budget's speed-up is measured (default: the training process's)")
     m.add_argument("--latency-feedback", type=int, metavar="K",
                    help="times a latency budget measures the model during training and corrects its prediction "
-                        "(default 0; use on a quiet machine)")
+                        "(default 3 below batch 16, else 0; the measurements need a quiet machine)")
     m.add_argument("--max-train-samples", type=int, metavar="N", help="train on a seeded random subset of N samples")
     m.add_argument("--max-test-samples", type=int, metavar="N", help="evaluate on a seeded random subset of N samples")
     o = parser.add_argument_group("optimisation")

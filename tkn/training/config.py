@@ -101,8 +101,9 @@ class TrainConfig:
         latency_threads: the threads it is measured on (``None``: the training process's), e.g. 2 for a
             model deployed on two cores and trained by a process that runs on one.
         latency_feedback: how many times a ``"latency"`` budget measures the model itself during training
-            and corrects its latency model (0: never; :class:`tkn.LatencyBudget`'s ``feedback``). The
-            measurements are timings: use it on an otherwise quiet machine.
+            and corrects its latency model (:class:`tkn.LatencyBudget`'s ``feedback``; ``None``: its default,
+            3 below batch 16 and none from there on; 0: never). The measurements are timings: they need an
+            otherwise quiet machine.
         window_lr_scale: learning-rate factor of the window parameters ``m``, ``s``
             (1: the same rate as the weights). On short schedules a larger factor
             lets the windows travel to where the information is before they shrink.
@@ -152,7 +153,7 @@ class TrainConfig:
     budget: str = "macs"
     latency_batch: int = 64
     latency_threads: int | None = None
-    latency_feedback: int = 0
+    latency_feedback: int | None = None
     window_lr_scale: float = 1.0
     execution: str = "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -222,7 +223,8 @@ class TrainConfig:
         _int(self, "latency_batch", minimum=1)
         if self.latency_threads is not None:
             _int(self, "latency_threads", minimum=1)
-        _int(self, "latency_feedback", minimum=0)
+        if self.latency_feedback is not None:
+            _int(self, "latency_feedback", minimum=0)
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
         repeated = sorted(set(self.model_kwargs) & set(MODEL_KEYS))

@@ -323,7 +323,7 @@ def _train(cfg: TrainConfig, ctx, resume, overwrite: bool, log) -> TrainResult:
             budget = LatencyBudget(model, data.input_shape, cfg.target_speedup, steps, cfg.latency_batch,
                                    ramp=cfg.budget_ramp, threads=cfg.latency_threads,
                                    feedback=cfg.latency_feedback)
-            feedback = (f"; measures the model after steps {budget.feedback_steps()}" if cfg.latency_feedback
+            feedback = (f"; measures the model after steps {budget.feedback_steps()}" if budget.feedback
                         else "")
             log(f"latency model {budget.latency.key} ready in {time.perf_counter() - t0:.1f} s (from the cache "
                 f"when well under a second); largest speed-up {budget.max_speedup:.2f}x{feedback}")
