@@ -54,10 +54,10 @@ def check(run: Path, batch: int, threads: int, repeats: int) -> dict:
     predicted_layers = latency.layer_seconds(roi, sparse)
     for name in roi:
         priced_by, work = "roi", roi[name]
-        if name in sparse:
+        if name in sparse:  # the input-sparse table, or the "reduce" table where the model took its smaller price
             priced_by, work = "input-sparse", float(sparse[name])
-            if name in latency.reduce and float(latency.reduce[name](torch.tensor(roi[name], dtype=torch.float64))) < (
-                    float(latency.sparse[name](torch.tensor(work, dtype=torch.float64)))):
+            if name in latency.reduce and torch.equal(predicted_layers[name], latency.reduce[name](
+                    torch.tensor(roi[name], dtype=torch.float64))):
                 priced_by, work = "reduce", roi[name]
         layers.append({"layer": name, "roi_macs": roi[name], "priced_by": priced_by, "work_macs": work,
                        "plan": frozen.get_submodule(name).plan.label,

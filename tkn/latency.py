@@ -216,6 +216,14 @@ class SparseInput:
                                     pad=self.pad, extent=self.extent, integer=exact)
 
 
+def _input_sparse_seconds(by_sparse: LayerTable, by_reduce: LayerTable | None, sparse_macs: Tensor,
+                          roi_macs: Tensor) -> Tensor:
+    """A fed layer's input-sparse price: its table at its input-sparse MACs, or its ``"reduce"`` table at its ROI
+    MACs where that is smaller (freeze keeps the faster plan)."""
+    t = by_sparse(sparse_macs)
+    return t if by_reduce is None else torch.minimum(t, by_reduce(roi_macs))
+
+
 def _float64(v: Tensor | float) -> Tensor:
     return (v if isinstance(v, Tensor) else torch.tensor(float(v))).to(torch.float64)
 
@@ -300,10 +308,8 @@ class LatencyModel:
         sparse = sparse or {}
         for name, table in self.layers.items():
             if name in self.sparse and name in sparse:
-                t = self.sparse[name](_float64(sparse[name]))
-                if name in self.reduce:
-                    t = torch.minimum(t, self.reduce[name](value[name]))
-                out[name] = t
+                out[name] = _input_sparse_seconds(self.sparse[name], self.reduce.get(name), _float64(sparse[name]),
+                                                  value[name])
                 continue
             t = table(value[name])
             producer = self.producers.get(name)
@@ -618,8 +624,9 @@ def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, level
         by_sparse = LayerTable([p.sparse_macs for p in pts], [p.without(REDUCE) for p in pts])
         by_reduce = (LayerTable([p.macs for p in pts], [p.plans[REDUCE] for p in pts])
                      if all(REDUCE in p.plans for p in pts) else None)
+        priced = [_input_sparse_seconds(by_sparse, by_reduce, _float64(p.sparse_macs), _float64(p.macs)) for p in pts]
         fit_errors[n] = {"roi": _fit_error([_at(by_roi, p.macs) for p in pts], pts),
-                         "sparse": _fit_error([_sparse_time(by_sparse, by_reduce, p) for p in pts], pts)}
+                         "sparse": _fit_error([float(t) for t in priced], pts)}
         if fit_errors[n]["sparse"] < fit_errors[n]["roi"]:
             sparse[n] = by_sparse
             if by_reduce is not None:
@@ -637,12 +644,6 @@ def _measure(model: nn.Module, input_size: Sequence[int], batch_size: int, level
 
 def _at(table: LayerTable, work: float) -> float:
     return float(table(torch.tensor(work, dtype=torch.float64)))
-
-
-def _sparse_time(by_sparse: LayerTable, by_reduce: LayerTable | None, p: _Point) -> float:
-    """The input-sparse pricing of a point: its sparse table, or its ``"reduce"`` table where that is smaller."""
-    t = _at(by_sparse, p.sparse_macs)
-    return t if by_reduce is None else min(t, _at(by_reduce, p.macs))
 
 
 def _fit_error(predicted: list[float], pts: list[_Point]) -> float:
@@ -719,6 +720,7 @@ class LatencyBudget(MacBudget):
         self.measurements: list[dict[str, float]] = []
         self._model, self._input_size, self._threads = model, tuple(int(v) for v in input_size), threads
         self._dense: nn.Module | None = None
+        self._feedback_at = frozenset(self.feedback_steps())
 
     def feedback_steps(self) -> list[int]:
         """The steps after which :meth:`step` measures the model: the end of the ramp, then ``feedback - 1``
@@ -764,7 +766,11 @@ class LatencyBudget(MacBudget):
     def predicted_seconds(self, scales: dict[int, Tensor] | None = None) -> float:
         """The latency model's seconds per batch of the frozen model with the current ROIs (times
         :attr:`correction`)."""
-        return self.correction * float(self.latency.predict(self._layer_macs(scales), self._sparse_macs(scales)))
+        return self.correction * self._model_seconds(scales)
+
+    def _model_seconds(self, scales: dict[int, Tensor] | None = None) -> float:
+        """The latency model's own prediction (without :attr:`correction`)."""
+        return float(self.latency.predict(self._layer_macs(scales), self._sparse_macs(scales)))
 
     def budget_seconds(self, step: int | None = None) -> float:
         """Allowed seconds per batch after ``step`` steps: ``t(dense) / r(t)``."""
@@ -791,7 +797,7 @@ class LatencyBudget(MacBudget):
     def step(self) -> None:
         """After an optimiser step: at a :meth:`feedback_steps` step, measure the model first; then advance the
         schedule, update ``λ`` and project (:meth:`tkn.MacBudget.step`)."""
-        if self.steps + 1 in self.feedback_steps():
+        if self.steps + 1 in self._feedback_at:
             self.measure_model(self.steps + 1)
         super().step()
 
@@ -815,7 +821,7 @@ class LatencyBudget(MacBudget):
             finally:
                 torch.set_num_threads(previous)
         measured = t["dense"]["min"] / t["frozen"]["min"]
-        predicted = self.latency.dense_seconds / float(self.latency.predict(self._layer_macs(), self._sparse_macs()))
+        predicted = self.latency.dense_seconds / self._model_seconds()
         self.measurements.append({"step": float(self.steps if step is None else step), "measured": measured,
                                   "predicted": predicted})
         self.correction = math.exp(statistics.fmean(math.log(m["predicted"] / m["measured"])

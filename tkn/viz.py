@@ -466,22 +466,22 @@ def frontier_figure(rows: Sequence[dict], timings: Sequence[tuple[str, int]], *,
         if rows:
             ax.legend(fontsize=8)
     fig.suptitle(title or "test error against measured time", fontsize=10)
-    for ax in axes[0]:
-        _separate_labels(fig, ax.texts)
+    _separate_labels(fig, [ax.texts for ax in axes[0]])
     return fig
 
 
-def _separate_labels(fig, texts: Sequence) -> None:
-    """Move annotations down (in steps of their own height) until none overlaps one placed before it: points
-    close on the plot (two budgets at nearly the same time and error) keep readable labels."""
-    fig.canvas.draw()  # lays the figure out: the text extents are final
+def _separate_labels(fig, panels: Sequence[Sequence]) -> None:
+    """Move annotations down (in steps of their own height) until none overlaps one placed before it in its panel:
+    points close on the plot (two budgets at nearly the same time and error) keep readable labels."""
+    fig.canvas.draw()  # lays the figure out once: the text extents are final
     renderer = fig.canvas.get_renderer()
-    placed = []
-    for t in sorted(texts, key=lambda t: -t.get_window_extent(renderer).y0):
-        for _ in range(2 * len(texts)):
-            box = t.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed):
-                break
-            dx, dy = t.xyann
-            t.xyann = (dx, dy - box.height * 72.0 / fig.dpi - 1.0)
-        placed.append(t.get_window_extent(renderer))
+    for texts in panels:
+        placed = []
+        for t in sorted(texts, key=lambda t: -t.get_window_extent(renderer).y0):
+            for _ in range(2 * len(texts)):
+                box = t.get_window_extent(renderer)
+                if not any(box.overlaps(other) for other in placed):
+                    break
+                dx, dy = t.xyann
+                t.xyann = (dx, dy - box.height * 72.0 / fig.dpi - 1.0)
+            placed.append(t.get_window_extent(renderer))
