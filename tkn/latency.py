@@ -669,7 +669,7 @@ class LatencyBudget(MacBudget):
         feedback: how many times to measure the model itself during training (0: never); default
             :data:`FEEDBACK_SMALL` below :data:`SMALL_BATCH` samples, :data:`FEEDBACK` (none) from there on. The
             latency model is built on scattered ROIs, and learned windows can run slower or faster than it
-            predicts (at batch 1 on TKN6 the first layer's learned ROIs ran 1.7x its table). With ``feedback
+            predicts (at batch 1 on TKN6 the first layer's learned ROIs ran up to 1.7x its table). With ``feedback
             = k`` the budget freezes the model and times it against the dense model (as ``tkn bench`` does)
             at the end of the ramp and ``k - 1`` more times evenly spread over the rest of the schedule
             (:meth:`feedback_steps`), and from then on scales its predicted time by the geometric mean of
